@@ -1,0 +1,1 @@
+"""Actors (pykka) that own the core, storage and sockets, passing batches with tell."""

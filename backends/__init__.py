@@ -1,0 +1,1 @@
+"""State machine backends: the protocol and the bundled implementations."""

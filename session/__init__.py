@@ -1,0 +1,1 @@
+"""Clients: cluster creation, light sessions and long-lived sessions."""

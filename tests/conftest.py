@@ -1,0 +1,7 @@
+"""Shared test settings. ZRAFT_SOAK=1 turns bounded CI forms into long soaks."""
+
+from __future__ import annotations
+
+import os
+
+SOAK = os.environ.get("ZRAFT_SOAK", "") not in ("", "0")

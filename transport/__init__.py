@@ -1,0 +1,1 @@
+"""The wire: a versioned msgpack codec and the ZeroMQ transport."""

@@ -1,0 +1,3 @@
+from zraft.cli import main
+
+raise SystemExit(main())
