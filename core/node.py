@@ -153,7 +153,7 @@ class Node:
         self.heartbeat_elapsed = 0
         self.randomized_timeout = 0
         self.transfer_target: str | None = None
-        self.transfer_elapsed = 0
+        self._timeout_now_sent = False
         self._reads_before_commit: list[tuple[Any, str | None]] = []
         self._pending_reads: deque[_PendingRead] = deque()
         self._read_round = 0  # last round broadcast
@@ -201,7 +201,9 @@ class Node:
         if self.role is not Role.LEADER:
             return ProposalResult(False, reason="not leader", leader=self.leader)
         if self.transfer_target is not None:
-            return ProposalResult(False, reason="leadership transfer in progress")
+            return ProposalResult(
+                False, reason="leadership transfer in progress", leader=self.id
+            )
         if not data:
             return ProposalResult(False, reason="empty proposal")
         first = self.log.last_index + 1
@@ -215,7 +217,9 @@ class Node:
         if self.role is not Role.LEADER:
             return ProposalResult(False, reason="not leader", leader=self.leader)
         if self.transfer_target is not None:
-            return ProposalResult(False, reason="leadership transfer in progress")
+            return ProposalResult(
+                False, reason="leadership transfer in progress", leader=self.id
+            )
         if not self.membership_stable:
             return ProposalResult(False, reason="not stable")
         voters, learners = frozenset(voters), frozenset(learners)
@@ -241,11 +245,11 @@ class Node:
         if self.transfer_target == target:
             return None
         self.transfer_target = target
-        self.transfer_elapsed = 0
+        self._timeout_now_sent = False
         if self.progress[target].match == self.log.last_index:
             self._send_timeout_now(target)
         else:
-            self._send_appends(target)
+            self._send_appends(target, allow_empty=True)  # exposes a lost append at once
         return None
 
     def read_index(self, context: Any) -> None:
@@ -627,7 +631,7 @@ class Node:
             latest = self._config_history[-1][1] if self._config_history else None
             self._set_config(latest or self.snapshot_meta.config)
 
-    def _set_config(self, config: Configuration) -> None:
+    def _set_config(self, config: Configuration, on_election: bool = False) -> None:
         self.config = config
         if self.role is not Role.LEADER:
             return
@@ -637,9 +641,12 @@ class Node:
                 del self.progress[peer]
         if self.transfer_target not in members:
             self.transfer_target = None
+        # A member added while we lead starts probing at our last entry (the configuration
+        # that added it), so it hears from us at once; on election everyone starts after it.
+        first_probe = self.log.last_index + (1 if on_election else 0)
         for peer in sorted(members):  # sorted: runs must not depend on hash seeds
             if peer not in self.progress:
-                progress = Progress(self.log.last_index + 1, self.options.max_inflight)
+                progress = Progress(max(1, first_probe), self.options.max_inflight)
                 progress.recent_active = True  # give a new member one timeout of grace
                 self.progress[peer] = progress
 
@@ -721,7 +728,7 @@ class Node:
     def _become_leader(self) -> None:
         self._reset_common(Role.LEADER, self.term)
         self.leader = self.id
-        self._set_config(self.config)
+        self._set_config(self.config, on_election=True)
         for progress in self.progress.values():
             progress.recent_active = True
         self._leader_append([(EntryKind.NOOP, b"")])
@@ -789,6 +796,8 @@ class Node:
         )
         if not entries and not allow_empty:
             return False
+        last_sent = entries[-1].index if entries else prev_index
+        progress.commit_sent = max(progress.commit_sent, min(self.commit, last_sent))
         self._messages.append(
             AppendEntries(
                 self.term, self.id, peer, prev_index, prev_term, tuple(entries), self.commit
@@ -812,8 +821,15 @@ class Node:
         ):
             progress.become_replicate()  # the match point is known: start pipelining
         if not (moved and self._maybe_commit()):
-            self._send_appends(msg.src)  # (a commit broadcast already did this)
-        if msg.src == self.transfer_target and progress.match == self.log.last_index:
+            # (a commit broadcast already did this) If the follower holds entries we know
+            # are committed but has not been told, say so now rather than at the heartbeat.
+            behind = progress.commit_sent < min(self.commit, progress.match)
+            self._send_appends(msg.src, allow_empty=behind)
+        if (
+            msg.src == self.transfer_target
+            and not self._timeout_now_sent
+            and progress.match == self.log.last_index
+        ):
             self._send_timeout_now(msg.src)
 
     def _maybe_commit(self) -> bool:
@@ -826,8 +842,8 @@ class Node:
         self._on_commit_advanced()
         if self.role is Role.LEADER:
             self._admit_reads_waiting_for_commit()
-            for peer in self.progress:
-                self._send_appends(peer, allow_empty=True)
+            for peer, progress in self.progress.items():
+                self._send_appends(peer, allow_empty=progress.commit_sent < self.commit)
         return True
 
     def _may_commit_at(self, index: int) -> bool:
@@ -837,9 +853,11 @@ class Node:
     def _broadcast_heartbeat(self, round_: int) -> None:
         for peer, progress in self.progress.items():
             commit = min(progress.match, self.commit)
+            progress.commit_sent = max(progress.commit_sent, commit)
             self._messages.append(Heartbeat(self.term, self.id, peer, commit, round_))
 
     def _send_timeout_now(self, peer: str) -> None:
+        self._timeout_now_sent = True
         self._messages.append(TimeoutNow(self.term, self.id, peer))
 
     # ------------------------------------------------------------------ linearizable reads

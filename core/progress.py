@@ -26,6 +26,7 @@ class Progress:
         "pending_snapshot",
         "recent_active",
         "read_ack",
+        "commit_sent",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -38,6 +39,7 @@ class Progress:
         self.pending_snapshot = 0
         self.recent_active = False
         self.read_ack = 0  # highest ReadIndex round this peer acknowledged
+        self.commit_sent = 0  # highest commit index we told this peer
 
     def paused(self) -> bool:
         if self.state is ReplicationState.PROBE:

@@ -66,6 +66,16 @@ class Disk:
         self.snapshot, self.snapshot_data = meta, data
         self.entries = [e for e in self.entries if e.index > meta.index]
 
+    def reopen(self) -> None:
+        """Called on restart; a disk backed by real files reloads them here."""
+
+
+DiskFactory = Callable[[str, SnapshotMeta], Disk]
+
+
+def memory_disk(peer: str, bootstrap: SnapshotMeta) -> Disk:
+    return Disk(snapshot=bootstrap)
+
 
 @dataclass
 class _PendingWrite:
@@ -79,7 +89,7 @@ class SimPeer:
     def __init__(self, cluster: Cluster, peer_id: str, bootstrap: Configuration) -> None:
         self.cluster = cluster
         self.id = peer_id
-        self.disk = Disk(snapshot=SnapshotMeta(0, 0, bootstrap))
+        self.disk = cluster.disk_factory(peer_id, SnapshotMeta(0, 0, bootstrap))
         self.node: Node | None = None
         self.applied: list[Entry] = []  # the state machine: every applied entry, in order
         self.pending_writes: deque[_PendingWrite] = deque()
@@ -93,6 +103,7 @@ class SimPeer:
 
     def start(self) -> None:
         rng = random.Random(f"{self.cluster.seed}/{self.id}/{self.restarts}")
+        self.disk.reopen()
         self.node = self.cluster.node_factory(
             self.id,
             rng,
@@ -206,6 +217,7 @@ class Cluster:
         faults: Faults | None = None,
         node_factory: NodeFactory = Node,
         compact_every: int = 0,
+        disk_factory: DiskFactory = memory_disk,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -213,6 +225,7 @@ class Cluster:
         self.faults = faults or Faults()
         self.node_factory = node_factory
         self.compact_every = compact_every
+        self.disk_factory = disk_factory
         self.checker = SafetyChecker()
         self.time = 0
         self.blocked: set[tuple[str, str]] = set()
@@ -376,7 +389,7 @@ def describe(msg: Message) -> str:
         elif attr == "meta":
             value = f"{value.index}/{value.term} {value.config}"
         fields.append(f"{attr}={value}")
-    return f"{name} term={msg.term} " + " ".join(fields)
+    return " ".join([name, f"term={msg.term}", *fields])
 
 
 def _kind(entry: Entry) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from zraft.core import Node, NodeOptions, Role
 
 from .checker import SafetyViolation
-from .cluster import Cluster, Faults, NodeFactory
+from .cluster import Cluster, DiskFactory, Faults, NodeFactory, memory_disk
 
 POOL = [f"n{i}" for i in range(1, 8)]
 
@@ -50,17 +50,24 @@ def run_schedule(
     seed: int,
     options: ScheduleOptions | None = None,
     node_factory: NodeFactory = Node,
+    disk_factory: DiskFactory = memory_disk,
 ) -> ScheduleResult:
     """Run one random schedule; raises SafetyViolation or LivenessFailure naming the seed."""
     opts = options or ScheduleOptions()
     try:
-        return _Schedule(seed, opts, node_factory).run()
+        return _Schedule(seed, opts, node_factory, disk_factory).run()
     except (SafetyViolation, LivenessFailure) as failure:
         raise type(failure)(f"seed {seed}: {failure}") from None
 
 
 class _Schedule:
-    def __init__(self, seed: int, opts: ScheduleOptions, node_factory: NodeFactory) -> None:
+    def __init__(
+        self,
+        seed: int,
+        opts: ScheduleOptions,
+        node_factory: NodeFactory,
+        disk_factory: DiskFactory = memory_disk,
+    ) -> None:
         self.rng = random.Random(seed * 7919 + 17)
         rng = self.rng
         # A quarter of the schedules churn leaders hard: three voters, lossy links, one
@@ -98,6 +105,7 @@ class _Schedule:
             faults=faults,
             node_factory=node_factory,
             compact_every=opts.compact_every,
+            disk_factory=disk_factory,
         )
         self.opts = opts
         self.result = ScheduleResult(seed, opts.steps)
