@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from zraft.sim import ScheduleOptions, run_schedule
 
 from tests.mutants import MUTANTS
+from zraft.sim import ScheduleOptions, run_schedule
 
 BUDGET = 2_000  # the schedules CI runs against the real core
 

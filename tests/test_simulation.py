@@ -10,9 +10,9 @@ import os
 import time
 
 import pytest
-from zraft.sim import ScheduleOptions, run_schedule
 
 from tests.conftest import SOAK
+from zraft.sim import ScheduleOptions, run_schedule
 
 SCHEDULES = int(os.environ.get("ZRAFT_SIM_SCHEDULES", 100_000 if SOAK else 2_000))
 STEPS = 300

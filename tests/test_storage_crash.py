@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 import zraft.storage
 from zraft.storage import SegmentedLog
 

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from zraft.core.types import Configuration, HardState
 from zraft.storage import CorruptHardStateError, HardStateFile, StorageFullError
 from zraft.storage import hard_state as hard_state_module

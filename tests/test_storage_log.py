@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from zraft.core.types import Configuration, Entry, EntryKind
 from zraft.storage import SegmentedLog, StorageError
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from zraft.core.types import Configuration, Entry, EntryKind
 from zraft.storage import (
     CorruptLogError,

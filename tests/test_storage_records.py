@@ -9,6 +9,7 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from zraft.core.types import Configuration, Entry, EntryKind
 from zraft.storage import CorruptRecordError, RecordError, TornRecordError
 from zraft.storage.records import (

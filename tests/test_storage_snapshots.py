@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from zraft.core.types import Configuration, SnapshotMeta
 from zraft.storage import CorruptSnapshotError, SnapshotStore
 from zraft.storage.snapshots import META_NAME
