@@ -1,1 +1,63 @@
-"""The wire: a versioned msgpack codec and the ZeroMQ transport."""
+"""The wire: a versioned msgpack codec, the ZeroMQ transport and the snapshot file stream.
+
+See ``docs/transport.md`` for the frame format, validation rules, queues and CURVE keys.
+"""
+
+from .codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    TYPE_CODES,
+    Decoded,
+    DecodedBatch,
+    FrameError,
+    WireMessage,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+    encode_batches,
+    is_peer_message,
+)
+from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
+from .snapshot_stream import SnapshotReceiver, SnapshotTransferError, send_snapshot
+from .zmq_transport import (
+    ClientChannel,
+    CurveSettings,
+    TransportError,
+    TransportTimeout,
+    ZmqTransport,
+    generate_keys,
+    key_name,
+    split_address,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "TYPE_CODES",
+    "ClientChannel",
+    "ClientReply",
+    "ClientRequest",
+    "CurveSettings",
+    "Decoded",
+    "DecodedBatch",
+    "FrameError",
+    "SnapshotOffer",
+    "SnapshotReady",
+    "SnapshotReceiver",
+    "SnapshotTransferError",
+    "TransportError",
+    "TransportTimeout",
+    "WireMessage",
+    "ZmqTransport",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "encode_batches",
+    "generate_keys",
+    "is_peer_message",
+    "key_name",
+    "send_snapshot",
+    "split_address",
+]

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 
@@ -25,7 +32,7 @@ def _tick_until(cluster: Cluster, done, limit: int = 2000) -> int:  # type: igno
     return cluster.time - start
 
 
-def demo(seed: int, schedules: int) -> int:
+def demo(seed: int, schedules: int) -> int:  # `zraft sim --narrate`
     """A narrated run of the consensus core in the deterministic simulation."""
     options = NodeOptions(election_ticks=10)
     _say(f"zraft demo (seed {seed}): five peers' consensus cores in one simulated network")
@@ -106,18 +113,184 @@ def sim(seed: int, steps: int, schedules: int) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    """Run one peer in this process until SIGTERM/SIGINT or a fatal error."""
+    from zraft.actors.runtime import PeerRuntime
+    from zraft.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_args(args)
+        runtime = PeerRuntime(settings)
+    except SettingsError as error:
+        sys.stderr.write(f"zraft serve: {error}\n")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime.start()
+    while not (stop.wait(0.2) or runtime.failed.is_set()):
+        pass
+    runtime.stop()
+    return 1 if runtime.failed.is_set() else 0
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from zraft.transport import ClientChannel
+
+    return ClientChannel(args.cluster_id, f"cli-{os.getpid()}")
+
+
+def status(args: argparse.Namespace) -> int:
+    from zraft.transport import ClientRequest, TransportTimeout
+
+    with _client(args) as channel:
+        try:
+            reply = channel.request(args.peer, ClientRequest(1, "status"), args.timeout)
+        except TransportTimeout:
+            sys.stderr.write(f"{args.peer}: no answer within {args.timeout}s\n")
+            return 1
+    info = reply.result
+    if args.json:
+        _say(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    _say(
+        f"{info['id']}: {info['role']} term {info['term']} leader {info['leader']} "
+        f"commit {info['commit']} applied {info['applied']} last {info['last_index']} "
+        f"snapshot {info['snapshot_index']}"
+    )
+    for peer, member in info["members"].items():
+        _say(f"  {peer}: match {member['match']} lag {member['lag']} {member['state']}")
+    return 0
+
+
+def _request(args: argparse.Namespace, op: str) -> int:
+    from zraft.transport import ClientRequest, TransportTimeout
+
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as error:
+        sys.stderr.write(f"payload is not JSON: {error}\n")
+        return 2
+    target = args.peer
+    with _client(args) as channel:
+        for attempt in range(5):
+            request = ClientRequest(
+                attempt + 1, op, payload, client_id=f"cli-{os.getpid()}", seq=1
+            )
+            try:
+                reply = channel.request(target, request, args.timeout)
+            except TransportTimeout:
+                sys.stderr.write(f"{target}: no answer within {args.timeout}s\n")
+                return 1
+            if not reply.ok and reply.error == "not_leader" and reply.leader:
+                target = reply.leader
+                continue
+            break
+    if not reply.ok:
+        sys.stderr.write(f"error: {reply.error}: {reply.result}\n")
+        return 1
+    _say(json.dumps(reply.result))
+    return 0
+
+
+def cluster_demo(size: int, writes: int) -> int:
+    """Start a local cluster of peer processes, write, kill the leader, show the takeover."""
+    from zraft.backends import kv
+    from zraft.local import LocalCluster
+
+    root = tempfile.mkdtemp(prefix="zraft-demo-")
+    _say(f"zraft demo: {size} peer processes on 127.0.0.1, data in {root}")
+    try:
+        with LocalCluster(size, root) as cluster:
+            cluster.start()
+            _say("- peers: " + ", ".join(cluster.peers))
+            started = time.monotonic()
+            leader = cluster.wait_for_leader()
+            _say(f"- {leader} elected leader after {time.monotonic() - started:.2f}s")
+            started = time.monotonic()
+            for i in range(writes):
+                cluster.write(kv.put(f"key-{i}", i))
+            elapsed = time.monotonic() - started
+            _say(f"- {writes} writes acknowledged one at a time in {elapsed:.2f}s")
+            cluster.kill(leader)
+            killed_at = time.monotonic()
+            _say(f"- kill -9 {leader}")
+            survivors = [p for p in cluster.peers if p != leader]
+            new_leader = cluster.wait_for_leader(among=survivors)
+            _say(f"- {new_leader} took over after {time.monotonic() - killed_at:.2f}s")
+            missing = [
+                i
+                for i in range(writes)
+                if cluster.query(new_leader, kv.get(f"key-{i}")).get("value") != i
+            ]
+            _say(f"- all {writes} acknowledged writes readable on the new leader: {not missing}")
+            cluster.write(kv.put("after-failover", True))
+            cluster.start_peer(leader)
+            _say(f"- restarted {leader}; it recovers from its directory and catches up")
+            target = cluster.status(new_leader)["commit"]  # type: ignore[index]
+            cluster.wait_for(
+                lambda: (cluster.status(leader) or {}).get("applied", 0) >= target,
+                20,
+                "the restarted peer to catch up",
+            )
+            value = cluster.query(leader, kv.get("after-failover"), local=True)
+            _say(f"- {leader} applied everything, including the write made while it was down: "
+                 f"{value}")
+            _say("- stopping the cluster")
+            return 1 if missing else 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zraft", description=__doc__)
+    from zraft.settings import add_arguments
+
+    parser = argparse.ArgumentParser(prog="zraft", description="zraft: Raft for Python")
+    parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_cmd = commands.add_parser("demo", help="show the consensus core at work")
-    demo_cmd.add_argument("--seed", type=int, default=1)
-    demo_cmd.add_argument("--schedules", type=int, default=50)
+
+    demo_cmd = commands.add_parser("demo", help="run a local 3-peer cluster and fail it over")
+    demo_cmd.add_argument("--peers", type=int, default=3)
+    demo_cmd.add_argument("--writes", type=int, default=100)
+
+    serve_cmd = commands.add_parser("serve", help="run one peer")
+    serve_cmd.add_argument("--log-level", default="INFO")
+    add_arguments(serve_cmd)
+
+    for name, text in (
+        ("status", "show a peer's view of the cluster"),
+        ("write", "send a write (JSON) through a peer"),
+        ("query", "send a linearizable query (JSON) to a peer"),
+    ):
+        cmd = commands.add_parser(name, help=text)
+        cmd.add_argument("--peer", required=True, help="HOST:PORT of any peer")
+        cmd.add_argument("--cluster-id", default="zraft")
+        cmd.add_argument("--timeout", type=float, default=3.0)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true")
+        else:
+            cmd.add_argument("payload", help="the command, as JSON")
+
     sim_cmd = commands.add_parser("sim", help="run or replay simulation schedules")
-    sim_cmd.add_argument("--seed", type=int, required=True)
+    sim_cmd.add_argument("--seed", type=int, default=1)
     sim_cmd.add_argument("--steps", type=int, default=300)
     sim_cmd.add_argument("--schedules", type=int, default=1)
+    sim_cmd.add_argument("--narrate", action="store_true", help="a narrated tour of the core")
+
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.command == "demo":
+        return cluster_demo(args.peers, args.writes)
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "status":
+        return status(args)
+    if args.command in ("write", "query"):
+        return _request(args, args.command)
+    if args.narrate:
         return demo(args.seed, args.schedules)
     return sim(args.seed, args.steps, args.schedules)
 

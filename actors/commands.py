@@ -1,0 +1,53 @@
+"""How client commands travel inside log entries.
+
+A NORMAL entry's data is one msgpack array: ``[kind, client_id, seq, acked, body]``.
+``client_id``/``seq`` make a write exactly-once; ``acked`` is the highest seq whose result
+the client has received, so the replicated state may forget results up to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+
+class CommandKind(IntEnum):
+    WRITE = 0
+
+
+class MalformedCommand(ValueError):
+    """An entry whose data is not a command envelope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    kind: CommandKind
+    client_id: str
+    seq: int
+    acked: int
+    body: Any
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [int(self.kind), self.client_id, self.seq, self.acked, self.body], use_bin_type=True
+        )
+
+    @staticmethod
+    def decode(data: bytes) -> Command:
+        try:
+            raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception as error:  # msgpack raises several unrelated types
+            raise MalformedCommand(f"not msgpack: {error}") from None
+        if not isinstance(raw, list) or len(raw) != 5:
+            raise MalformedCommand("a command is a 5-element array")
+        kind, client_id, seq, acked, body = raw
+        if not isinstance(kind, int) or kind not in CommandKind._value2member_map_:
+            raise MalformedCommand(f"unknown command kind {kind!r}")
+        if not isinstance(client_id, str) or len(client_id) > 256:
+            raise MalformedCommand("client id must be a string of at most 256 characters")
+        if type(seq) is not int or type(acked) is not int or seq < 0 or acked < 0:
+            raise MalformedCommand("seq and acked must be non-negative integers")
+        return Command(CommandKind(kind), client_id, seq, acked, body)

@@ -1,0 +1,117 @@
+"""The log actor: makes Readys durable in groups, then releases what waited for them.
+
+The peer actor appends ``PersistItem``s to a shared queue and tells ``WAKE``; each wake
+drains everything queued into one log append (one fdatasync), so under load many Readys
+share one sync (group commit). Only then are the votes and acknowledgements they carry
+sent, and the core told ``Persisted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pykka
+
+from zraft.core import Entry, HardState, Message
+from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
+
+from .messages import WAKE, CompactLog, InstallState, Persisted, PersistItem
+
+log = logging.getLogger(__name__)
+
+
+class LogActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        *,
+        raft_log: SegmentedLog,
+        hard_state_file: HardStateFile,
+        snapshots: SnapshotStore,
+        snapshot_lock: Any,
+        queue: deque[PersistItem],
+        send: Callable[[Iterable[Message]], None],
+        peer: pykka.ActorRef[Any],
+        session: pykka.ActorRef[Any],
+        saved: HardState,
+        metrics: dict[str, Any],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self.raft_log = raft_log
+        self.hard_state_file = hard_state_file
+        self.snapshots = snapshots
+        self.snapshot_lock = snapshot_lock
+        self.queue = queue
+        self.send = send
+        self.peer = peer
+        self.session = session
+        self.saved = saved  # the hard state last made durable
+        self.report_failure = on_failure
+        self.metrics = metrics  # shared with the status view; only this actor writes it
+        self.metrics.update(fsyncs=0, persisted_readys=0, persist_seconds_total=0.0)
+
+    def on_receive(self, message: Any) -> None:
+        if message is WAKE:
+            self._drain()
+        elif isinstance(message, CompactLog):
+            self.raft_log.compact(message.index, message.term)
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.report_failure(f"log actor failed: {exc_value!r}")
+
+    def _drain(self) -> None:
+        items = []
+        while self.queue:
+            items.append(self.queue.popleft())
+        if not items:
+            return
+        started = time.perf_counter()
+        pending: list[Entry] = []
+        hard_state: HardState | None = None
+        for item in items:
+            if item.snapshot is not None:
+                self._append(pending)
+                pending = []
+                self._install(item)
+            for entry in item.entries:
+                # A later Ready may replace a suffix of an earlier one still in this group.
+                while pending and pending[-1].index >= entry.index:
+                    pending.pop()
+                pending.append(entry)
+            if item.hard_state is not None:
+                hard_state = item.hard_state
+        self._append(pending)
+        if hard_state is not None and self._must_save(hard_state):
+            self.hard_state_file.save(hard_state)
+            self.saved = hard_state
+            self.metrics["fsyncs"] += 1
+        self.metrics["persist_seconds_total"] += time.perf_counter() - started
+        self.metrics["persisted_readys"] += len(items)
+        after = [m for item in items for m in item.messages]
+        if after:
+            self.send(after)
+        self.peer.tell(Persisted(self.raft_log.last_index, self.raft_log.last_term))
+
+    def _must_save(self, hard_state: HardState) -> bool:
+        # Term and vote must be durable before the messages that depend on them; the commit
+        # index is only a hint for restarts, so it rides along when something else changes.
+        return (hard_state.term, hard_state.vote) != (self.saved.term, self.saved.vote)
+
+    def _append(self, entries: list[Entry]) -> None:
+        if entries:
+            self.raft_log.append(entries)
+            self.metrics["fsyncs"] += 1
+
+    def _install(self, item: PersistItem) -> None:
+        """A snapshot from the leader: make it the latest, then cut the log to it."""
+        meta = item.snapshot
+        assert meta is not None and item.staged_path is not None
+        with self.snapshot_lock:
+            meta, path, extra = self.snapshots.finish_install(item.staged_path)
+        self.raft_log.restore_to_snapshot(meta.index, meta.term)
+        self.session.tell(InstallState(meta, path, extra))
+        log.info("installed snapshot at index %d term %d from the leader", meta.index, meta.term)

@@ -1,0 +1,172 @@
+"""Messages the actors of one peer tell each other. Frozen: pykka does not copy messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zraft.core import Entry, HardState, InstallSnapshot, Message, SnapshotMeta
+from zraft.transport import ClientRequest, SnapshotOffer, SnapshotReady
+
+Identity = bytes  # the ZeroMQ routing id of a client connection
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+TICK = Tick()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBatch:
+    """Messages from other peers, decoded by the transport."""
+
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBatch:
+    requests: tuple[tuple[Identity, ClientRequest], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedUpTo:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken:
+    """A snapshot at ``index`` is durable: the log before it may go."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStaged:
+    """A snapshot received from the leader waits, verified, in ``path``."""
+
+    index: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReport:
+    peer: str
+    success: bool
+
+
+# ----------------------------------------------------------------------- to the log actor
+
+
+@dataclass(frozen=True, slots=True)
+class PersistItem:
+    """The durable part of one Ready, and the messages that wait for it."""
+
+    snapshot: SnapshotMeta | None
+    staged_path: str | None
+    entries: tuple[Entry, ...]
+    hard_state: HardState | None
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    pass
+
+
+WAKE = Wake()
+
+
+@dataclass(frozen=True, slots=True)
+class CompactLog:
+    index: int
+    term: int
+
+
+# ----------------------------------------------------------------------- to the session actor
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyBatch:
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    index: int
+    term: int
+    identity: Identity
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitWrites:
+    writes: tuple[PendingWrite, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRead:
+    index: int  # serve once the state machine has applied this index (0: at once)
+    identity: Identity
+    request_id: int
+    query: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ServeReads:
+    reads: tuple[PendingRead, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectSnapshot:
+    """Entries after ``index`` wait until the snapshot at ``index`` is installed."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallState:
+    meta: SnapshotMeta
+    path: str
+    extra: dict[str, Any]
+
+
+# ----------------------------------------------------------------------- to the snapshot actor
+
+
+@dataclass(frozen=True, slots=True)
+class SendSnapshot:
+    message: InstallSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class OfferReceived:
+    offer: SnapshotOffer
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyReceived:
+    ready: SnapshotReady
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFinished:
+    peer: str
+    index: int
+    success: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveFinished:
+    index: int
+    path: str | None
+    reason: str = ""

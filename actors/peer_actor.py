@@ -1,0 +1,363 @@
+"""The peer actor: owns the consensus core and runs its ready loop.
+
+Every input (a tick, a batch of peer messages, a batch of client requests, a persisted
+report) is stepped into the core, then the ready loop hands each part of the output to
+whoever carries it out: messages to the transport at once, writes to the log actor (which
+sends what waited for them after its fsync), committed entries and reads to the session
+actor, snapshot transfers to the snapshot actor. Nothing here blocks on another actor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pykka
+
+from zraft.core import (
+    Configuration,
+    InstallSnapshot,
+    Message,
+    Node,
+    Ready,
+    ReplicationState,
+    Role,
+)
+from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
+
+from .commands import Command, CommandKind
+from .messages import (
+    WAKE,
+    AppliedUpTo,
+    ApplyBatch,
+    AwaitWrites,
+    ClientBatch,
+    CompactLog,
+    ExpectSnapshot,
+    Identity,
+    OfferReceived,
+    PeerBatch,
+    PendingRead,
+    PendingWrite,
+    Persisted,
+    PersistItem,
+    ReadyReceived,
+    SendSnapshot,
+    ServeReads,
+    SnapshotReport,
+    SnapshotStaged,
+    SnapshotTaken,
+    Tick,
+)
+
+log = logging.getLogger(__name__)
+
+Replies = list[tuple[Identity, ClientReply]]
+
+
+class PeerActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        *,
+        node: Node,
+        send: Callable[[Iterable[Message]], None],
+        reply: Callable[[Iterable[tuple[Identity, ClientReply]]], None],
+        set_peers: Callable[[Iterable[str]], None],
+        persist_queue: deque[PersistItem],
+        log_actor: pykka.ActorRef[Any],
+        session_actor: pykka.ActorRef[Any],
+        snapshot_actor: pykka.ActorRef[Any],
+        applied_index: int,
+        metrics_sources: dict[str, Callable[[], dict[str, Any]]],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self.node = node
+        self.send = send
+        self.reply = reply
+        self.set_peers = set_peers
+        self.persist_queue = persist_queue
+        self.log_actor = log_actor
+        self.session_actor = session_actor
+        self.snapshot_actor = snapshot_actor
+        self.applied = applied_index
+        self.metrics_sources = metrics_sources
+        self.report_failure = on_failure
+        self.staged: dict[int, str] = {}
+        self.reads: dict[int, tuple[Identity, int, Any]] = {}  # read context -> request
+        self._contexts = itertools.count(1)
+        self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
+        self.members: frozenset[str] = frozenset()
+        self.role = node.role
+        self.leader = node.leader
+        self.leader_since: float | None = None  # wall clock, comparable across processes
+        self.metrics = {
+            "elections_started": 0,
+            "leader_changes": 0,
+            "proposals": 0,
+            "client_requests": 0,
+            "peer_messages": 0,
+        }
+
+    def on_start(self) -> None:
+        self._config_changed()
+        self._drain()
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.report_failure(f"peer actor failed: {exc_value!r}")
+
+    def on_receive(self, message: Any) -> None:
+        node = self.node
+        if isinstance(message, Tick):
+            node.tick()
+        elif isinstance(message, PeerBatch):
+            self.metrics["peer_messages"] += len(message.messages)
+            for msg in message.messages:
+                self._step(msg)
+        elif isinstance(message, ClientBatch):
+            self._client_batch(message.requests)
+        elif isinstance(message, Persisted):
+            node.persisted(message.index, message.term)
+        elif isinstance(message, AppliedUpTo):
+            self.applied = message.index
+        elif isinstance(message, SnapshotTaken):
+            if node.compact(message.index):
+                self.log_actor.tell(CompactLog(message.index, node.snapshot_meta.term))
+        elif isinstance(message, SnapshotStaged):
+            self.staged[message.index] = message.path
+        elif isinstance(message, SnapshotReport):
+            node.report_snapshot(message.peer, message.success)
+        self._drain()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _step(self, msg: Message) -> None:
+        if isinstance(msg, SnapshotOffer):
+            self.snapshot_actor.tell(OfferReceived(msg))
+            return
+        if isinstance(msg, SnapshotReady):
+            self.snapshot_actor.tell(ReadyReceived(msg))
+            return
+        if (
+            isinstance(msg, InstallSnapshot)
+            and msg.meta.index not in self.staged
+            and msg.meta.index > self.node.commit
+        ):
+            log.warning("InstallSnapshot %d without its files; ignored", msg.meta.index)
+            return
+        reason = self.node.step(msg)
+        if reason is not None:
+            log.debug("ignored %s from %s: %s", type(msg).__name__, msg.src, reason)
+
+    def _client_batch(self, requests: Iterable[tuple[Identity, ClientRequest]]) -> None:
+        node = self.node
+        writes: list[tuple[Identity, ClientRequest]] = []
+        replies: Replies = []
+        for identity, request in requests:
+            self.metrics["client_requests"] += 1
+            op = request.op
+            if op == "write":
+                writes.append((identity, request))
+            elif op == "query":
+                context = next(self._contexts)
+                self.reads[context] = (identity, request.request_id, request.payload)
+                node.read_index(context)
+            elif op == "query_local":
+                read = PendingRead(0, identity, request.request_id, request.payload)
+                self.session_actor.tell(ServeReads((read,)))
+            elif op == "status":
+                replies.append((identity, ClientReply(request.request_id, True, self.status())))
+            elif op == "set_members":
+                replies.extend(self._set_members(identity, request))
+            elif op == "transfer":
+                reason = node.transfer_leadership(str(request.payload))
+                replies.append(
+                    (identity, ClientReply(request.request_id, reason is None, error=reason))
+                )
+            else:
+                error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
+                replies.append((identity, error))
+        if writes:
+            replies.extend(self._propose(writes))
+        if replies:
+            self.reply(replies)
+
+    def _propose(self, writes: list[tuple[Identity, ClientRequest]]) -> Replies:
+        node = self.node
+        data = []
+        for _, request in writes:
+            command = Command(
+                CommandKind.WRITE, request.client_id, request.seq, request.acked, request.payload
+            )
+            data.append(command.encode())
+        result = node.propose(data)
+        if not result.accepted:
+            return [
+                (
+                    identity,
+                    ClientReply(r.request_id, False, result.reason, "not_leader", node.leader),
+                )
+                for identity, r in writes
+            ]
+        self.metrics["proposals"] += len(writes)
+        pending = tuple(
+            PendingWrite(result.index + offset, result.term, identity, request.request_id)
+            for offset, (identity, request) in enumerate(writes)
+        )
+        self.session_actor.tell(AwaitWrites(pending))
+        return []
+
+    def _set_members(self, identity: Identity, request: ClientRequest) -> Replies:
+        payload = request.payload if isinstance(request.payload, dict) else {}
+        voters = payload.get("voters")
+        learners = payload.get("learners", [])
+        if not isinstance(voters, list) or not isinstance(learners, list):
+            return [
+                (identity, ClientReply(request.request_id, False, "voters: list", "bad_request"))
+            ]
+        old = payload.get("old")
+        if old is not None and frozenset(old) != self.node.config.voters:
+            return [(identity, ClientReply(request.request_id, False, None, "peers_changed"))]
+        result = self.node.propose_membership(frozenset(voters), frozenset(learners))
+        if not result.accepted:
+            code = "not_stable" if result.reason == "not stable" else "rejected"
+            if result.reason == "not leader":
+                code = "not_leader"
+            reply = ClientReply(request.request_id, False, result.reason, code, self.node.leader)
+            return [(identity, reply)]
+        target = Configuration.of(voters, learners)
+        self.membership_waiters.append((identity, request.request_id, target))
+        return []
+
+    # ------------------------------------------------------------------ the ready loop
+
+    def _drain(self) -> None:
+        node = self.node
+        while node.has_ready():
+            ready = node.ready()
+            self._observe_roles(ready)
+            outgoing = []
+            for msg in ready.messages:
+                if isinstance(msg, InstallSnapshot):
+                    self.snapshot_actor.tell(SendSnapshot(msg))
+                else:
+                    outgoing.append(msg)
+            if outgoing:
+                self.send(outgoing)
+            if ready.must_persist or ready.messages_after_persist:
+                self._persist(ready)
+            if ready.committed:
+                self.session_actor.tell(ApplyBatch(tuple(ready.committed)))
+            if ready.read_states or ready.read_failures:
+                self._reads(ready)
+        if node.config.members != self.members:
+            self._config_changed()
+        if self.membership_waiters:
+            self._answer_membership()
+
+    def _persist(self, ready: Ready) -> None:
+        staged = None
+        if ready.snapshot is not None:
+            staged = self.staged.pop(ready.snapshot.index)
+            self.session_actor.tell(ExpectSnapshot(ready.snapshot.index))
+        self.persist_queue.append(
+            PersistItem(
+                ready.snapshot,
+                staged,
+                tuple(ready.entries),
+                ready.hard_state,
+                tuple(ready.messages_after_persist),
+            )
+        )
+        self.log_actor.tell(WAKE)
+
+    def _reads(self, ready: Ready) -> None:
+        reads = []
+        for state in ready.read_states:
+            request = self.reads.pop(state.context, None)
+            if request is not None:
+                identity, request_id, query = request
+                reads.append(PendingRead(state.index, identity, request_id, query))
+        if reads:
+            self.session_actor.tell(ServeReads(tuple(reads)))
+        failures = []
+        for failure in ready.read_failures:
+            request = self.reads.pop(failure.context, None)
+            if request is not None:
+                reply = ClientReply(request[1], False, failure.reason, "not_leader", self.leader)
+                failures.append((request[0], reply))
+        if failures:
+            self.reply(failures)
+
+    def _observe_roles(self, ready: Ready) -> None:
+        if ready.role is not self.role:
+            if ready.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+                self.metrics["elections_started"] += ready.role is Role.CANDIDATE
+            if self.role is Role.LEADER and self.membership_waiters:
+                self.reply(
+                    (identity, ClientReply(rid, False, None, "not_leader", ready.leader))
+                    for identity, rid, _ in self.membership_waiters
+                )
+                self.membership_waiters = []
+            self.role = ready.role
+            self.leader_since = time.time() if ready.role is Role.LEADER else None
+        if ready.leader != self.leader:
+            self.leader = ready.leader
+            if ready.leader is not None:
+                self.metrics["leader_changes"] += 1
+                log.info("%s: leader is now %s (term %d)", self.node.id, ready.leader, ready.term)
+
+    def _config_changed(self) -> None:
+        self.members = self.node.config.members
+        self.set_peers(self.members - {self.node.id})
+
+    def _answer_membership(self) -> None:
+        node = self.node
+        if not node.membership_stable:
+            return
+        done = [w for w in self.membership_waiters if w[2] == node.config]
+        if done:
+            self.membership_waiters = [w for w in self.membership_waiters if w not in done]
+            self.reply(
+                (identity, ClientReply(rid, True, node.config.to_wire()))
+                for identity, rid, _ in done
+            )
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        node = self.node
+        members = {}
+        for peer, progress in sorted(node.progress.items()):
+            members[peer] = {
+                "match": progress.match,
+                "next": progress.next,
+                "state": str(progress.state),
+                "lag": node.log.last_index - progress.match,
+                "active": progress.recent_active,
+                "snapshot": progress.state is ReplicationState.SNAPSHOT,
+            }
+        metrics: dict[str, Any] = dict(self.metrics)
+        metrics["ignored_messages"] = sum(node.ignored.values())
+        for name, source in self.metrics_sources.items():
+            for key, value in source().items():
+                metrics[f"{name}_{key}"] = value
+        return {
+            "id": node.id,
+            "role": str(node.role),
+            "leader_since": self.leader_since,
+            "term": node.term,
+            "leader": node.leader,
+            "commit": node.commit,
+            "applied": self.applied,
+            "apply_lag": node.commit - self.applied,
+            "last_index": node.log.last_index,
+            "snapshot_index": node.log.snap_index,
+            "config": node.config.to_wire(),
+            "members": members,
+            "metrics": metrics,
+        }

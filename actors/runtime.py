@@ -1,0 +1,237 @@
+"""One peer, assembled: storage, backend, the four actors, the ticker and the transport.
+
+``PeerRuntime(settings).start()`` recovers from disk (latest snapshot, then the log after
+it, then the hard state) and joins the cluster; ``stop()`` takes everything down. If any
+actor fails, the whole peer stops (``failed`` is set) rather than limp on half-alive; the
+process supervisor restarts it from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from zraft.backends.base import load_backend
+from zraft.core import Configuration, Node, SnapshotMeta
+from zraft.settings import Settings
+from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
+from zraft.transport import CurveSettings, ZmqTransport
+
+from .log_actor import LogActor
+from .messages import TICK, ClientBatch, PeerBatch, PersistItem
+from .peer_actor import PeerActor
+from .session_actor import SessionActor
+from .snapshot_actor import SnapshotActor
+from .state_machine import ReplicatedState
+
+log = logging.getLogger(__name__)
+
+
+class PeerRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.peer_id = settings.require_peer_id()
+        self.failed = threading.Event()
+        self.failure: str | None = None
+        self.stopped = threading.Event()
+        self._actors: list[pykka.ActorRef[Any]] = []
+        self._ticker: threading.Thread | None = None
+        self.transport: ZmqTransport | None = None
+        self.peer: pykka.ActorRef[Any] | None = None
+        self.session: pykka.ActorRef[Any] | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> PeerRuntime:
+        s = self.settings
+        log_dir = Path(s.log_dir or s.data_dir)
+        snapshot_dir = Path(s.snapshot_dir or s.data_dir)
+        raft_log = SegmentedLog(log_dir / "log", max_segment_size=s.max_segment_size, fsync=s.fsync)
+        hard_state_file = HardStateFile(log_dir / "hard_state", fsync=s.fsync)
+        snapshots = SnapshotStore(
+            snapshot_dir / "snapshots",
+            backup=s.snapshot_backup,
+            keep_backups=s.snapshot_backups_kept,
+            fsync=s.fsync,
+        )
+        (log_dir / "hard_state").mkdir(parents=True, exist_ok=True)
+        hard_state, _ = hard_state_file.load()
+        backend = load_backend(s.backend)()
+        backend.init(self.peer_id)
+        bootstrap = Configuration.of(s.peers) if self.peer_id in s.peers else Configuration()
+        state = ReplicatedState(backend, bootstrap)
+        latest = snapshots.latest()
+        if latest is None:
+            meta = SnapshotMeta(0, 0, bootstrap)
+        else:
+            meta, path, extra = latest
+            state.install(meta, Path(path), extra)
+            raft_log.restore_to_snapshot(meta.index, meta.term)
+        entries = raft_log.entries(raft_log.first_index, raft_log.last_index + 1)
+        node = Node(
+            self.peer_id,
+            random.Random(),
+            s.node_options(),
+            hard_state=hard_state,
+            snapshot=meta,
+            entries=entries,
+        )
+        log.info(
+            "%s starting: term %d, snapshot %d, log %d..%d, %s",
+            self.peer_id,
+            hard_state.term,
+            meta.index,
+            raft_log.first_index,
+            raft_log.last_index,
+            node.config,
+        )
+        self.transport = ZmqTransport(
+            cluster_id=s.cluster_id,
+            peer_id=self.peer_id,
+            listen_host=_listen_host(self.peer_id),
+            peers=node.config.members - {self.peer_id},
+            on_peer_messages=self._on_peer_messages,
+            on_client_requests=self._on_client_requests,
+            curve=_curve(s),
+            max_frame_bytes=s.max_frame_bytes,
+        )
+        transport = self.transport
+        lock = threading.Lock()
+        queue: deque[PersistItem] = deque()
+        self.metrics: dict[str, dict[str, Any]] = {"log": {}, "apply": {}, "snapshot": {}}
+        self.session = SessionActor.start(
+            peer_id=self.peer_id,
+            state=state,
+            snapshots=snapshots,
+            snapshot_lock=lock,
+            max_log_count=s.max_log_count,
+            reply=transport.reply,
+            peer=None,
+            metrics=self.metrics["apply"],
+            on_failure=self._fail,
+        )
+        peer_proxy = _LateRef()
+        log_actor = LogActor.start(
+            raft_log=raft_log,
+            hard_state_file=hard_state_file,
+            snapshots=snapshots,
+            snapshot_lock=lock,
+            queue=queue,
+            send=transport.send,
+            peer=peer_proxy,
+            session=self.session,
+            saved=hard_state,
+            metrics=self.metrics["log"],
+            on_failure=self._fail,
+        )
+        snapshot_actor = SnapshotActor.start(
+            peer_id=self.peer_id,
+            cluster_id=s.cluster_id,
+            snapshots=snapshots,
+            snapshot_lock=lock,
+            listen_host=s.snapshot_listener_addr,
+            listen_port=s.snapshot_listener_port,
+            transfer_timeout=max(5.0, s.request_timeout / 1000 * 5),  # type: ignore[operator]
+            send=transport.send,
+            peer=peer_proxy,
+            metrics=self.metrics["snapshot"],
+            on_failure=self._fail,
+        )
+        self.peer = PeerActor.start(
+            node=node,
+            send=transport.send,
+            reply=transport.reply,
+            set_peers=transport.set_peers,
+            persist_queue=queue,
+            log_actor=log_actor,
+            session_actor=self.session,
+            snapshot_actor=snapshot_actor,
+            applied_index=state.applied_index,
+            metrics_sources={
+                "transport": transport.stats,
+                **{name: (lambda m=m: dict(m)) for name, m in self.metrics.items()},
+            },
+            on_failure=self._fail,
+        )
+        peer_proxy.ref = self.peer
+        self.session.proxy().set_peer(self.peer).get()
+        self._actors = [self.peer, log_actor, snapshot_actor, self.session]
+        transport.start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="zraft-ticker", daemon=True)
+        self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        for ref in self._actors:
+            try:
+                ref.stop(block=True, timeout=10)
+            except pykka.ActorDeadError:
+                pass
+            except Exception:  # stopping must go on for the others
+                log.exception("stopping %s", ref)
+        if self.transport is not None:
+            self.transport.close()
+
+    def wait(self) -> None:
+        """Block until a failure or ``stop()``."""
+        while not (self.failed.wait(0.5) or self.stopped.is_set()):
+            pass
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _tick_loop(self) -> None:
+        interval = self.settings.tick_interval / 1000  # type: ignore[operator]
+        while not self.stopped.wait(interval):
+            peer = self.peer
+            if peer is None or not peer.is_alive():
+                return
+            peer.tell(TICK)
+
+    def _on_peer_messages(self, messages: list[Any]) -> None:
+        if self.peer is not None:
+            self.peer.tell(PeerBatch(tuple(messages)))
+
+    def _on_client_requests(self, requests: list[Any]) -> None:
+        if self.peer is not None:
+            self.peer.tell(ClientBatch(tuple(requests)))
+
+    def _fail(self, reason: str) -> None:
+        log.critical("%s stopping: %s", self.peer_id, reason)
+        self.failure = reason
+        self.failed.set()
+
+
+class _LateRef:
+    """Lets actors started before the peer actor tell it once it exists."""
+
+    ref: pykka.ActorRef[Any] | None = None
+
+    def tell(self, message: Any) -> None:
+        if self.ref is not None:
+            self.ref.tell(message)
+
+
+def _listen_host(peer_id: str) -> str:
+    host = peer_id.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+def _curve(settings: Settings) -> CurveSettings | None:
+    if settings.curve_secret_key is None:
+        return None
+    return CurveSettings(
+        secret_key_file=settings.curve_secret_key,
+        public_key_file=settings.curve_public_key,
+        authorized_keys_dir=settings.curve_authorized_keys,
+    )

@@ -1,0 +1,185 @@
+"""The session actor: hosts the replicated state (backend + client tables), applies
+committed entries, answers clients, and takes snapshots every ``max_log_count`` entries."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from zraft.backends.base import Failure
+from zraft.core import Entry
+from zraft.storage import SnapshotStore
+from zraft.transport import ClientReply
+
+from .messages import (
+    AppliedUpTo,
+    ApplyBatch,
+    AwaitWrites,
+    ExpectSnapshot,
+    Identity,
+    InstallState,
+    PendingRead,
+    PendingWrite,
+    ServeReads,
+    SnapshotTaken,
+)
+from .state_machine import ReplicatedState
+
+log = logging.getLogger(__name__)
+
+Replier = Callable[[Iterable[tuple[Identity, ClientReply]]], None]
+
+
+def reply_for(request_id: int, outcome: tuple[bool, Any], leader: str | None) -> ClientReply:
+    ok, value = outcome
+    if ok:
+        return ClientReply(request_id, True, value, leader=leader)
+    failure = Failure.from_wire(value)
+    return ClientReply(request_id, False, failure.reason, error=failure.code, leader=leader)
+
+
+class SessionActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        state: ReplicatedState,
+        snapshots: SnapshotStore,
+        snapshot_lock: Any,
+        max_log_count: int,
+        reply: Replier,
+        peer: pykka.ActorRef[Any] | None,
+        metrics: dict[str, Any],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self.peer_id = peer_id
+        self.state = state
+        self.snapshots = snapshots
+        self.snapshot_lock = snapshot_lock
+        self.max_log_count = max_log_count
+        self.reply = reply
+        self.peer = peer
+        self.report_failure = on_failure
+        self.last_snapshot = state.applied_index
+        self.pending_writes: dict[int, PendingWrite] = {}
+        self.waiting_reads: list[tuple[int, int, PendingRead]] = []  # heap by index
+        self._read_sequence = 0
+        self.expecting_snapshot: int | None = None
+        self.held: list[Entry] = []  # entries that wait for a snapshot install
+        self.metrics = metrics  # shared with the status view; only this actor writes it
+        self.metrics.update(applied_entries=0, snapshots_taken=0, snapshots_installed=0)
+
+    def set_peer(self, peer: pykka.ActorRef[Any]) -> None:
+        self.peer = peer
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, ApplyBatch):
+            self._apply(list(message.entries))
+        elif isinstance(message, AwaitWrites):
+            for write in message.writes:
+                self.pending_writes[write.index] = write
+        elif isinstance(message, ServeReads):
+            self._queue_reads(message.reads)
+        elif isinstance(message, ExpectSnapshot):
+            self.expecting_snapshot = message.index
+        elif isinstance(message, InstallState):
+            self._install(message)
+        elif callable(message):
+            return message(self)  # a probe from tests and the status command
+        return None
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.report_failure(f"session actor failed: {exc_value!r}")
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, entries: list[Entry]) -> None:
+        if self.expecting_snapshot is not None:
+            self.held.extend(entries)
+            return
+        entries = [e for e in entries if e.index > self.state.applied_index]
+        if not entries:
+            return
+        replies: list[tuple[Identity, ClientReply]] = []
+        for applied in self.state.apply(entries):
+            pending = self.pending_writes.pop(applied.index, None)
+            if pending is None:
+                continue
+            if pending.term != applied.term:
+                # Our proposal lost to another leader's entry at that index.
+                replies.append(
+                    (
+                        pending.identity,
+                        ClientReply(pending.request_id, False, None, error="not_leader"),
+                    )
+                )
+            elif applied.outcome is not None:
+                replies.append(
+                    (pending.identity, reply_for(pending.request_id, applied.outcome, None))
+                )
+        self.metrics["applied_entries"] += len(entries)
+        replies.extend(self._due_reads())
+        if replies:
+            self.reply(replies)
+        if self.peer is not None:
+            self.peer.tell(AppliedUpTo(self.state.applied_index))
+        if self.state.applied_index - self.last_snapshot >= self.max_log_count:
+            self._take_snapshot()
+
+    def _take_snapshot(self) -> None:
+        meta, writer, extra = self.state.snapshot()
+        backend = self.state.backend
+        try:
+            with self.snapshot_lock:
+                self.snapshots.create(meta, writer, extra)
+        except Exception as error:
+            backend.snapshot_failed(error)
+            log.error("snapshot at %d failed: %s", meta.index, error)
+            return
+        backend.snapshot_done()
+        self.last_snapshot = meta.index
+        self.metrics["snapshots_taken"] += 1
+        if self.peer is not None:
+            self.peer.tell(SnapshotTaken(meta.index))
+
+    def _install(self, message: InstallState) -> None:
+        self.state.install(message.meta, Path(message.path), message.extra)
+        self.last_snapshot = message.meta.index
+        self.expecting_snapshot = None
+        self.metrics["snapshots_installed"] += 1
+        held, self.held = self.held, []
+        for index in [i for i in self.pending_writes if i <= message.meta.index]:
+            write = self.pending_writes.pop(index)
+            self.reply([(write.identity, ClientReply(write.request_id, False, error="retry"))])
+        self._apply(held)
+
+    # ------------------------------------------------------------------ reading
+
+    def _queue_reads(self, reads: Iterable[PendingRead]) -> None:
+        for read in reads:
+            self._read_sequence += 1
+            heapq.heappush(self.waiting_reads, (read.index, self._read_sequence, read))
+        replies = self._due_reads()
+        if replies:
+            self.reply(replies)
+
+    def _due_reads(self) -> list[tuple[Identity, ClientReply]]:
+        out = []
+        applied = self.state.applied_index
+        if self.expecting_snapshot is not None:
+            return out
+        while self.waiting_reads and self.waiting_reads[0][0] <= applied:
+            _, _, read = heapq.heappop(self.waiting_reads)
+            result = self.state.query(read.query)
+            if isinstance(result, Failure):
+                reply = ClientReply(read.request_id, False, result.reason, error=result.code)
+            else:
+                reply = ClientReply(read.request_id, True, result.data)
+            out.append((read.identity, reply))
+        return out

@@ -1,0 +1,200 @@
+"""The snapshot actor: moves snapshots between peers over their own TCP stream.
+
+Leader side: the core asks for ``InstallSnapshot``; we offer the snapshot to the follower
+(``SnapshotOffer``), it answers where to stream it (``SnapshotReady``), a worker thread
+streams the files with sendfile, and only once the follower acknowledged every file do we
+send the core's ``InstallSnapshot`` and report the outcome to the core.
+
+Follower side: an offer opens a staging directory and a receiver expectation; when the files
+are in and verified, the peer actor learns where they are (``SnapshotStaged``), so the
+``InstallSnapshot`` that follows can be carried out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from zraft.core import InstallSnapshot, Message
+from zraft.storage import SnapshotStore
+from zraft.transport import SnapshotOffer, SnapshotReady, SnapshotReceiver, send_snapshot
+from zraft.transport.zmq_transport import split_address
+
+from .messages import (
+    OfferReceived,
+    ReadyReceived,
+    ReceiveFinished,
+    SendSnapshot,
+    SnapshotReport,
+    SnapshotStaged,
+    TransferFinished,
+)
+
+log = logging.getLogger(__name__)
+
+_OFFER_UNANSWERED = "no answer to the offer"
+
+
+class SnapshotActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        cluster_id: str,
+        snapshots: SnapshotStore,
+        snapshot_lock: Any,
+        listen_host: str,
+        listen_port: int,
+        transfer_timeout: float,
+        send: Callable[[Iterable[Message]], None],
+        peer: pykka.ActorRef[Any],
+        metrics: dict[str, Any],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self.peer_id = peer_id
+        self.cluster_id = cluster_id
+        self.snapshots = snapshots
+        self.snapshot_lock = snapshot_lock
+        self.listen = (listen_host, listen_port)
+        self.transfer_timeout = transfer_timeout
+        self.send = send
+        self.peer = peer
+        self.report_failure = on_failure
+        self.receiver: SnapshotReceiver | None = None
+        self.outgoing: dict[str, InstallSnapshot] = {}  # follower -> what we offered it
+        self.streaming: set[str] = set()
+        self.incoming: dict[int, str] = {}  # snapshot index -> staging directory
+        self.metrics = metrics  # shared with the status view; only this actor writes it
+        self.metrics.update(snapshots_sent=0, snapshots_received=0, transfer_failures=0)
+
+    def on_start(self) -> None:
+        host, port = self.listen
+        advertise = split_address(self.peer_id)[0] if host in ("0.0.0.0", "::", "") else host
+        me = self.actor_ref
+        self.receiver = SnapshotReceiver(
+            host,
+            port,
+            cluster_id=self.cluster_id,
+            advertise_host=advertise,
+            on_complete=lambda index, path: me.tell(ReceiveFinished(index, str(path))),
+            on_failed=lambda index, reason: me.tell(ReceiveFinished(index, None, reason)),
+        )
+
+    def on_stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.close()
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if self.receiver is not None:
+            self.receiver.close()
+        self.report_failure(f"snapshot actor failed: {exc_value!r}")
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, SendSnapshot):
+            self._offer(message.message)
+        elif isinstance(message, ReadyReceived):
+            self._stream(message.ready)
+        elif isinstance(message, TransferFinished):
+            self._finished_sending(message)
+        elif isinstance(message, OfferReceived):
+            self._accept(message.offer)
+        elif isinstance(message, ReceiveFinished):
+            self._finished_receiving(message)
+
+    # ------------------------------------------------------------------ leader side
+
+    def _offer(self, message: InstallSnapshot) -> None:
+        follower = message.dst
+        if follower in self.streaming:
+            return  # one transfer per follower at a time; the core retries after our report
+        self.outgoing[follower] = message
+        self.send([SnapshotOffer(message.term, self.peer_id, follower, message.meta)])
+        timer = threading.Timer(
+            self.transfer_timeout,
+            lambda: self.actor_ref.tell(
+                TransferFinished(follower, message.meta.index, False, _OFFER_UNANSWERED)
+            ),
+        )
+        timer.daemon = True
+        timer.start()
+
+    def _stream(self, ready: SnapshotReady) -> None:
+        offered = self.outgoing.get(ready.src)
+        if offered is None or offered.meta.index != ready.index or ready.src in self.streaming:
+            return
+        with self.snapshot_lock:
+            latest = self.snapshots.latest()
+        if latest is None or latest[0].index != ready.index:
+            self.actor_ref.tell(TransferFinished(ready.src, ready.index, False, "superseded"))
+            return
+        path = Path(latest[1])
+        names = [name for name, _ in self.snapshots.list_files(str(path))]
+        if any("/" in name for name in names):
+            # The stream sends plain file names; a backend must write a flat directory.
+            log.error("snapshot %s has nested files; backends must write flat directories", path)
+            self.actor_ref.tell(TransferFinished(ready.src, ready.index, False, "nested files"))
+            return
+        files = [path / name for name in names]
+        self.streaming.add(ready.src)
+        me = self.actor_ref
+
+        def work() -> None:
+            try:
+                send_snapshot(
+                    ready.host,
+                    ready.port,
+                    cluster_id=self.cluster_id,
+                    sender=self.peer_id,
+                    index=ready.index,
+                    files=files,
+                    timeout=self.transfer_timeout,
+                )
+            except Exception as error:  # a worker thread must report, never die silently
+                me.tell(TransferFinished(ready.src, ready.index, False, repr(error)))
+            else:
+                me.tell(TransferFinished(ready.src, ready.index, True))
+
+        threading.Thread(target=work, name=f"zraft-snapshot-send-{ready.src}", daemon=True).start()
+
+    def _finished_sending(self, done: TransferFinished) -> None:
+        offered = self.outgoing.get(done.peer)
+        if offered is None or offered.meta.index != done.index:
+            return
+        if done.reason == _OFFER_UNANSWERED and done.peer in self.streaming:
+            return  # the offer timer fired while the stream runs; the stream will report
+        self.outgoing.pop(done.peer, None)
+        self.streaming.discard(done.peer)
+        if done.success:
+            self.metrics["snapshots_sent"] += 1
+            self.send([offered])  # files are in place: now the follower's core may install
+            log.info("sent snapshot %d to %s", done.index, done.peer)
+        else:
+            self.metrics["transfer_failures"] += 1
+            log.warning("snapshot %d to %s failed: %s", done.index, done.peer, done.reason)
+        self.peer.tell(SnapshotReport(done.peer, done.success))
+
+    # ------------------------------------------------------------------ follower side
+
+    def _accept(self, offer: SnapshotOffer) -> None:
+        assert self.receiver is not None
+        index = offer.meta.index
+        staging = self.incoming.get(index)
+        if staging is None:
+            with self.snapshot_lock:
+                staging = self.snapshots.begin_install()
+            self.incoming[index] = staging
+        host, port = self.receiver.expect(index, staging)
+        self.send([SnapshotReady(offer.term, self.peer_id, offer.src, index, host, port)])
+
+    def _finished_receiving(self, done: ReceiveFinished) -> None:
+        if done.path is None:
+            log.warning("receiving snapshot %d failed: %s", done.index, done.reason)
+            return  # the expectation stays; the leader retries
+        self.metrics["snapshots_received"] += 1
+        self.peer.tell(SnapshotStaged(done.index, done.path))

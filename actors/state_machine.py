@@ -1,0 +1,192 @@
+"""The replicated state on one peer: the user's backend plus the tables that make client
+writes exactly-once. Plain and synchronous; the session actor drives it.
+
+Every peer applies the same committed entries in the same order, so everything here must be
+deterministic: client tables are evicted by entry order, never by clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zraft.backends.base import (
+    ApplyResult,
+    Backend,
+    Failure,
+    QueryResult,
+    SnapshotWriter,
+    checked_apply,
+    checked_query,
+)
+from zraft.core import Configuration, Entry, EntryKind, SnapshotMeta
+
+from .commands import Command, CommandKind, MalformedCommand
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple[bool, Any]  # (ok, result) or (False, failure wire form)
+
+
+@dataclass(slots=True)
+class _ClientRecord:
+    acked: int = 0  # results up to this seq were received by the client and forgotten
+    results: dict[int, Outcome] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one entry produced; ``outcome`` is None for no-op and config entries."""
+
+    index: int
+    term: int
+    outcome: Outcome | None
+    trigger_keys: frozenset[str] = frozenset()
+
+
+def _outcome(result: ApplyResult | Failure) -> Outcome:
+    if isinstance(result, Failure):
+        return (False, result.to_wire())
+    return (True, result.result)
+
+
+class ReplicatedState:
+    """Applies committed entries to a backend, exactly once per (client id, seq)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        initial_config: Configuration,
+        *,
+        max_clients: int = 65_536,
+        max_results_per_client: int = 4_096,
+    ) -> None:
+        self.backend = backend
+        self.config = initial_config
+        self.applied_index = 0
+        self.applied_term = 0
+        self.max_clients = max_clients
+        self.max_results_per_client = max_results_per_client
+        self._clients: OrderedDict[str, _ClientRecord] = OrderedDict()
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, entries: list[Entry]) -> list[Applied]:
+        out = []
+        for entry in entries:
+            if entry.index != self.applied_index + 1:
+                raise ValueError(
+                    f"entry {entry.index} applied after {self.applied_index}: entries skipped"
+                )
+            out.append(self._apply_one(entry))
+            self.applied_index, self.applied_term = entry.index, entry.term
+        return out
+
+    def _apply_one(self, entry: Entry) -> Applied:
+        if entry.kind is EntryKind.CONFIG:
+            self.config = entry.data
+            return Applied(entry.index, entry.term, None)
+        if entry.kind is EntryKind.NOOP:
+            return Applied(entry.index, entry.term, None)
+        try:
+            command = Command.decode(entry.data)
+        except MalformedCommand as error:
+            log.warning("entry %d is not a command: %s", entry.index, error)
+            failure = Failure("rejected", f"malformed command: {error}")
+            return Applied(entry.index, entry.term, _outcome(failure))
+        if command.kind is not CommandKind.WRITE:
+            failure = Failure("rejected", f"unsupported command kind {command.kind.name}")
+            return Applied(entry.index, entry.term, _outcome(failure))
+        record = self._record(command) if command.client_id else None
+        if record is not None:
+            cached = self._cached(record, command)
+            if cached is not None:
+                return Applied(entry.index, entry.term, cached)
+        result = checked_apply(self.backend, command.body)
+        outcome = _outcome(result)
+        if record is not None:
+            self._remember(record, command.seq, outcome)
+        keys = result.trigger_keys if isinstance(result, ApplyResult) else frozenset()
+        return Applied(entry.index, entry.term, outcome, keys)
+
+    def _record(self, command: Command) -> _ClientRecord:
+        record = self._clients.get(command.client_id)
+        if record is None:
+            record = self._clients[command.client_id] = _ClientRecord()
+            while len(self._clients) > self.max_clients:
+                evicted, _ = self._clients.popitem(last=False)  # least recently written
+                log.info("forgetting results of idle client %s", evicted)
+        else:
+            self._clients.move_to_end(command.client_id)
+        if command.acked > record.acked:
+            record.acked = command.acked
+            for seq in [s for s in record.results if s <= command.acked]:
+                del record.results[seq]
+        return record
+
+    def _cached(self, record: _ClientRecord, command: Command) -> Outcome | None:
+        if command.seq in record.results:
+            return record.results[command.seq]  # a retry: the first result, not a new apply
+        if command.seq <= record.acked:
+            failure = Failure("rejected", f"request {command.seq} was already acknowledged")
+            return _outcome(failure)
+        return None
+
+    def _remember(self, record: _ClientRecord, seq: int, outcome: Outcome) -> None:
+        record.results[seq] = outcome
+        while len(record.results) > self.max_results_per_client:
+            oldest = min(record.results)
+            del record.results[oldest]
+            record.acked = max(record.acked, oldest)
+
+    # ------------------------------------------------------------------ reading
+
+    def query(self, query: Any) -> QueryResult | Failure:
+        return checked_query(self.backend, query)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> tuple[SnapshotMeta, SnapshotWriter, dict[str, Any]]:
+        """What a snapshot at the applied index holds: metadata, backend writer, our tables."""
+        meta = SnapshotMeta(self.applied_index, self.applied_term, self.config)
+        return meta, self.backend.snapshot(), {"clients": self._tables()}
+
+    def _tables(self) -> list[list[Any]]:
+        return [
+            [
+                client,
+                record.acked,
+                [[seq, ok, value] for seq, (ok, value) in record.results.items()],
+            ]
+            for client, record in self._clients.items()
+        ]
+
+    def install(self, meta: SnapshotMeta, directory: Path, extra: dict[str, Any]) -> None:
+        """Replace everything with the snapshot in ``directory``."""
+        clients = _parse_tables(extra.get("clients", []))
+        self.backend.install(directory)
+        self._clients = clients
+        self.config = meta.config
+        self.applied_index, self.applied_term = meta.index, meta.term
+
+
+def _parse_tables(raw: Any) -> OrderedDict[str, _ClientRecord]:
+    if not isinstance(raw, list):
+        raise ValueError("snapshot client table is not a list")
+    clients: OrderedDict[str, _ClientRecord] = OrderedDict()
+    for row in raw:
+        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)):
+            raise ValueError(f"bad client row in snapshot: {row!r}")
+        client, acked, results = row
+        if type(acked) is not int or not isinstance(results, list):
+            raise ValueError(f"bad client row in snapshot: {row!r}")
+        record = _ClientRecord(acked)
+        for item in results:
+            if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int):
+                raise ValueError(f"bad result in snapshot for client {client}")
+            record.results[item[0]] = (bool(item[1]), item[2])
+        clients[client] = record
+    return clients

@@ -1,0 +1,93 @@
+"""The replicated state: exactly-once writes, deterministic tables, snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zraft.actors.commands import Command, CommandKind
+from zraft.actors.state_machine import ReplicatedState
+from zraft.backends import kv
+from zraft.backends.kv import KeyValueBackend
+from zraft.core import Configuration, Entry, EntryKind
+from zraft.storage import SnapshotStore
+
+CONFIG = Configuration.of(["a", "b", "c"])
+
+
+def write(index: int, body: object, client: str = "c1", seq: int = 0, acked: int = 0) -> Entry:
+    data = Command(CommandKind.WRITE, client, seq, acked, body).encode()
+    return Entry(index, 1, EntryKind.NORMAL, data)
+
+
+def fresh() -> ReplicatedState:
+    return ReplicatedState(KeyValueBackend(), CONFIG, max_clients=3)
+
+
+@pytest.mark.timeout(30)
+def test_a_retried_write_returns_the_first_result_and_applies_once() -> None:
+    state = fresh()
+    first = state.apply([write(1, kv.cas("k", None, "v1"), seq=1)])[0]
+    retry = state.apply([write(2, kv.cas("k", None, "v2"), seq=1)])[0]
+    assert retry.outcome == first.outcome
+    assert state.query(kv.get("k")).data == {"found": True, "value": "v1"}
+    # a new seq is a new write
+    state.apply([write(3, kv.put("k", "v3"), seq=2)])
+    assert state.query(kv.get("k")).data == {"found": True, "value": "v3"}
+
+
+@pytest.mark.timeout(30)
+def test_acknowledged_results_are_forgotten_and_their_retries_refused() -> None:
+    state = fresh()
+    state.apply([write(1, kv.put("k", 1), seq=1), write(2, kv.put("k", 2), seq=2, acked=1)])
+    late = state.apply([write(3, kv.put("k", 9), seq=1, acked=1)])[0]
+    assert late.outcome is not None and late.outcome[0] is False
+    assert state.query(kv.get("k")).data == {"found": True, "value": 2}
+
+
+@pytest.mark.timeout(30)
+def test_idle_clients_are_evicted_in_entry_order_the_same_on_every_peer() -> None:
+    peers = [fresh(), fresh()]
+    entries = [write(i + 1, kv.put(f"k{i}", i), client=f"c{i % 5}", seq=i + 1) for i in range(20)]
+    for state in peers:
+        state.apply(entries)
+    tables = [state.snapshot()[2] for state in peers]
+    assert tables[0] == tables[1]
+    assert len(tables[0]["clients"]) == 3
+
+
+@pytest.mark.timeout(30)
+def test_bad_entries_become_deterministic_failures() -> None:
+    state = fresh()
+    results = state.apply(
+        [
+            Entry(1, 1, EntryKind.NORMAL, b"\xc1 not msgpack"),
+            write(2, {"op": "explode"}),
+            Entry(3, 1, EntryKind.NOOP, b""),
+        ]
+    )
+    assert results[0].outcome is not None and results[0].outcome[0] is False
+    assert results[1].outcome is not None and results[1].outcome[0] is False
+    assert results[2].outcome is None
+    with pytest.raises(ValueError):
+        state.apply([write(9, kv.put("k", 1))])  # a gap is a bug in the caller, not input
+
+
+@pytest.mark.timeout(30)
+def test_snapshot_and_install_keep_data_and_dedupe_tables(tmp_path: Path) -> None:
+    state = fresh()
+    first, _ = state.apply(
+        [write(1, kv.put("k", "v"), seq=1), write(2, kv.put("j", 1), client="c2", seq=5)]
+    )
+    store = SnapshotStore(tmp_path)
+    meta, writer, extra = state.snapshot()
+    store.create(meta, writer, extra)
+    restored = ReplicatedState(KeyValueBackend(), Configuration())
+    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
+    restored.install(got_meta, Path(path), got_extra)
+    assert restored.applied_index == 2 and restored.config == CONFIG
+    assert restored.query(kv.get("k")).data == {"found": True, "value": "v"}
+    retry = restored.apply([write(3, kv.put("k", "again"), seq=1)])[0]
+    assert retry.outcome == first.outcome  # the dedupe table travelled in the snapshot
+    assert restored.query(kv.get("k")).data == {"found": True, "value": "v"}

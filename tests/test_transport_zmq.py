@@ -1,0 +1,353 @@
+"""ZmqTransport and ClientChannel over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from zraft.core.messages import AppendEntries, AppendResponse, Heartbeat, Message, RequestVote
+from zraft.core.types import Entry, EntryKind
+from zraft.transport import (
+    ClientChannel,
+    ClientReply,
+    ClientRequest,
+    TransportError,
+    TransportTimeout,
+    ZmqTransport,
+)
+
+from .test_transport_support import Inbox, free_address, running, wait_until
+
+CLUSTER = "test-cluster"
+
+
+def connect(sender: ZmqTransport, inbox: Inbox, dst: str) -> None:
+    """ZMQ_IMMEDIATE drops until the TCP connection is up: ping until one arrives."""
+    before = inbox.count()
+
+    def arrived() -> bool:
+        if inbox.count() > before:
+            return True
+        sender.send([Heartbeat(0, sender.peer_id, dst, 0, 0)])
+        return False
+
+    assert wait_until(arrived, timeout=10, step=0.02), f"{sender.peer_id} never reached {dst}"
+    time.sleep(0.05)  # let stray pings land before the caller counts
+
+
+def batch_of(src: str, dst: str, start: int, n: int = 100) -> list[Message]:
+    out: list[Message] = []
+    for i in range(start, start + n):
+        if i % 3 == 0:
+            entry = Entry(i + 1, 2, EntryKind.NORMAL, b"v%d" % i)
+            out.append(AppendEntries(2, src, dst, i, 2, (entry,), i))
+        elif i % 3 == 1:
+            out.append(AppendResponse(2, src, dst, True, i))
+        else:
+            out.append(Heartbeat(2, src, dst, i, i))
+    return out
+
+
+def payload_of(msgs: list[Message]) -> list[Message]:
+    return [m for m in msgs if not (isinstance(m, Heartbeat) and m.term == 0)]
+
+
+@pytest.mark.timeout(60)
+def test_two_transports_exchange_batches_in_order() -> None:
+    a, b = free_address(), free_address()
+    inbox_a, inbox_b = Inbox(), Inbox()
+    with running(a, [a, b], inbox_a) as ta, running(b, [a, b], inbox_b) as tb:
+        connect(ta, inbox_b, b)
+        connect(tb, inbox_a, a)
+        sent_ab = [m for k in range(5) for m in batch_of(a, b, k * 100)]
+        sent_ba = [m for k in range(5) for m in batch_of(b, a, 10_000 + k * 100)]
+        for k in range(5):
+            ta.send(sent_ab[k * 100 : (k + 1) * 100])
+            tb.send(iter(sent_ba[k * 100 : (k + 1) * 100]))  # any iterable will do
+        assert wait_until(lambda: len(payload_of(inbox_b.snapshot())) == 500)
+        assert wait_until(lambda: len(payload_of(inbox_a.snapshot())) == 500)
+        assert payload_of(inbox_b.snapshot()) == sent_ab
+        assert payload_of(inbox_a.snapshot()) == sent_ba
+        # Delivered in batches, not one callback per message.
+        assert len(inbox_b.batches) < 100
+        stats = ta.stats()
+        assert stats["sent"] >= 500 and stats["sent_frames"] < stats["sent"]
+        assert tb.stats()["received"] >= 500
+        assert tb.stats()["rejected"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_three_peers_and_membership_changes() -> None:
+    a, b, c = free_address(), free_address(), free_address()
+    inboxes = {p: Inbox() for p in (a, b, c)}
+    with (
+        running(a, [a, b, c], inboxes[a]) as ta,
+        running(b, [a, b, c], inboxes[b]),
+        running(c, [a, b, c], inboxes[c]),
+    ):
+        connect(ta, inboxes[b], b)
+        connect(ta, inboxes[c], c)
+        ta.send([RequestVote(5, a, b, 1, 1), RequestVote(5, a, c, 1, 1)])
+        for p in (b, c):
+            assert wait_until(lambda p=p: RequestVote(5, a, p, 1, 1) in inboxes[p].snapshot())
+
+        ta.set_peers([a, b])  # c removed
+        assert ta.peers == frozenset({b})
+        ta.send([Heartbeat(6, a, c, 0, 1), Heartbeat(6, a, b, 0, 1)])
+        assert wait_until(lambda: Heartbeat(6, a, b, 0, 1) in inboxes[b].snapshot())
+        assert ta.stats()["dropped_unknown-peer"] == 1
+        assert Heartbeat(6, a, c, 0, 1) not in inboxes[c].snapshot()
+
+        ta.set_peers([a, b, c])  # c back
+        connect(ta, inboxes[c], c)
+        ta.send([Heartbeat(7, a, c, 0, 1)])
+        assert wait_until(lambda: Heartbeat(7, a, c, 0, 1) in inboxes[c].snapshot())
+
+
+@pytest.mark.timeout(60)
+def test_dead_peer_costs_bounded_memory_and_never_blocks() -> None:
+    a, dead = free_address(), free_address()
+    inbox = Inbox()
+    transport = ZmqTransport(
+        cluster_id=CLUSTER,
+        peer_id=a,
+        peers=[a, dead],
+        on_peer_messages=inbox.on_peer,
+        on_client_requests=inbox.on_client,
+        max_backlog=1000,
+        send_hwm=10,
+    )
+    try:
+        # Not started yet: nothing drains the hand-off list, so it fills up and the rest
+        # is dropped at once instead of queuing without bound.
+        for k in range(50):
+            transport.send(batch_of(a, dead, k * 100))
+        stats = transport.stats()
+        assert stats["backlog"] == 1000
+        assert stats["dropped_backlog"] == 4000
+        transport.start()
+        started = time.perf_counter()
+        slowest = 0.0
+        for k in range(500):  # 50,000 messages at a peer nobody listens on
+            t0 = time.perf_counter()
+            transport.send(batch_of(a, dead, k * 100))
+            slowest = max(slowest, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+        assert slowest < 0.5 and elapsed < 20, (slowest, elapsed)
+        total = 55_000
+
+        def settled() -> bool:
+            s = transport.stats()
+            return s["dropped"] + s["sent"] == total and s["backlog"] == 0
+
+        assert wait_until(settled, timeout=20)
+        stats = transport.stats()
+        # IMMEDIATE=1: no connection, so no frame is queued for the dead peer at all.
+        assert stats["sent"] == 0
+        assert stats["dropped_unavailable"] + stats.get("dropped_backlog", 0) == total
+    finally:
+        transport.close()
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_senders_lose_nothing() -> None:
+    a, b = free_address(), free_address()
+    inbox_b = Inbox()
+    with running(a, [a, b], Inbox()) as ta, running(b, [a, b], inbox_b):
+        connect(ta, inbox_b, b)
+        base = inbox_b.count()
+
+        def sender(t: int) -> None:
+            for k in range(20):
+                ta.send([Heartbeat(1, a, b, t, k * 100 + i) for i in range(100)])
+
+        threads = [threading.Thread(target=sender, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert wait_until(lambda: inbox_b.count() - base == 8000), inbox_b.count() - base
+        got = [m for m in inbox_b.snapshot()[base:] if isinstance(m, Heartbeat)]
+        for t in range(4):  # each thread's messages arrive in its order
+            rounds = [m.round for m in got if m.commit == t]
+            assert rounds == list(range(2000))
+
+
+@pytest.mark.timeout(60)
+def test_a_raising_callback_does_not_kill_the_thread() -> None:
+    a, b = free_address(), free_address()
+    inbox_b = Inbox()
+    calls: list[int] = []
+
+    def exploding(msgs: list[Message]) -> None:
+        calls.append(len(msgs))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        inbox_b.on_peer(msgs)
+
+    tb = ZmqTransport(
+        cluster_id=CLUSTER,
+        peer_id=b,
+        peers=[a],
+        on_peer_messages=exploding,
+        on_client_requests=inbox_b.on_client,
+    )
+    tb.start()
+    try:
+        with running(a, [a, b], Inbox()) as ta:
+
+            def first_call() -> bool:
+                ta.send([Heartbeat(0, a, b, 0, 0)])
+                return bool(calls)
+
+            assert wait_until(first_call, step=0.02)
+            assert tb.stats()["callback_errors"] == 1
+            ta.send([Heartbeat(1, a, b, 1, 1)])
+            assert wait_until(lambda: Heartbeat(1, a, b, 1, 1) in inbox_b.snapshot())
+            assert tb._thread is not None and tb._thread.is_alive()
+    finally:
+        tb.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_is_idempotent_and_later_sends_are_counted() -> None:
+    a, b = free_address(), free_address()
+    transport = ZmqTransport(
+        cluster_id=CLUSTER,
+        peer_id=a,
+        peers=[b],
+        on_peer_messages=lambda m: None,
+        on_client_requests=lambda r: None,
+    )
+    transport.start()
+    thread = transport._thread
+    assert thread is not None and thread.is_alive()
+    transport.close()
+    transport.close()
+    assert not thread.is_alive()
+    transport.send([Heartbeat(1, a, b, 0, 0)])
+    assert transport.stats()["dropped_closed"] == 1
+    with pytest.raises(TransportError):
+        transport.start()
+
+
+@pytest.mark.timeout(30)
+def test_close_from_a_callback_does_not_deadlock() -> None:
+    a, b = free_address(), free_address()
+    holder: list[ZmqTransport] = []
+    closed = threading.Event()
+
+    def on_peer(msgs: list[Message]) -> None:
+        holder[0].close()
+        closed.set()
+
+    tb = ZmqTransport(
+        cluster_id=CLUSTER,
+        peer_id=b,
+        peers=[a],
+        on_peer_messages=on_peer,
+        on_client_requests=lambda r: None,
+    )
+    holder.append(tb)
+    tb.start()
+    thread = tb._thread
+    assert thread is not None
+    try:
+        with running(a, [a, b], Inbox()) as ta:
+
+            def ping() -> bool:
+                ta.send([Heartbeat(0, a, b, 0, 0)])
+                return closed.is_set()
+
+            assert wait_until(ping, timeout=10, step=0.02)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    finally:
+        tb.close()
+
+
+@pytest.mark.timeout(30)
+def test_port_in_use_raises() -> None:
+    a = free_address()
+    with running(a, [a], Inbox()):
+        second = ZmqTransport(
+            cluster_id=CLUSTER,
+            peer_id=a,
+            peers=[],
+            on_peer_messages=lambda m: None,
+            on_client_requests=lambda r: None,
+        )
+        with pytest.raises(TransportError):
+            second.start()
+        second.close()
+
+
+@pytest.mark.timeout(30)
+def test_bad_peer_ids_are_refused() -> None:
+    for bad in ["nohost", "h:", ":80", "h:0", "h:70000", "h:x"]:
+        with pytest.raises(ValueError):
+            ZmqTransport(
+                cluster_id=CLUSTER,
+                peer_id="127.0.0.1:1",
+                peers=[bad],
+                on_peer_messages=lambda m: None,
+                on_client_requests=lambda r: None,
+            ).close()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@pytest.mark.timeout(60)
+def test_client_request_reply_echo() -> None:
+    b = free_address()
+    holder: list[ZmqTransport] = []
+
+    def echo(reqs: list[tuple[bytes, ClientRequest]]) -> None:
+        replies = []
+        for routing_id, req in reqs:
+            # A stale reply for another request first: the channel must skip it.
+            replies.append((routing_id, ClientReply(req.request_id + 1000, False)))
+            replies.append((routing_id, ClientReply(req.request_id, True, [req.op, req.payload])))
+        holder[0].reply(replies)
+
+    tb = ZmqTransport(
+        cluster_id=CLUSTER,
+        peer_id=b,
+        peers=[],
+        on_peer_messages=lambda m: None,
+        on_client_requests=echo,
+    )
+    holder.append(tb)
+    tb.start()
+    try:
+        with ClientChannel(CLUSTER, "client-1") as channel:
+            for i in range(20):
+                reply = channel.request(b, ClientRequest(i, "put", {"k": i}, "client-1", i), 5.0)
+                assert reply == ClientReply(i, True, ["put", {"k": i}])
+            assert channel.ignored >= 20
+        with ClientChannel("other-cluster", "client-2") as channel, pytest.raises(TransportTimeout):
+            channel.request(b, ClientRequest(1, "get"), 0.5)
+        assert wait_until(lambda: tb.stats().get("rejected_wrong-cluster", 0) == 1)
+        assert tb.stats()["replies_sent"] == 40
+    finally:
+        tb.close()
+
+
+@pytest.mark.timeout(30)
+def test_client_times_out_without_a_server_or_a_reply() -> None:
+    nobody = free_address()
+    b = free_address()
+    inbox = Inbox()
+    with running(b, [b], inbox), ClientChannel(CLUSTER, "client") as channel:
+        started = time.monotonic()
+        with pytest.raises(TransportTimeout):
+            channel.request(nobody, ClientRequest(1, "get"), 0.3)
+        assert time.monotonic() - started < 2
+        with pytest.raises(TransportTimeout):  # the server never answers
+            channel.request(b, ClientRequest(2, "get"), 0.3)
+        assert wait_until(lambda: len(inbox.requests) == 1)
+        routing_id, req = inbox.requests[0]
+        assert req == ClientRequest(2, "get") and routing_id

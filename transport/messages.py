@@ -1,0 +1,63 @@
+"""Wire-only messages: they travel beside the core's messages but the core never sees them.
+
+``SnapshotOffer``/``SnapshotReady`` negotiate a snapshot file stream (see
+``snapshot_stream``); ``ClientRequest``/``ClientReply`` are what clients and peers exchange.
+All are frozen, so they can cross threads (and pykka actors) without copying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.messages import Message
+from ..core.types import SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotOffer(Message):
+    """Leader → follower: "I am about to stream the snapshot ``meta``; where shall I send it?"."""
+
+    meta: SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReady(Message):
+    """Follower → leader: "stream snapshot ``index`` to ``host:port``"."""
+
+    index: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A client's command or query.
+
+    ``client_id``/``seq``/``acked`` identify the request for exactly-once bookkeeping (the
+    session layer's job); ``timeout_ms`` is how long the client will wait (0: unspecified).
+    ``payload`` is any msgpack-able value; tuples come back as lists.
+    """
+
+    request_id: int
+    op: str
+    payload: Any = None
+    client_id: str = ""
+    seq: int = 0
+    acked: int = 0
+    timeout_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply:
+    """The answer to ``ClientRequest`` ``request_id``; ``leader`` is a redirect hint."""
+
+    request_id: int
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    leader: str | None = None
+
+
+PEER_WIRE_TYPES: tuple[type[Message], ...] = (SnapshotOffer, SnapshotReady)
+"""Peer-to-peer messages that exist only on the wire (not in ``zraft.core``)."""

@@ -1,0 +1,816 @@
+"""ZeroMQ transport: one ROUTER per peer for inbound traffic, one DEALER per remote peer.
+
+Threading model. zmq sockets are not thread-safe, so one I/O thread owns every socket of a
+``ZmqTransport``. Other threads (actors) hand work over through ``send``/``reply``/
+``set_peers``, which append to a list under a lock and, only if the I/O thread has not
+already been woken since it last drained the list, write one byte to a pipe the I/O thread
+polls beside its sockets. Why not an inproc PUSH socket per sender thread: that needs a
+thread-local socket per actor thread (created lazily, leaked when the thread dies, one more
+zmq message per call), whereas the pipe costs one lock round and, under load, no syscall at
+all (wakeups coalesce: thousands of ``send`` calls between two drains write one byte).
+Measured with ``benchmarks/transport_bench.py`` (see ``docs/transport.md``).
+
+Inbound: per wakeup the I/O thread drains every frame available (up to a fairness cap),
+decodes them and calls ``on_peer_messages`` once with all peer messages and
+``on_client_requests`` once with all client requests. Callbacks run on the I/O thread and
+must not block (an actor ``tell`` is right). Bad frames are dropped, counted, and logged at
+most once per reason every few seconds.
+
+Outbound: never blocks. A message is dropped and counted when its destination is unknown,
+when the hand-off backlog is full, or when the peer's DEALER refuses it (EAGAIN: not
+connected, since ``ZMQ_IMMEDIATE`` is set, or its ``SNDHWM`` queue is full), so a dead peer
+costs at most ``send_hwm`` queued frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
+
+from ..core.messages import Message
+from .codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_PEER_ID_LEN,
+    FrameError,
+    WireMessage,
+    decode_batch,
+    encode,
+    encode_batches,
+)
+from .messages import ClientReply, ClientRequest
+
+log = logging.getLogger(__name__)
+
+# Frames larger than max_frame_bytes are useless, so zmq refuses them (and drops the
+# connection) before reading them; the slack covers the ROUTER's framing.
+_MAXMSGSIZE_SLACK = 64 * 1024
+# Fairness: at most this many inbound frames per wakeup before the outbox is looked at.
+_MAX_FRAMES_PER_WAKEUP = 4096
+# A callback gets at most about this many messages (more would only hold memory longer).
+_MAX_MESSAGES_PER_CALLBACK = 8192
+_LOG_INTERVAL_S = 5.0
+
+PeerCallback = Callable[[list[Message]], None]
+ClientCallback = Callable[[list[tuple[bytes, ClientRequest]]], None]
+
+
+class TransportError(Exception):
+    """The transport cannot do what was asked (bad address, bind failure, closed)."""
+
+
+class TransportTimeout(TransportError):
+    """No (matching) reply arrived in time."""
+
+
+# --------------------------------------------------------------------------- addresses/keys
+
+
+def split_address(peer_id: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) → (host, port). Raises ValueError."""
+    if not isinstance(peer_id, str) or not peer_id or len(peer_id) > MAX_PEER_ID_LEN:
+        raise ValueError(f"bad peer id {peer_id!r}")
+    host, sep, port_text = peer_id.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"peer id {peer_id!r} is not host:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"peer id {peer_id!r} has a bad port")
+    return host, port
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"tcp://{host}:{port}"
+
+
+_KEY_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def key_name(peer_id: str) -> str:
+    """File stem of a peer's (or client's) certificate: unsafe characters become ``_``.
+
+    ``"127.0.0.1:7001"`` → ``"127.0.0.1_7001"``; its public key is
+    ``<authorized_keys_dir>/127.0.0.1_7001.key``.
+    """
+    name = _KEY_NAME_UNSAFE.sub("_", peer_id)
+    if not name.strip("."):
+        raise ValueError(f"cannot name a key after {peer_id!r}")
+    return name
+
+
+def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Create a CURVE keypair: ``<name>.key`` (public) and ``<name>.key_secret``.
+
+    For a peer pass ``key_name(peer_id)`` so other peers find its public key by id.
+    Returns (public_key_file, secret_key_file).
+    """
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
+    return Path(public), Path(secret)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveSettings:
+    """CURVE encryption and authentication.
+
+    ``authorized_keys_dir`` holds the public certificates (``*.key``) of every peer and
+    client allowed to connect; peers' files are named ``key_name(peer_id) + ".key"`` so
+    DEALERs find the server key of the peer they connect to.
+    """
+
+    secret_key_file: str | os.PathLike[str]
+    public_key_file: str | os.PathLike[str]
+    authorized_keys_dir: str | os.PathLike[str]
+
+    def own_keys(self) -> tuple[bytes, bytes]:
+        """(public, secret) of this process."""
+        public, secret = zmq.auth.load_certificate(os.fspath(self.secret_key_file))
+        if secret is None:
+            raise ValueError(f"{self.secret_key_file} holds no secret key")
+        own_public, _ = zmq.auth.load_certificate(os.fspath(self.public_key_file))
+        if own_public != public:
+            raise ValueError("public and secret key files do not belong together")
+        return public, secret
+
+    def server_key(self, peer_id: str) -> bytes | None:
+        """The public key of ``peer_id`` from the authorized directory, or None."""
+        path = Path(self.authorized_keys_dir) / f"{key_name(peer_id)}.key"
+        try:
+            public, _ = zmq.auth.load_certificate(os.fspath(path))
+        except (OSError, ValueError):
+            return None
+        return public
+
+
+def _client_curve(sock: zmq.Socket[Any], curve: CurveSettings, server: str) -> bool:
+    server_key = curve.server_key(server)
+    if server_key is None:
+        return False
+    public, secret = curve.own_keys()
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    sock.curve_serverkey = server_key
+    return True
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class _RateLimitedLog:
+    """At most one line per reason per interval, carrying how many were suppressed."""
+
+    def __init__(self, interval: float = _LOG_INTERVAL_S) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def warning(self, reason: str, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(reason)
+            if last is not None and now - last < self._interval:
+                self._suppressed[reason] += 1
+                return
+            self._last[reason] = now
+            suppressed = self._suppressed.pop(reason, 0)
+        log.warning(fmt + " (%d more like it since the last report)", *args, suppressed)
+
+
+# --------------------------------------------------------------------------- transport
+
+_SEND = 0
+_REPLY = 1
+_PEERS = 2
+
+
+class ZmqTransport:
+    """Peer-to-peer and client traffic of one peer over ZeroMQ. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        peer_id: str,
+        listen_host: str = "127.0.0.1",
+        peers: Iterable[str],
+        on_peer_messages: PeerCallback,
+        on_client_requests: ClientCallback,
+        curve: CurveSettings | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        send_hwm: int = 10000,
+        max_backlog: int = 200_000,
+    ) -> None:
+        _, self._port = split_address(peer_id)
+        self.cluster_id = cluster_id
+        self.peer_id = peer_id
+        self._listen_host = listen_host
+        self._on_peer_messages = on_peer_messages
+        self._on_client_requests = on_client_requests
+        self._curve = curve
+        self._max_frame_bytes = max_frame_bytes
+        self._send_hwm = send_hwm
+        self._max_backlog = max_backlog
+        for peer in peers:
+            split_address(peer)
+        self._peers: frozenset[str] = frozenset(peers) - {peer_id}
+
+        self._lock = threading.Lock()  # guards everything below up to the I/O thread's own
+        self._outbox: list[tuple[int, Any]] = []
+        self._backlog = 0  # messages and replies waiting in _outbox
+        self._wake_pending = False
+        self._closed = False
+        self._counters: Counter[str] = Counter()
+
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._router: zmq.Socket[Any] | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pipe_open = True
+        self._ratelog = _RateLimitedLog()
+        # Owned by the I/O thread once started:
+        self._dealers: dict[str, zmq.Socket[Any]] = {}
+        self._missing_keys: set[str] = set()
+        self._stop = False
+        self._close_on_exit = False
+        self._ctx_done = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind the ROUTER (errors raise here) and start the I/O thread."""
+        if self._thread is not None or self._closed:
+            raise TransportError("transport already started or closed")
+        router = self._ctx.socket(zmq.ROUTER)
+        try:
+            router.linger = 0
+            router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.sndhwm = self._send_hwm
+            if ":" in self._listen_host:
+                router.ipv6 = True
+            if self._curve is not None:
+                self._auth = ThreadAuthenticator(self._ctx, log=log.getChild("auth"))
+                self._auth.start()
+                self._auth.configure_curve(
+                    domain="*", location=os.fspath(self._curve.authorized_keys_dir)
+                )
+                public, secret = self._curve.own_keys()
+                router.curve_publickey = public
+                router.curve_secretkey = secret
+                router.curve_server = True
+            router.bind(_endpoint(self._listen_host, self._port))
+        except (zmq.ZMQError, OSError, ValueError) as exc:
+            router.close(linger=0)
+            self._shutdown_context()
+            self._closed = True
+            where = f"{self._listen_host}:{self._port}"
+            raise TransportError(f"cannot listen on {where}: {exc}") from exc
+        self._router = router
+        # zmq allows moving a socket to another thread across a full memory barrier, which
+        # Thread.start() is; from here on only the I/O thread touches it.
+        self._thread = threading.Thread(
+            target=self._run, name=f"zraft-transport-{self.peer_id}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the I/O thread and close every socket. Idempotent; pending sends are lost."""
+        with self._lock:
+            if self._closed and self._thread is None:
+                return
+            self._closed = True
+            self._stop = True
+        thread = self._thread
+        if thread is not None:
+            self._wake()
+            if thread is threading.current_thread():
+                # Called from a callback on the I/O thread: it finishes the job on its way out.
+                self._close_on_exit = True
+            else:
+                thread.join()
+                self._thread = None
+                self._shutdown_context()
+            return
+        if self._router is not None:
+            self._router.close(linger=0)
+            self._router = None
+        self._shutdown_context()
+
+    def _shutdown_context(self) -> None:
+        if self._ctx_done:
+            return
+        self._ctx_done = True
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self._ctx.term()
+        with self._lock:
+            if self._pipe_open:
+                self._pipe_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def __enter__(self) -> ZmqTransport:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ any thread
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue peer messages for sending. Never blocks; what cannot be sent is counted."""
+        peers = self._peers
+        batch: list[Message] = []
+        unknown = 0
+        for msg in messages:
+            if msg.dst in peers:
+                batch.append(msg)
+            else:
+                unknown += 1
+        if unknown:
+            self._ratelog.warning("unknown-peer", "dropped %d message(s) to unknown peers", unknown)
+        self._enqueue(_SEND, batch, len(batch), unknown)
+
+    def reply(self, replies: Iterable[tuple[bytes, ClientReply]]) -> None:
+        """Queue replies to clients (routing ids from ``on_client_requests``). Never blocks."""
+        batch = list(replies)
+        self._enqueue(_REPLY, batch, len(batch), 0)
+
+    def set_peers(self, peers: Iterable[str]) -> None:
+        """Membership changed: connect to new peers, disconnect removed ones.
+
+        With CURVE, the authorized keys directory is re-read too (add a new peer's key
+        before calling this).
+        """
+        new = frozenset(peers) - {self.peer_id}
+        for peer in new:
+            split_address(peer)
+        if self._auth is not None and self._curve is not None:
+            location = os.fspath(self._curve.authorized_keys_dir)
+            self._auth.configure_curve(domain="*", location=location)
+        with self._lock:
+            if self._closed:
+                return
+            self._peers = new
+            self._outbox.append((_PEERS, new))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._wake_locked()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: sent, received (messages), frames, ``dropped_<reason>`` (outbound,
+        per message), ``rejected_<reason>`` (inbound, per frame or message), connection
+        events, ``backlog`` (messages waiting for the I/O thread)."""
+        with self._lock:
+            out = dict(self._counters)
+            out["backlog"] = self._backlog
+        for key in ("sent", "received", "dropped", "rejected", "replies_sent"):
+            out.setdefault(key, 0)
+        return out
+
+    @property
+    def peers(self) -> frozenset[str]:
+        return self._peers
+
+    def _enqueue(self, kind: int, items: list[Any], count: int, dropped_unknown: int) -> None:
+        with self._lock:
+            counters = self._counters
+            if dropped_unknown:
+                counters["dropped_unknown-peer"] += dropped_unknown
+                counters["dropped"] += dropped_unknown
+            if not count:
+                return
+            if self._closed:
+                counters["dropped_closed"] += count
+                counters["dropped"] += count
+                return
+            if self._backlog + count > self._max_backlog:
+                counters["dropped_backlog"] += count
+                counters["dropped"] += count
+                full = True
+            else:
+                full = False
+                self._backlog += count
+                self._outbox.append((kind, items))
+                if not self._wake_pending:
+                    self._wake_pending = True
+                    self._wake_locked()
+        if full:
+            self._ratelog.warning("backlog", "send backlog full (%d); dropping", self._max_backlog)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        # Under the lock, so the pipe cannot be closed (and its fd reused) meanwhile.
+        if self._pipe_open:
+            with contextlib.suppress(OSError):  # full: the thread will wake anyway
+                os.write(self._wake_w, b"\x01")
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[key] += n
+
+    def _count_many(self, items: dict[str, int]) -> None:
+        with self._lock:
+            for key, n in items.items():
+                self._counters[key] += n
+
+    # ------------------------------------------------------------------ the I/O thread
+
+    def _run(self) -> None:
+        router = self._router
+        assert router is not None
+        monitor = router.get_monitor_socket(
+            zmq.EVENT_ACCEPTED
+            | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        self._connect_peers(self._peers)
+        try:
+            while not self._stop:
+                try:
+                    events = dict(poller.poll(1000))
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.ETERM:
+                        break
+                    log.exception("poll failed")
+                    continue
+                if self._wake_r in events:
+                    self._drain_outbox()
+                if router in events:
+                    self._drain_inbound(router)
+                if monitor in events:
+                    self._drain_monitor(monitor)
+        except Exception:  # noqa: BLE001 - last resort: log, then close cleanly
+            log.exception("transport I/O thread crashed")
+        finally:
+            router.disable_monitor()
+            monitor.close(linger=0)
+            for sock in self._dealers.values():
+                sock.close(linger=0)
+            self._dealers.clear()
+            router.close(linger=0)
+            self._router = None
+            if self._close_on_exit:
+                self._shutdown_context()
+
+    def _drain_outbox(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            self._wake_pending = False
+            items = self._outbox
+            self._outbox = []
+            self._backlog = 0
+        if not items:
+            return
+        by_peer: dict[str, list[Message]] = defaultdict(list)
+        replies: dict[bytes, list[ClientReply]] = defaultdict(list)
+        for kind, payload in items:
+            if kind == _SEND:
+                for msg in payload:
+                    by_peer[msg.dst].append(msg)
+            elif kind == _REPLY:
+                for routing_id, rep in payload:
+                    replies[routing_id].append(rep)
+            else:
+                self._flush(by_peer, replies)
+                by_peer.clear()
+                replies.clear()
+                self._connect_peers(payload)
+        self._flush(by_peer, replies)
+
+    def _flush(
+        self, by_peer: dict[str, list[Message]], replies: dict[bytes, list[ClientReply]]
+    ) -> None:
+        counts: Counter[str] = Counter()
+
+        def encode_failed(msg: WireMessage, exc: Exception) -> None:
+            reason = "oversized" if isinstance(exc, FrameError) else "encode-error"
+            counts[f"dropped_{reason}"] += 1
+            counts["dropped"] += 1
+            self._ratelog.warning(
+                reason, "cannot send %s: %s", type(msg).__name__, exc or type(exc).__name__
+            )
+
+        for peer, msgs in by_peer.items():
+            sock = self._dealers.get(peer)
+            if sock is None:  # removed meanwhile, or no CURVE key for it
+                reason = "no-key" if peer in self._missing_keys else "unknown-peer"
+                counts[f"dropped_{reason}"] += len(msgs)
+                counts["dropped"] += len(msgs)
+                continue
+            frames = encode_batches(
+                msgs,
+                cluster_id=self.cluster_id,
+                sender=self.peer_id,
+                max_frame_bytes=self._max_frame_bytes,
+                on_error=encode_failed,
+            )
+            for frame, n in frames:
+                try:
+                    sock.send(frame, zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    counts["dropped_unavailable"] += n
+                    counts["dropped"] += n
+                    self._ratelog.warning(
+                        "unavailable:" + peer,
+                        "peer %s unreachable or its queue is full; dropping",
+                        peer,
+                    )
+                else:
+                    counts["sent"] += n
+                    counts["sent_frames"] += 1
+        router = self._router
+        assert router is not None
+        for routing_id, reps in replies.items():
+            frames = encode_batches(
+                reps,
+                cluster_id=self.cluster_id,
+                sender=self.peer_id,
+                max_frame_bytes=self._max_frame_bytes,
+                on_error=encode_failed,
+            )
+            for frame, n in frames:
+                try:
+                    router.send_multipart([routing_id, frame], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    counts["dropped_reply-queue-full"] += n
+                    counts["dropped"] += n
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    counts["dropped_client-gone"] += n
+                    counts["dropped"] += n
+                else:
+                    counts["replies_sent"] += n
+        if counts:
+            self._count_many(counts)
+
+    def _connect_peers(self, peers: frozenset[str]) -> None:
+        for peer in list(self._dealers):
+            if peer not in peers:
+                self._dealers.pop(peer).close(linger=0)
+                log.info("%s: disconnected from removed peer %s", self.peer_id, peer)
+        self._missing_keys &= peers
+        for peer in peers:
+            if peer in self._dealers:
+                continue
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.immediate = True
+            sock.sndhwm = self._send_hwm
+            # Nothing is ever sent back on this socket: refuse anything that tries.
+            sock.rcvhwm = 1
+            sock.setsockopt(zmq.MAXMSGSIZE, 1024)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            host, port = split_address(peer)
+            if ":" in host:
+                sock.ipv6 = True
+            if self._curve is not None and not _client_curve(sock, self._curve, peer):
+                sock.close(linger=0)
+                self._missing_keys.add(peer)
+                log.error(
+                    "%s: no CURVE public key for peer %s (%s.key)",
+                    self.peer_id,
+                    peer,
+                    key_name(peer),
+                )
+                continue
+            sock.connect(_endpoint(host, port))
+            self._dealers[peer] = sock
+
+    def _drain_inbound(self, router: zmq.Socket[Any]) -> None:
+        peer_msgs: list[Message] = []
+        client_reqs: list[tuple[bytes, ClientRequest]] = []
+        counts: Counter[str] = Counter()
+        cluster_id = self.cluster_id
+        me = self.peer_id
+        limit = self._max_frame_bytes
+        for _ in range(_MAX_FRAMES_PER_WAKEUP):
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            counts["received_frames"] += 1
+            if len(parts) != 2:
+                self._reject(counts, "bad-parts", parts[0] if parts else b"")
+                continue
+            routing_id, frame = parts
+            try:
+                decoded = decode_batch(frame, cluster_id=cluster_id, max_frame_bytes=limit)
+            except FrameError as exc:
+                self._reject(counts, exc.reason, routing_id)
+                continue
+            except Exception:  # noqa: BLE001 - never let one frame kill the thread
+                log.exception("unexpected error decoding a frame")
+                self._reject(counts, "decode-crash", routing_id)
+                continue
+            for msg in decoded.messages:
+                if isinstance(msg, Message):
+                    if msg.dst != me:
+                        self._reject(counts, "wrong-dst", routing_id)
+                        continue
+                    peer_msgs.append(msg)
+                elif isinstance(msg, ClientRequest):
+                    client_reqs.append((routing_id, msg))
+                else:
+                    self._reject(counts, "unexpected-type", routing_id)
+            if len(peer_msgs) + len(client_reqs) >= _MAX_MESSAGES_PER_CALLBACK:
+                self._deliver(peer_msgs, client_reqs, counts)
+                peer_msgs, client_reqs, counts = [], [], Counter()
+        self._deliver(peer_msgs, client_reqs, counts)
+
+    def _deliver(
+        self,
+        peer_msgs: list[Message],
+        client_reqs: list[tuple[bytes, ClientRequest]],
+        counts: Counter[str],
+    ) -> None:
+        counts["received"] += len(peer_msgs)
+        counts["client_requests"] += len(client_reqs)
+        self._count_many(counts)
+        if peer_msgs:
+            try:
+                self._on_peer_messages(peer_msgs)
+            except Exception:  # noqa: BLE001
+                self._count("callback_errors")
+                log.exception("on_peer_messages raised")
+        if client_reqs:
+            try:
+                self._on_client_requests(client_reqs)
+            except Exception:  # noqa: BLE001
+                self._count("callback_errors")
+                log.exception("on_client_requests raised")
+
+    def _reject(self, counts: Counter[str], reason: str, routing_id: bytes) -> None:
+        counts[f"rejected_{reason}"] += 1
+        counts["rejected"] += 1
+        self._ratelog.warning(
+            "rejected:" + reason,
+            "%s: dropped an inbound frame: %s (connection %s)",
+            self.peer_id,
+            reason,
+            routing_id[:16].hex(),
+        )
+
+    def _drain_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        names = {
+            zmq.EVENT_ACCEPTED: "conn_accepted",
+            zmq.EVENT_DISCONNECTED: "conn_disconnected",
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "conn_handshake_failed",
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH: "conn_auth_failed",
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "conn_handshake_failed",
+        }
+        counts: Counter[str] = Counter()
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            name = names.get(event["event"])
+            if name is None:
+                continue
+            counts[name] += 1
+            if name in ("conn_handshake_failed", "conn_auth_failed"):
+                self._ratelog.warning(
+                    name, "%s: inbound connection %s: %s", self.peer_id, name, event["endpoint"]
+                )
+        if counts:
+            self._count_many(counts)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+class ClientChannel:
+    """Client side of the request/reply protocol: one DEALER per peer, created lazily.
+
+    Thread-confined: create, use and close it on one thread (zmq sockets are not
+    thread-safe); give each client thread its own channel. ``request`` sends only once a
+    connection to the peer is up (``ZMQ_IMMEDIATE``), so a request never waits in a queue
+    for a dead peer and surfaces later.
+    """
+
+    def __init__(
+        self,
+        cluster_id: str,
+        client_id: str,
+        curve: CurveSettings | None = None,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        if not client_id or len(client_id) > MAX_PEER_ID_LEN:
+            raise ValueError("client_id must be a non-empty string of at most 256 characters")
+        self.cluster_id = cluster_id
+        self.client_id = client_id
+        self._curve = curve
+        self._max_frame_bytes = max_frame_bytes
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sockets: dict[str, zmq.Socket[Any]] = {}
+        self._closed = False
+        self.ignored = 0  # replies dropped: malformed, other request ids, wrong cluster
+
+    def request(self, peer: str, req: ClientRequest, timeout: float) -> ClientReply:
+        """Send ``req`` to ``peer`` and wait for its reply. Raises ``TransportTimeout``."""
+        if self._closed:
+            raise TransportError("channel closed")
+        deadline = time.monotonic() + timeout
+        sock = self._socket(peer)
+        frame = encode(req, cluster_id=self.cluster_id, sender=self.client_id)
+        while True:
+            if not sock.poll(_remaining_ms(deadline), zmq.POLLOUT):
+                raise TransportTimeout(f"no connection to {peer} within {timeout}s")
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                continue
+        while True:
+            remaining = _remaining_ms(deadline)
+            if remaining <= 0 or not sock.poll(remaining, zmq.POLLIN):
+                raise TransportTimeout(f"no reply from {peer} within {timeout}s")
+            try:
+                raw = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            try:
+                decoded = decode_batch(
+                    raw, cluster_id=self.cluster_id, max_frame_bytes=self._max_frame_bytes
+                )
+            except FrameError as exc:
+                self.ignored += 1
+                log.debug("ignored a reply from %s: %s", peer, exc.reason)
+                continue
+            for msg in decoded.messages:
+                if isinstance(msg, ClientReply) and msg.request_id == req.request_id:
+                    return msg
+                self.ignored += 1
+
+    def close(self) -> None:
+        """Close every socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        self._ctx.term()
+
+    def __enter__(self) -> ClientChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _socket(self, peer: str) -> zmq.Socket[Any]:
+        sock = self._sockets.get(peer)
+        if sock is not None:
+            return sock
+        host, port = split_address(peer)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.immediate = True
+        sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
+        if ":" in host:
+            sock.ipv6 = True
+        if self._curve is not None and not _client_curve(sock, self._curve, peer):
+            sock.close(linger=0)
+            raise TransportError(f"no CURVE public key for {peer} ({key_name(peer)}.key)")
+        sock.connect(_endpoint(host, port))
+        self._sockets[peer] = sock
+        return sock
+
+
+def _remaining_ms(deadline: float) -> int:
+    return max(0, int((deadline - time.monotonic()) * 1000))
