@@ -20,6 +20,11 @@ TICK = Tick()
 
 
 @dataclass(frozen=True, slots=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class PeerBatch:
     """Messages from other peers, decoded by the transport."""
 

@@ -51,6 +51,7 @@ from .messages import (
     SnapshotReport,
     SnapshotStaged,
     SnapshotTaken,
+    StatusRequest,
     Tick,
 )
 
@@ -110,7 +111,7 @@ class PeerActor(pykka.ThreadingActor):
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         self.report_failure(f"peer actor failed: {exc_value!r}")
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> Any:
         node = self.node
         if isinstance(message, Tick):
             node.tick()
@@ -131,7 +132,10 @@ class PeerActor(pykka.ThreadingActor):
             self.staged[message.index] = message.path
         elif isinstance(message, SnapshotReport):
             node.report_snapshot(message.peer, message.success)
+        elif isinstance(message, StatusRequest):
+            return self.status()  # answers an ask() from a non-actor thread (metrics)
         self._drain()
+        return None
 
     # ------------------------------------------------------------------ inputs
 

@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 from collections import deque
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
 from zraft.transport import CurveSettings, ZmqTransport
 
 from .log_actor import LogActor
-from .messages import TICK, ClientBatch, PeerBatch, PersistItem
+from .messages import TICK, ClientBatch, PeerBatch, PersistItem, StatusRequest
+from .metrics import serve_metrics
 from .peer_actor import PeerActor
 from .session_actor import SessionActor
 from .snapshot_actor import SnapshotActor
@@ -45,6 +47,7 @@ class PeerRuntime:
         self.transport: ZmqTransport | None = None
         self.peer: pykka.ActorRef[Any] | None = None
         self.session: pykka.ActorRef[Any] | None = None
+        self._metrics_server: ThreadingHTTPServer | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -100,6 +103,7 @@ class PeerRuntime:
             on_client_requests=self._on_client_requests,
             curve=_curve(s),
             max_frame_bytes=s.max_frame_bytes,
+            routes=s.route_map(),
         )
         transport = self.transport
         lock = threading.Lock()
@@ -165,6 +169,13 @@ class PeerRuntime:
         transport.start()
         self._ticker = threading.Thread(target=self._tick_loop, name="zraft-ticker", daemon=True)
         self._ticker.start()
+        if s.metrics_port is not None:
+            peer_ref = self.peer
+            self._metrics_server = serve_metrics(
+                _listen_host(self.peer_id),
+                s.metrics_port,
+                lambda: peer_ref.ask(StatusRequest(), timeout=2),
+            )
         return self
 
     def stop(self) -> None:
@@ -182,6 +193,9 @@ class PeerRuntime:
                 log.exception("stopping %s", ref)
         if self.transport is not None:
             self.transport.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
 
     def wait(self) -> None:
         """Block until a failure or ``stop()``."""

@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,8 +213,11 @@ class ZmqTransport:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         send_hwm: int = 10000,
         max_backlog: int = 200_000,
+        routes: Mapping[str, str] | None = None,
     ) -> None:
         _, self._port = split_address(peer_id)
+        # Where to connect to reach a peer, when that is not its id (a proxy, a NAT).
+        self._routes = dict(routes or {})
         self.cluster_id = cluster_id
         self.peer_id = peer_id
         self._listen_host = listen_host
@@ -594,7 +597,7 @@ class ZmqTransport:
             sock.rcvhwm = 1
             sock.setsockopt(zmq.MAXMSGSIZE, 1024)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            host, port = split_address(peer)
+            host, port = split_address(self._routes.get(peer, peer))
             if ":" in host:
                 sock.ipv6 = True
             if self._curve is not None and not _client_curve(sock, self._curve, peer):

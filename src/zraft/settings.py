@@ -95,6 +95,9 @@ _KEYS: dict[str, _Key] = {
         "path", "directory of public keys allowed to connect", optional=True
     ),
     "metrics_port": _Key("port", "port serving metrics (unset: none)", optional=True),
+    "routes": _Key(
+        "routes", "connect to a peer through another address: id=host:port, comma-separated"
+    ),
 }
 
 _DEFAULT_SOURCE = "default"
@@ -164,6 +167,7 @@ class Settings:
     curve_public_key: Path | None = None
     curve_authorized_keys: Path | None = None
     metrics_port: int | None = None
+    routes: tuple[str, ...] = ()
     # Where each explicitly given value came from (key -> "TOML file x", "flag --y", ...).
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     _derived: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
@@ -241,6 +245,8 @@ class Settings:
             if isinstance(value, os.PathLike):
                 return Path(value)
             raise self._error(name, f"must be a path string, not {_show(value)}")
+        if kind == "routes":
+            return self._coerce_routes(name, value)
         if not isinstance(value, str) and kind != "peers":
             raise self._error(name, f"must be a string, not {_show(value)}")
         if kind == "str":
@@ -270,6 +276,24 @@ class Settings:
                 raise self._error(name, f"{item!r} is listed twice")
             seen.add(item)
         return tuple(value)
+
+    def _coerce_routes(self, name: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise self._error(name, f"must be a list of 'id=host:port' strings, not {_show(value)}")
+        for item in value:
+            peer, sep, address = str(item).partition("=")
+            try:
+                if not sep:
+                    raise ValueError(f"{item!r} has no '='")
+                parse_peer_id(peer)
+                parse_peer_id(address)
+            except ValueError as exc:
+                raise self._error(name, f"bad route: {exc}") from None
+        return tuple(value)
+
+    def route_map(self) -> dict[str, str]:
+        """Peer id -> the address to connect to (a proxy, a NAT), where it differs."""
+        return dict(item.partition("=")[::2] for item in self.routes)
 
     def _check_relations(self) -> None:
         election = self.election_timeout
@@ -511,7 +535,7 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
                 found[name] = int(text, 10)
             except ValueError:
                 raise SettingsError(name, source, f"must be an integer, not {raw!r}") from None
-        elif spec.kind == "peers":
+        elif spec.kind in ("peers", "routes"):
             found[name] = [p.strip() for p in text.split(",")] if text else []
         else:
             found[name] = raw
