@@ -75,6 +75,7 @@ class PeerActor(pykka.ThreadingActor):
         applied_index: int,
         metrics_sources: dict[str, Callable[[], dict[str, Any]]],
         on_failure: Callable[[str], None],
+        on_removed: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         self.node = node
@@ -88,6 +89,8 @@ class PeerActor(pykka.ThreadingActor):
         self.applied = applied_index
         self.metrics_sources = metrics_sources
         self.report_failure = on_failure
+        self.report_removed = on_removed
+        self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
         self.reads: dict[int, tuple[Identity, int, Any]] = {}  # read context -> request
         self._contexts = itertools.count(1)
@@ -177,6 +180,8 @@ class PeerActor(pykka.ThreadingActor):
                 replies.append((identity, ClientReply(request.request_id, True, self.status())))
             elif op == "set_members":
                 replies.extend(self._set_members(identity, request))
+            elif op == "bootstrap":
+                replies.append((identity, self._bootstrap(request)))
             elif op == "transfer":
                 reason = node.transfer_leadership(str(request.payload))
                 replies.append(
@@ -215,6 +220,17 @@ class PeerActor(pykka.ThreadingActor):
         self.session_actor.tell(AwaitWrites(pending))
         return []
 
+    def _bootstrap(self, request: ClientRequest) -> ClientReply:
+        voters = request.payload.get("voters") if isinstance(request.payload, dict) else None
+        if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
+            return ClientReply(request.request_id, False, "voters: list of ids", "bad_request")
+        reason = self.node.bootstrap(frozenset(voters))
+        if reason is not None:
+            code = "already_present" if reason == "already present" else "bad_request"
+            return ClientReply(request.request_id, False, reason, code)
+        log.info("%s: founded a cluster of %s", self.node.id, sorted(voters))
+        return ClientReply(request.request_id, True, self.node.config.to_wire())
+
     def _set_members(self, identity: Identity, request: ClientRequest) -> Replies:
         payload = request.payload if isinstance(request.payload, dict) else {}
         voters = payload.get("voters")
@@ -223,6 +239,13 @@ class PeerActor(pykka.ThreadingActor):
             return [
                 (identity, ClientReply(request.request_id, False, "voters: list", "bad_request"))
             ]
+        if self.node.role is not Role.LEADER:
+            reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            return [(identity, reply)]
+        target = Configuration.of(voters, learners)
+        if self.node.membership_stable and self.node.config == target:
+            # Already in force: a retry of a change whose answer was lost, or a no-op.
+            return [(identity, ClientReply(request.request_id, True, target.to_wire()))]
         old = payload.get("old")
         if old is not None and frozenset(old) != self.node.config.voters:
             return [(identity, ClientReply(request.request_id, False, None, "peers_changed"))]
@@ -233,7 +256,6 @@ class PeerActor(pykka.ThreadingActor):
                 code = "not_leader"
             reply = ClientReply(request.request_id, False, result.reason, code, self.node.leader)
             return [(identity, reply)]
-        target = Configuration.of(voters, learners)
         self.membership_waiters.append((identity, request.request_id, target))
         return []
 
@@ -258,8 +280,14 @@ class PeerActor(pykka.ThreadingActor):
                 self.session_actor.tell(ApplyBatch(tuple(ready.committed)))
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
-        if node.config.members != self.members:
+        if self._wanted_peers() != self.members:
             self._config_changed()
+            if self.node.id in self.members:
+                self.was_member = True
+        if self.was_member and node.membership_stable and node.id not in node.config.members:
+            log.warning("%s: removed from the cluster by %s; stopping", node.id, node.config)
+            self.was_member = False
+            self.report_removed()
         if self.membership_waiters:
             self._answer_membership()
 
@@ -302,6 +330,8 @@ class PeerActor(pykka.ThreadingActor):
             if ready.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
                 self.metrics["elections_started"] += ready.role is Role.CANDIDATE
             if self.role is Role.LEADER and self.membership_waiters:
+                self._answer_membership()  # a leader removed by the change answers it first
+            if self.role is Role.LEADER and self.membership_waiters:
                 self.reply(
                     (identity, ClientReply(rid, False, None, "not_leader", ready.leader))
                     for identity, rid, _ in self.membership_waiters
@@ -315,8 +345,16 @@ class PeerActor(pykka.ThreadingActor):
                 self.metrics["leader_changes"] += 1
                 log.info("%s: leader is now %s (term %d)", self.node.id, ready.leader, ready.term)
 
+    def _wanted_peers(self) -> frozenset[str]:
+        """Whom we must be able to send to: the members, the peers a leader still tracks (a
+        removed peer until it learns its removal committed), and a leader we do not know
+        yet (a peer being added hears from the leader before it holds the configuration)."""
+        node = self.node
+        wanted = node.config.members | node.progress.keys()
+        return wanted | {node.leader} if node.leader is not None else wanted
+
     def _config_changed(self) -> None:
-        self.members = self.node.config.members
+        self.members = self._wanted_peers()
         self.set_peers(self.members - {self.node.id})
 
     def _answer_membership(self) -> None:

@@ -40,6 +40,7 @@ class PeerRuntime:
         self.settings = settings
         self.peer_id = settings.require_peer_id()
         self.failed = threading.Event()
+        self.removed = threading.Event()  # a committed configuration left this peer out
         self.failure: str | None = None
         self.stopped = threading.Event()
         self._actors: list[pykka.ActorRef[Any]] = []
@@ -162,6 +163,7 @@ class PeerRuntime:
                 **{name: (lambda m=m: dict(m)) for name, m in self.metrics.items()},
             },
             on_failure=self._fail,
+            on_removed=self.removed.set,
         )
         peer_proxy.ref = self.peer
         self.session.proxy().set_peer(self.peer).get()
@@ -199,7 +201,7 @@ class PeerRuntime:
 
     def wait(self) -> None:
         """Block until a failure or ``stop()``."""
-        while not (self.failed.wait(0.5) or self.stopped.is_set()):
+        while not (self.failed.wait(0.5) or self.stopped.is_set() or self.removed.is_set()):
             pass
 
     # ------------------------------------------------------------------ plumbing

@@ -21,6 +21,7 @@ returns the reason; nothing a peer sends can raise out of here.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -177,6 +178,25 @@ class Node:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_timeout and self.promotable:
             self._start_election(pre_vote=self.options.pre_vote)
+
+    def bootstrap(self, voters: frozenset[str] | set[str]) -> str | None:
+        """Found a new cluster from a pristine peer: its first entry is the configuration.
+
+        The entry (index 1, term 1) is committed by definition and persisted like any other,
+        so the cluster survives restarts; the other voters learn it by replication. Returns
+        why not, if this peer already has state.
+        """
+        if self.term != 0 or self.log.last_index != 0 or self.config.members:
+            return "already present"
+        if self.id not in voters:
+            return "the founding peer must be one of the voters"
+        config = Configuration.of(voters)
+        self.term = 1
+        entry = Entry(1, 1, EntryKind.CONFIG, config)
+        self.log.append([entry])
+        self._on_appended([entry])
+        self.commit = 1
+        return None
 
     def campaign(self) -> str | None:
         """Start an election now instead of waiting for the timeout; returns why not."""
@@ -635,7 +655,9 @@ class Node:
         self.config = config
         if self.role is not Role.LEADER:
             return
-        members = config.members - {self.id}
+        # Peers that a pending change removes keep getting the log until it commits, so
+        # they learn they were removed (and can stop) instead of waiting forever.
+        members = (config.members | self.config_at(self.commit).members) - {self.id}
         for peer in list(self.progress):
             if peer not in members:
                 del self.progress[peer]
@@ -660,8 +682,15 @@ class Node:
         if config.joint:
             final = Configuration(voters=config.voters, learners=config.learners)
             self._leader_append([(EntryKind.CONFIG, final)])
-        elif not config.is_voter(self.id):
-            # Removed by a committed configuration: hand over to the best-placed voter.
+            return
+        if any(peer not in config.members for peer in self.progress):
+            # The peers this configuration removed learn that it committed only from us:
+            # tell them now; they are dropped once they acknowledge it (or at the next
+            # election timeout).
+            for peer in self.progress:
+                self._send_appends(peer, allow_empty=True)
+        if not config.is_voter(self.id):
+            # Removed ourselves: hand over to the best-placed voter.
             best = max(
                 (p for p in self.progress if config.is_voter(p)),
                 key=lambda p: self.progress[p].match,
@@ -743,6 +772,7 @@ class Node:
             if self.options.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
                 return
+            self._drop_retired(lambda progress: not progress.recent_active)
             for progress in self.progress.values():
                 progress.recent_active = False
             if self.transfer_target is not None:
@@ -825,12 +855,25 @@ class Node:
             # are committed but has not been told, say so now rather than at the heartbeat.
             behind = progress.commit_sent < min(self.commit, progress.match)
             self._send_appends(msg.src, allow_empty=behind)
+        self._drop_retired(lambda p: p is progress)
         if (
             msg.src == self.transfer_target
             and not self._timeout_now_sent
             and progress.match == self.log.last_index
         ):
             self._send_timeout_now(msg.src)
+
+    def _drop_retired(self, candidate: Callable[[Progress], bool]) -> None:
+        """Stop replicating to peers that a committed configuration removed, once they know
+        it committed (or have stopped answering)."""
+        if not self.membership_stable:
+            return
+        index = self._config_history[-1][0] if self._config_history else self.log.snap_index
+        for peer in [p for p in self.progress if p not in self.config.members]:
+            progress = self.progress[peer]
+            informed = progress.match >= index and progress.commit_sent >= index
+            if candidate(progress) and (informed or not progress.recent_active):
+                del self.progress[peer]
 
     def _maybe_commit(self) -> bool:
         values = {peer: p.match for peer, p in self.progress.items()}

@@ -248,3 +248,20 @@ def test_no_sequence_of_inputs_raises(inputs: list) -> None:
         if ready.entries:
             node.persisted(ready.entries[-1].index, ready.entries[-1].term)
     assert node.commit <= node.log.last_index
+
+
+def test_bootstrap_founds_a_cluster_once_and_persists_its_configuration() -> None:
+    node = Node("a", random.Random(1))
+    assert node.bootstrap({"b"}) is not None
+    assert node.bootstrap({"a"}) is None
+    ready = node.ready()
+    assert ready.entries[0].data == Configuration.of(["a"]) and ready.hard_state.term == 1
+    assert node.bootstrap({"a"}) == "already present"
+    node.persisted(1, 1)
+    node.campaign()
+    assert node.role is Role.LEADER
+    restarted = Node(
+        "a", random.Random(1), hard_state=ready.hard_state, entries=ready.entries
+    )
+    assert restarted.config == Configuration.of(["a"])
+    assert make("a").bootstrap({"a"}) == "already present"

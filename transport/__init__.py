@@ -3,6 +3,7 @@
 See ``docs/transport.md`` for the frame format, validation rules, queues and CURVE keys.
 """
 
+from .async_channel import AsyncClientChannel
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -32,6 +33,7 @@ from .zmq_transport import (
 )
 
 __all__ = [
+    "AsyncClientChannel",
     "DEFAULT_MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "TYPE_CODES",

@@ -744,16 +744,27 @@ class ClientChannel:
         self._closed = False
         self.ignored = 0  # replies dropped: malformed, other request ids, wrong cluster
 
-    def request(self, peer: str, req: ClientRequest, timeout: float) -> ClientReply:
-        """Send ``req`` to ``peer`` and wait for its reply. Raises ``TransportTimeout``."""
+    def request(
+        self,
+        peer: str,
+        req: ClientRequest,
+        timeout: float,
+        connect_timeout: float | None = None,
+    ) -> ClientReply:
+        """Send ``req`` to ``peer`` and wait for its reply. Raises ``TransportTimeout``.
+
+        ``connect_timeout`` (default: ``timeout``) bounds the wait for a connection, so a
+        peer that is down is given up on sooner than one that is merely slow to answer.
+        """
         if self._closed:
             raise TransportError("channel closed")
         deadline = time.monotonic() + timeout
+        connect_by = min(deadline, time.monotonic() + (connect_timeout or timeout))
         sock = self._socket(peer)
         frame = encode(req, cluster_id=self.cluster_id, sender=self.client_id)
         while True:
-            if not sock.poll(_remaining_ms(deadline), zmq.POLLOUT):
-                raise TransportTimeout(f"no connection to {peer} within {timeout}s")
+            if not sock.poll(_remaining_ms(connect_by), zmq.POLLOUT):
+                raise TransportTimeout(f"no connection to {peer}")
             try:
                 sock.send(frame, zmq.NOBLOCK)
                 break

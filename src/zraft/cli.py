@@ -128,8 +128,12 @@ def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
-    while not (stop.wait(0.2) or runtime.failed.is_set()):
+    while not (stop.wait(0.2) or runtime.failed.is_set() or runtime.removed.is_set()):
         pass
+    if runtime.removed.is_set():
+        # Removed from the cluster: linger one election timeout so our last messages (the
+        # commit of the configuration, a TimeoutNow to our successor) get out.
+        time.sleep(settings.election_timeout / 1000)
     runtime.stop()
     return 1 if runtime.failed.is_set() else 0
 

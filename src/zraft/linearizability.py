@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -425,8 +425,12 @@ class CounterExample:
     ``operations`` (by invocation time) come from the smallest failing prefix of the key's
     history: the prefix that ends when ``culprit`` returned. Operations still running at
     that moment (``in_flight``) or ``unknown`` are listed only when the contradiction needs
-    them; they may or may not have taken effect. ``minimal`` is False when shrinking ran out
-    of time (the listing is then larger than needed, but still cannot be linearized).
+    them; they may or may not have taken effect. The listing never can be linearized on
+    its own. ``verified`` is True when it cannot be linearized even if every left-out
+    operation of the prefix had taken effect within its interval with any output, or not at
+    all, so nothing left out could explain what the listed operations saw; None when that
+    was not settled within the step budget. ``minimal`` is False when shrinking ran out of time
+    (the listing is then larger than needed).
     """
 
     key: str
@@ -436,6 +440,7 @@ class CounterExample:
     prefix_operations: int
     key_operations: int
     minimal: bool
+    verified: bool | None
     text: str
 
     def describe(self) -> str:
@@ -507,19 +512,35 @@ class _Outcome:
     steps: int
 
 
-def _search(ops: Sequence[Operation], model: Model, deadline: float | None) -> _Outcome:
-    """Wing-Gong-Lowe: can ``ops`` (one object's) be linearized? None if out of time."""
+def _search(
+    ops: Sequence[Operation],
+    model: Model,
+    deadline: float | None,
+    max_steps: int | None = None,
+    optional: Collection[int] = (),
+) -> _Outcome:
+    """Wing-Gong-Lowe: can ``ops`` (one object's) be linearized? None if out of time or
+    over ``max_steps``.
+
+    ``optional`` positions name operations that may take effect within their interval or
+    not at all (given as ``unknown``, with their real ``complete``): the search may skip
+    one when it reaches its return. A skipped and a linearized operation leave the same
+    future, so both just set its bit of the memoized (decided set, state) configuration.
+    """
     n = len(ops)
     events: list[tuple[float, int, int]] = []
     known = [0] * n
+    skippable = [False] * n
+    for i in optional:
+        skippable[i] = True
     for i, op in enumerate(ops):
         events.append((op.invoke, 0, i))
-        if op.status is Status.UNKNOWN:
-            events.append((math.inf, 1, i))
-        else:
+        if skippable[i] or op.status is not Status.UNKNOWN:
             assert op.complete is not None
             events.append((op.complete, 1, i))
-            known[i] = 1
+            known[i] = not skippable[i]
+        else:
+            events.append((math.inf, 1, i))
     remaining = sum(known)
     if remaining == 0:
         return _Outcome(True, 0, 0)
@@ -533,35 +554,42 @@ def _search(ops: Sequence[Operation], model: Model, deadline: float | None) -> _
     prv = list(range(-1, size - 1))
     is_call = [False] * size
     op_at = [0] * size
+    call_node = [0] * n
     ret_node = [0] * n
     for node, (_, kind, i) in enumerate(events, 1):
         op_at[node] = i
         if kind == 0:
             is_call[node] = True
+            call_node[i] = node
         else:
             ret_node[i] = node
 
     step = model.step
     cache: set[tuple[int, Hashable]] = set()
-    stack: list[tuple[int, Hashable]] = []
+    stack: list[tuple[int, Hashable, bool]] = []  # (call node, state before, skipped)
     state = model.init()
-    linearized = 0
+    decided = 0  # bitset: linearized (or skipped) operations
     steps = 0
     node = nxt[0]
     while True:
         steps += 1
-        if not steps & _DEADLINE_EVERY and deadline is not None and time.monotonic() > deadline:
+        if not steps & _DEADLINE_EVERY and (
+            (deadline is not None and time.monotonic() > deadline)
+            or (max_steps is not None and steps > max_steps)
+        ):
             return _Outcome(None, len(cache), steps)
+        i = op_at[node]
         if is_call[node]:
-            i = op_at[node]
             ok, new_state = step(state, ops[i])
-            if ok:
-                new_linearized = linearized | (1 << i)
-                config = (new_linearized, new_state)
+            # An unknown operation that leaves the state as it is never needs to happen:
+            # whatever follows it could follow without it.
+            if ok and (known[i] or new_state != state):
+                new_decided = decided | (1 << i)
+                config = (new_decided, new_state)
                 if config not in cache:
                     cache.add(config)
-                    stack.append((node, state))
-                    linearized, state = new_linearized, new_state
+                    stack.append((node, state, False))
+                    decided, state = new_decided, new_state
                     # lift the call and its return out of the list
                     r = ret_node[i]
                     p, q = prv[node], nxt[node]
@@ -570,25 +598,40 @@ def _search(ops: Sequence[Operation], model: Model, deadline: float | None) -> _
                     nxt[p], prv[q] = q, p
                     if known[i]:
                         remaining -= 1
-                        if remaining == 0:  # the rest is unknown: they need not happen
+                        if remaining == 0:  # the rest need not happen
                             return _Outcome(True, len(cache), steps)
                     node = nxt[0]
                     continue
             node = nxt[node]
-        else:
-            # A return whose operation was not linearized yet: undo the last choice.
-            if not stack:
-                return _Outcome(False, len(cache), steps)
-            node, state = stack.pop()
-            i = op_at[node]
-            linearized ^= 1 << i
-            r = ret_node[i]
-            p, q = prv[r], nxt[r]
-            nxt[p] = prv[q] = r
-            p, q = prv[node], nxt[node]
-            nxt[p] = prv[q] = node
-            remaining += known[i]
-            node = nxt[node]
+            continue
+        if skippable[i]:
+            # The return of an optional operation not linearized: it did not happen.
+            config = (decided | (1 << i), state)
+            if config not in cache:
+                cache.add(config)
+                c = call_node[i]
+                stack.append((c, state, True))
+                decided = config[0]
+                p, q = prv[c], nxt[c]
+                nxt[p], prv[q] = q, p
+                p, q = prv[node], nxt[node]
+                nxt[p], prv[q] = q, p
+                node = nxt[0]
+                continue
+        # A return whose operation was not linearized yet: undo the last choice.
+        if not stack:
+            return _Outcome(False, len(cache), steps)
+        node, state, skipped = stack.pop()
+        i = op_at[node]
+        decided ^= 1 << i
+        r = ret_node[i]
+        p, q = prv[r], nxt[r]
+        nxt[p] = prv[q] = r
+        p, q = prv[node], nxt[node]
+        nxt[p] = prv[q] = node
+        remaining += known[i]
+        # After undoing a skip (the last option there), go on backtracking via its return.
+        node = r if skipped else nxt[node]
 
 
 # --------------------------------------------------------------------------- shrinking
@@ -602,11 +645,17 @@ class _Shrinker:
     """Finds the smallest failing prefix of one key's history and the operations in it
     that matter (see ``docs/linearizability.md``). ``ops`` must not be linearizable."""
 
+    # A check of the listing against every left-out operation at once can explode (each
+    # left-out write may or may not happen): it gets this many search steps.
+    VERIFY_STEPS: Final = 300_000
+
     def __init__(self, ops: Sequence[Operation], model: Model, deadline: float | None) -> None:
         self.ops = ops
         self.model = model
         self.deadline = deadline
         self.minimal = True
+        self.verified: bool | None = None
+        self.running: set[int] = set()
 
     def linearizable(self, ops: Sequence[Operation]) -> bool | None:
         outcome = _search(ops, self.model, self.deadline)
@@ -650,9 +699,17 @@ class _Shrinker:
                 hi = mid
         culprit_pos = known[lo]
         chosen, running = self.prefix(culprit_pos)
+        self.running = running
 
-        # Known operations, latest first: drop one if the rest still fails when it is
-        # weakened to unknown (so it is irrelevant even if it happened at any time).
+        # 0. Often the culprit is impossible whatever the others did (a read of a value
+        # nobody wrote): then it is the whole story.
+        lone = {p: op for p, op in chosen.items() if p == culprit_pos or p in running}
+        if self.explained(chosen, lone) is False:
+            self.verified = True
+            return self.display(lone, running, culprit_pos, len(chosen))
+
+        # 1. Known operations, latest first: drop one if the rest still fails with it
+        # weakened to unknown (it cannot help, even taking effect at any time).
         keep = dict(chosen)
         candidates = [p for p in chosen if p not in running and p != culprit_pos]
         candidates.sort(key=lambda p: (chosen[p].complete, p), reverse=True)
@@ -664,17 +721,47 @@ class _Shrinker:
             if not verdict:
                 del keep[pos]
 
-        # Unknown / in-flight operations can always be dropped (they need not happen) but
-        # list the ones without which some listed operation would no longer be needed.
+        # 2. Each drop was judged alone; together the dropped operations might explain what
+        # the listing observes. Check the listing against all of them at once, and while
+        # they do explain it, put the latest one back.
+        dropped = sorted(
+            (p for p in chosen if p not in keep), key=lambda p: (chosen[p].complete, p)
+        )
+        core = dict(keep)
+        while self.minimal:
+            verdict = self.explained(chosen, keep)
+            if verdict is False:
+                self.verified = True
+                break
+            if verdict is None or not dropped:
+                keep = core  # the core alone certainly cannot be linearized
+                break
+            back = dropped.pop()
+            keep[back] = chosen[back]
+        return self.display(keep, running, culprit_pos, len(chosen))
+
+    def explained(self, chosen: dict[int, Operation], keep: dict[int, Operation]) -> bool | None:
+        """Whether the operations of ``chosen`` left out of ``keep`` can explain ``keep``:
+        a left-out completed operation may have taken effect within its interval with any
+        output, or not at all; an unknown one at any time after its invocation, or never."""
+        positions = sorted(chosen)
+        trial = [keep[p] if p in keep else _weakened(chosen[p]) for p in positions]
+        optional = [n for n, p in enumerate(positions) if p not in keep and p not in self.running]
+        return _search(trial, self.model, self.deadline, self.VERIFY_STEPS, optional).ok
+
+    def display(
+        self, keep: dict[int, Operation], running: set[int], culprit_pos: int, size: int
+    ) -> tuple[list[int], Operation | None, set[int], int]:
+        keep = dict(sorted(keep.items()))
+        # Unknown / in-flight operations never need to happen, but list the ones without
+        # which some listed operation would no longer be needed.
         if self.minimal:
             needed = [p for p in keep if p not in running and self.needed(keep, p)]
             for pos in sorted((p for p in keep if p in running), reverse=True):
-                if not self.minimal:
-                    break
                 rest = {p: op for p, op in keep.items() if p != pos}
                 if all(self.needed(rest, p) for p in needed) and self.minimal:
                     keep = rest
-        return sorted(keep), self.ops[culprit_pos], running, len(chosen)
+        return sorted(keep), self.ops[culprit_pos], running, size
 
     def needed(self, ops: dict[int, Operation], pos: int) -> bool:
         """Whether weakening ``pos`` makes ``ops`` linearizable."""
@@ -719,12 +806,20 @@ def _counterexample(
         )
     if culprit is not None:
         dropped = prefix_size - len(listed)
-        lines.append(
-            f"({dropped} other operations of the prefix are left out: each was checked to "
-            "change nothing even if it took effect at any time after its invocation"
-            + ("" if shrinker.minimal else "; shrinking ran out of time")
-            + ")"
-        )
+        if shrinker.verified:
+            why = (
+                "even if each of them had taken effect within its interval with any output, "
+                "or not at all, the listed operations could not be linearized"
+            )
+        else:
+            why = (
+                "the listed operations cannot be linearized on their own, but whether some "
+                "left-out ones could explain them was not settled in time: read the prefix"
+            )
+        if not shrinker.minimal:
+            why += "; shrinking ran out of time"
+        if dropped:
+            lines.append(f"({dropped} other operations of the prefix are left out: {why})")
     lines.append(f"times are relative to the first invocation of the history (t0 = {origin})")
     return CounterExample(
         key=key,
@@ -734,6 +829,7 @@ def _counterexample(
         prefix_operations=prefix_size,
         key_operations=len(ops),
         minimal=shrinker.minimal and culprit is not None,
+        verified=shrinker.verified,
         text="\n".join(lines),
     )
 

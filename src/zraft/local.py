@@ -94,7 +94,7 @@ class LocalCluster:
             "--peer-id",
             peer,
             "--peers",
-            ",".join(members or self.peers),
+            ",".join(self.peers if members is None else members),
             "--cluster-id",
             self.cluster_id,
             "--data-dir",

@@ -1,0 +1,156 @@
+"""The light session for asyncio applications, with many requests in flight at once.
+
+    async with AsyncLightSession(peers) as s:
+        await s.write(kv.put("k", 1))
+        results = await asyncio.gather(*(s.write(kv.put(f"k{i}", i)) for i in range(1000)))
+
+Concurrent writes each get their own sequence number; the cluster forgets a result once
+every earlier write of this session has been answered too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import tenacity
+
+from zraft.core import Configuration
+from zraft.transport import (
+    AsyncClientChannel,
+    ClientReply,
+    ClientRequest,
+    CurveSettings,
+    TransportTimeout,
+)
+
+from .errors import UnreachablePeer
+from .light import DEFAULT_ELECTION_TIMEOUT
+from .requests import RetryPolicy, TryAgain, interpret, pick_peer, retrying_kwargs
+from .tracker import LeaderTracker
+
+
+class AsyncLightSession:
+    def __init__(
+        self,
+        peers: Sequence[str],
+        *,
+        cluster_id: str = "zraft",
+        election_timeout: float = DEFAULT_ELECTION_TIMEOUT,
+        fail_timeout: float | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        curve: CurveSettings | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.client_id = client_id or f"a-{uuid.uuid4().hex}"
+        self.election_timeout = election_timeout
+        self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._channel = AsyncClientChannel(cluster_id, self.client_id, curve)
+        self._request_ids = itertools.count(1)
+        self._seq = 0
+        self._outstanding: set[int] = set()
+        self.tracker = LeaderTracker(peers, self.fail_timeout, election_timeout)
+
+    @classmethod
+    async def connect(cls, peer: str, **kwargs: Any) -> AsyncLightSession:
+        """A session whose peers are read from the configuration ``peer`` knows."""
+        session = cls([peer], **kwargs)
+        try:
+            status = await session._send(peer, "status", None, 2.0, 0, 0)
+        except TransportTimeout:
+            await session.close()
+            raise UnreachablePeer(peer) from None
+        voters = sorted(Configuration.from_wire(status.result["config"]).voters)
+        session.tracker.set_peers(voters or [peer])
+        return session
+
+    @property
+    def leader(self) -> str:
+        return self.tracker.leader
+
+    def _acked(self) -> int:
+        return min(self._outstanding) - 1 if self._outstanding else self._seq
+
+    async def write(self, command: Any, timeout: float | None = None) -> Any:
+        self._seq += 1
+        seq = self._seq
+        self._outstanding.add(seq)
+        try:
+            return await self._call("write", command, timeout, seq, self._acked())
+        finally:
+            self._outstanding.discard(seq)
+
+    async def query(self, query: Any, timeout: float | None = None) -> Any:
+        return await self._call("query", query, timeout)
+
+    async def query_local(self, query: Any, peer: str | None = None, timeout: float = 2.0) -> Any:
+        target = peer or self.tracker.leader
+        return interpret(
+            self.tracker, target, await self._send(target, "query_local", query, timeout, 0, 0)
+        )
+
+    async def set_new_conf(
+        self,
+        new_peers: Iterable[str],
+        old_peers: Iterable[str] | None = None,
+        learners: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> Configuration:
+        payload: dict[str, Any] = {"voters": sorted(set(new_peers)), "learners": sorted(learners)}
+        if old_peers is not None:
+            payload["old"] = sorted(set(old_peers))
+        config = Configuration.from_wire(await self._call("set_members", payload, timeout))
+        self.tracker.set_peers(sorted(config.voters))
+        return config
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncLightSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(
+        self, op: str, payload: Any, timeout: float | None, seq: int = 0, acked: int = 0
+    ) -> Any:
+        budget = self.timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + budget
+        try:  # the common case, without the cost of setting up retries
+            return await self._attempt(op, payload, deadline, seq, acked)
+        except TryAgain:
+            pass
+        async for attempt in tenacity.AsyncRetrying(**retrying_kwargs(self.retry, budget)):
+            with attempt:
+                return await self._attempt(op, payload, deadline, seq, acked)
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(self, op: str, payload: Any, deadline: float, seq: int, acked: int) -> Any:
+        peer = pick_peer(self.tracker)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TryAgain("out of time")
+        per_try = min(remaining, self.retry.attempt_timeout or max(self.election_timeout, 0.2))
+        try:
+            reply = await self._send(peer, op, payload, per_try, seq, acked)
+        except TransportTimeout as error:
+            self.tracker.failed(peer)
+            raise TryAgain(f"{peer}: {error}") from None
+        return interpret(self.tracker, peer, reply)
+
+    async def _send(
+        self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int
+    ) -> ClientReply:
+        request = ClientRequest(
+            next(self._request_ids), op, payload, client_id=self.client_id, seq=seq, acked=acked
+        )
+        return await self._channel.request(
+            peer, request, timeout, connect_timeout=self.retry.connect_timeout
+        )

@@ -1,0 +1,227 @@
+"""The light session: a client that tracks the leader and the peers that failed lately.
+
+    with LightSession(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]) as s:
+        s.write(kv.put("k", 1))
+        s.query(kv.get("k"))           # linearizable (ReadIndex on the leader)
+        s.query_local(kv.get("k"))     # whatever the asked peer has applied
+
+Every write carries this session's client id and a sequence number; retries reuse them,
+so a write is applied exactly once even when the leader fails mid-request. One session
+serves one thread at a time (calls are serialized by a lock); use ``AsyncLightSession`` for
+many requests in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import tenacity
+
+from zraft.core import Configuration
+from zraft.transport import (
+    ClientChannel,
+    ClientReply,
+    ClientRequest,
+    CurveSettings,
+    TransportTimeout,
+)
+
+from .errors import NotLeader, UnreachablePeer
+from .requests import RetryPolicy, TryAgain, interpret, pick_peer, retrying_kwargs
+from .tracker import LeaderTracker
+
+DEFAULT_ELECTION_TIMEOUT = 0.5
+
+
+class LightSession:
+    def __init__(
+        self,
+        peers: str | Sequence[str],
+        *,
+        cluster_id: str = "zraft",
+        election_timeout: float = DEFAULT_ELECTION_TIMEOUT,
+        fail_timeout: float | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        curve: CurveSettings | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        """``peers``: the cluster's peers, or one peer to read the configuration from.
+
+        ``fail_timeout`` (default 2 × ``election_timeout``): how long a failed peer is
+        skipped; ``timeout``: the default for each call.
+        """
+        self.client_id = client_id or f"s-{uuid.uuid4().hex}"
+        self.election_timeout = election_timeout
+        self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._channel = ClientChannel(cluster_id, self.client_id, curve)
+        self._lock = threading.RLock()
+        self._request_ids = itertools.count(1)
+        self._seq = 0
+        self._acked = 0
+        if isinstance(peers, str):
+            members = self._read_configuration(peers)
+        else:
+            members = list(peers)
+        self.tracker = LeaderTracker(members, self.fail_timeout, election_timeout)
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def leader(self) -> str:
+        """The peer this session believes leads (confirmed by the last successful call)."""
+        return self.tracker.leader
+
+    @property
+    def peers(self) -> list[str]:
+        return list(self.tracker.peers)
+
+    def write(self, command: Any, timeout: float | None = None) -> Any:
+        """Apply ``command`` through the leader; returns the backend's result."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            result = self._call("write", command, timeout, seq=seq, acked=self._acked)
+            self._acked = seq  # calls are serialized: every earlier reply is in
+            return result
+
+    def query(self, query: Any, timeout: float | None = None) -> Any:
+        """A linearizable read: reflects every write acknowledged before it began."""
+        return self._call("query", query, timeout)
+
+    def query_local(self, query: Any, peer: str | None = None, timeout: float = 2.0) -> Any:
+        """Read one peer's current state without any check (fast, possibly stale)."""
+        with self._lock:
+            target = peer or self.tracker.leader
+            reply = self._send(target, "query_local", query, timeout, 0, 0)
+            return interpret(self.tracker, target, reply)
+
+    def status(self, peer: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+        with self._lock:
+            target = peer or self.tracker.leader
+            reply = self._send(target, "status", None, timeout, 0, 0)
+            return interpret(self.tracker, target, reply)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ membership
+
+    def set_new_conf(
+        self,
+        new_peers: Iterable[str],
+        old_peers: Iterable[str] | None = None,
+        learners: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> Configuration:
+        """Change the voters by joint consensus; returns once the new configuration commits.
+
+        ``old_peers``, if given, must be the current voters (else ``PeersChanged``); a
+        change already under way gives ``NotStable``.
+        """
+        payload: dict[str, Any] = {"voters": sorted(set(new_peers)), "learners": sorted(learners)}
+        if old_peers is not None:
+            payload["old"] = sorted(set(old_peers))
+        wire = self._call("set_members", payload, timeout)
+        config = Configuration.from_wire(wire)
+        self.tracker.set_peers(sorted(config.voters))
+        return config
+
+    def members(self) -> Configuration:
+        """The configuration as the leader sees it."""
+        return Configuration.from_wire(self._call("status", None, None)["config"])
+
+    def add_learner(self, peer: str, timeout: float | None = None) -> Configuration:
+        config = self.members()
+        return self.set_new_conf(
+            config.voters, config.voters, config.learners | {peer}, timeout=timeout
+        )
+
+    def promote(self, peer: str, timeout: float | None = None) -> Configuration:
+        config = self.members()
+        return self.set_new_conf(
+            config.voters | {peer}, config.voters, config.learners - {peer}, timeout=timeout
+        )
+
+    def remove(self, peer: str, timeout: float | None = None) -> Configuration:
+        config = self.members()
+        return self.set_new_conf(
+            config.voters - {peer}, config.voters, config.learners - {peer}, timeout=timeout
+        )
+
+    def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
+        """Ask the leader to hand over to ``target``; returns once ``target`` leads."""
+        self._call("transfer", target, timeout)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            try:
+                if self.status(target, timeout=0.5).get("role") == "leader":
+                    self.tracker.succeeded(target)
+                    return target
+            except Exception:  # the target may be busy campaigning
+                pass
+            time.sleep(0.02)
+        raise NotLeader(f"{target} did not take over in time", None)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> LightSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self, op: str, payload: Any, timeout: float | None, seq: int = 0, acked: int = 0
+    ) -> Any:
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        with self._lock:
+            try:  # the common case, without the cost of setting up retries
+                return self._attempt(op, payload, deadline, seq, acked)
+            except TryAgain:
+                pass
+            for attempt in tenacity.Retrying(**retrying_kwargs(self.retry, budget)):
+                with attempt:
+                    return self._attempt(op, payload, deadline, seq, acked)
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _attempt(self, op: str, payload: Any, deadline: float, seq: int, acked: int) -> Any:
+        peer = pick_peer(self.tracker)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TryAgain("out of time")
+        per_try = min(remaining, self.retry.attempt_timeout or max(self.election_timeout, 0.2))
+        try:
+            reply = self._send(peer, op, payload, per_try, seq, acked)
+        except TransportTimeout as error:
+            self.tracker.failed(peer)
+            raise TryAgain(f"{peer}: {error}") from None
+        return interpret(self.tracker, peer, reply)
+
+    def _send(
+        self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int
+    ) -> ClientReply:
+        request = ClientRequest(
+            next(self._request_ids), op, payload, client_id=self.client_id, seq=seq, acked=acked
+        )
+        return self._channel.request(
+            peer, request, timeout, connect_timeout=self.retry.connect_timeout
+        )
+
+    def _read_configuration(self, peer: str) -> list[str]:
+        try:
+            reply = self._send(peer, "status", None, max(1.0, 2 * self.election_timeout), 0, 0)
+        except TransportTimeout:
+            raise UnreachablePeer(peer) from None
+        config = Configuration.from_wire(reply.result["config"])
+        voters = sorted(config.voters) or [peer]
+        leader = reply.result.get("leader")
+        return ([leader] if leader in voters else []) + voters

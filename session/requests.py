@@ -1,0 +1,112 @@
+"""What the sync and asyncio sessions share: retry policy, peer choice, reply handling.
+
+An attempt picks a peer with the ``LeaderTracker``, sends, and turns the reply into a
+result, a terminal error, or ``TryAgain`` (tenacity retries those, within the caller's
+timeout, with the back-off of ``RetryPolicy``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from zraft.transport import ClientReply
+
+from .errors import (
+    AllPeersFailed,
+    BackendError,
+    ClusterExists,
+    NotStable,
+    NotSupported,
+    PeersChanged,
+    Rejected,
+    RequestTimeout,
+)
+from .tracker import LeaderTracker
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a session retries. Every retry of a write reuses its id: never applied twice."""
+
+    attempt_timeout: float | None = None  # one try at one peer; default: election timeout
+    connect_timeout: float = 0.2  # a peer that is down is given up on this fast
+    initial_backoff: float = 0.005
+    max_backoff: float = 0.25
+    multiplier: float = 2.0
+
+
+class TryAgain(Exception):
+    """This attempt failed in a way another attempt may fix."""
+
+    def __init__(self, why: str, wait: float = 0.0) -> None:
+        super().__init__(why)
+        self.wait = wait
+
+
+def pick_peer(tracker: LeaderTracker) -> str:
+    peer = tracker.choose()
+    if peer is not None:
+        return peer
+    if tracker.all_failed():
+        raise AllPeersFailed(f"every peer failed in the last {tracker.fail_timeout:.2f}s")
+    raise TryAgain("every peer said 'not leader' lately", tracker.wait_time())
+
+
+def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
+    """The result of a reply, or the right exception."""
+    if reply.ok:
+        tracker.succeeded(peer)
+        return reply.result
+    code = reply.error or "error"
+    reason = str(reply.result) if reply.result is not None else code
+    if code == "not_leader":
+        tracker.not_leader(peer, reply.leader)
+        raise TryAgain(f"{peer} is not the leader")
+    if code == "retry":
+        raise TryAgain(f"{peer} asked for a retry", 0.01)
+    tracker.succeeded(peer)  # it answered as leader would: keep talking to it
+    if code == "not_supported":
+        raise NotSupported(reason, code)
+    if code == "backend_error":
+        raise BackendError(reason, code)
+    if code == "peers_changed":
+        raise PeersChanged(reason)
+    if code == "not_stable":
+        raise NotStable(reason)
+    if code == "already_present":
+        raise ClusterExists(peer)
+    raise Rejected(reason, code)
+
+
+def _wait(policy: RetryPolicy) -> Any:
+    backoff = tenacity.wait_exponential(
+        multiplier=policy.initial_backoff, max=policy.max_backoff, exp_base=policy.multiplier
+    )
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        hint = error.wait if isinstance(error, TryAgain) else 0.0
+        # Switching peers costs nothing; trying the same ones again backs off.
+        return max(hint, backoff(state) if state.attempt_number > 3 else 0.0)
+
+    return wait
+
+
+def retrying_kwargs(policy: RetryPolicy, timeout: float) -> dict[str, Any]:
+    return {
+        "stop": tenacity.stop_after_delay(timeout),
+        "wait": _wait(policy),
+        "retry": tenacity.retry_if_exception_type(TryAgain),
+        "retry_error_callback": _timed_out(timeout),
+    }
+
+
+def _timed_out(timeout: float) -> Any:
+    def fail(state: tenacity.RetryCallState) -> Any:
+        error = state.outcome.exception() if state.outcome else None
+        raise RequestTimeout(f"no answer within {timeout:.2f}s (last: {error})")
+
+    return fail

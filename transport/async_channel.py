@@ -1,0 +1,204 @@
+"""The client side of the request/reply protocol for asyncio: many requests in flight.
+
+One DEALER per peer and one reader task per DEALER that hands each reply to the future
+waiting for its request id. Requests made in the same turn of the event loop leave in one
+batch frame, so a client with thousands of requests in flight costs the peer one decode
+per batch rather than per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import zmq
+import zmq.asyncio
+
+from .codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_batch, encode_batches
+from .messages import ClientReply, ClientRequest
+from .zmq_transport import (
+    _MAXMSGSIZE_SLACK,
+    CurveSettings,
+    TransportError,
+    TransportTimeout,
+    _client_curve,
+    _endpoint,
+    key_name,
+    split_address,
+)
+
+log = logging.getLogger(__name__)
+
+_RETRY_SEND_S = 0.001  # while a connection is being set up
+
+
+class AsyncClientChannel:
+    """Use from one event loop; ``close()`` (or ``async with``) when done."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        client_id: str,
+        curve: CurveSettings | None = None,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.client_id = client_id
+        self._curve = curve
+        self._max_frame_bytes = max_frame_bytes
+        self._ctx = zmq.asyncio.Context()
+        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[int, asyncio.Future[ClientReply]] = {}
+        # Per peer: requests not sent yet, with the loop time by which a connection must exist.
+        self._outbox: dict[str, list[tuple[ClientRequest, float]]] = {}
+        self._flush_scheduled = False
+        self._closed = False
+        self.ignored = 0
+
+    async def request(
+        self,
+        peer: str,
+        req: ClientRequest,
+        timeout: float,
+        connect_timeout: float | None = None,
+    ) -> ClientReply:
+        """Send ``req`` and await its reply; raises ``TransportTimeout``."""
+        if self._closed:
+            raise TransportError("channel closed")
+        if req.request_id in self._waiting:
+            raise ValueError(f"request id {req.request_id} is already in flight")
+        self._socket(peer)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ClientReply] = loop.create_future()
+        self._waiting[req.request_id] = future
+        connect_by = loop.time() + min(timeout, connect_timeout or timeout)
+        self._outbox.setdefault(peer, []).append((req, connect_by))
+        self._schedule_flush(loop, 0.0)
+        expiry = loop.call_later(timeout, self._expire, req.request_id, peer, timeout)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
+            self._waiting.pop(req.request_id, None)
+
+    def _expire(self, request_id: int, peer: str, timeout: float) -> None:
+        future = self._waiting.get(request_id)
+        if future is not None and not future.done():
+            future.set_exception(TransportTimeout(f"no reply from {peer} within {timeout}s"))
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        if self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        if delay:
+            loop.call_later(delay, self._flush)
+        else:
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = False
+        for peer, queued in list(self._outbox.items()):
+            live = [(r, by) for r, by in queued if not self._gone(r, peer, by, now)]
+            if not live:
+                self._outbox.pop(peer)
+                continue
+            frames = encode_batches(
+                [r for r, _ in live],
+                cluster_id=self.cluster_id,
+                sender=self.client_id,
+                max_frame_bytes=self._max_frame_bytes,
+            )
+            sock = self._sockets[peer]
+            sent = 0
+            for frame, count in frames:
+                # On an asyncio socket a non-blocking send completes at once, its outcome
+                # in the returned future.
+                outcome = sock.send(frame, zmq.NOBLOCK)
+                error = outcome.exception() if outcome.done() else None
+                if isinstance(error, zmq.Again):
+                    break  # no connection yet (ZMQ_IMMEDIATE): try again shortly
+                if error is not None:
+                    log.warning("sending to %s failed: %s", peer, error)
+                    break
+                sent += count
+            if sent == len(live):
+                self._outbox.pop(peer)
+            else:
+                self._outbox[peer] = live[sent:]
+                pending = True
+        if pending:
+            self._schedule_flush(loop, _RETRY_SEND_S)
+
+    def _gone(self, req: ClientRequest, peer: str, connect_by: float, now: float) -> bool:
+        """Drop a queued request whose caller gave up or whose peer never connected."""
+        future = self._waiting.get(req.request_id)
+        if future is None or future.done():
+            return True
+        if now >= connect_by:
+            future.set_exception(TransportTimeout(f"no connection to {peer}"))
+            return True
+        return False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._readers.values():
+            task.cancel()
+        for task in self._readers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._ctx.term()
+
+    async def __aenter__(self) -> AsyncClientChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _socket(self, peer: str) -> zmq.asyncio.Socket:
+        sock = self._sockets.get(peer)
+        if sock is not None:
+            return sock
+        host, port = split_address(peer)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.immediate = True
+        sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
+        if ":" in host:
+            sock.ipv6 = True
+        if self._curve is not None and not _client_curve(sock, self._curve, peer):
+            sock.close(linger=0)
+            raise TransportError(f"no CURVE public key for {peer} ({key_name(peer)}.key)")
+        sock.connect(_endpoint(host, port))
+        self._sockets[peer] = sock
+        self._readers[peer] = asyncio.get_running_loop().create_task(self._read(sock))
+        return sock
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            raw = await sock.recv()
+            try:
+                decoded = decode_batch(
+                    raw, cluster_id=self.cluster_id, max_frame_bytes=self._max_frame_bytes
+                )
+            except FrameError as error:
+                self.ignored += 1
+                log.debug("ignored a reply: %s", error.reason)
+                continue
+            for msg in decoded.messages:
+                future = self._waiting.get(msg.request_id) if isinstance(msg, ClientReply) else None
+                if future is None or future.done():
+                    self.ignored += 1
+                    continue
+                future.set_result(msg)
