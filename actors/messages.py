@@ -43,15 +43,18 @@ class Persisted:
 
 
 @dataclass(frozen=True, slots=True)
-class AppliedUpTo:
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
 class SnapshotTaken:
     """A snapshot at ``index`` is durable: the log before it may go."""
 
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWritten:
+    """A snapshot writer finished (``error`` None: the snapshot at ``index`` is durable)."""
+
+    index: int
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)

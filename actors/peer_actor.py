@@ -32,7 +32,6 @@ from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotR
 from .commands import Command, CommandKind
 from .messages import (
     WAKE,
-    AppliedUpTo,
     ApplyBatch,
     AwaitWrites,
     ClientBatch,
@@ -72,7 +71,7 @@ class PeerActor(pykka.ThreadingActor):
         log_actor: pykka.ActorRef[Any],
         session_actor: pykka.ActorRef[Any],
         snapshot_actor: pykka.ActorRef[Any],
-        applied_index: int,
+        applied_index: Callable[[], int],
         metrics_sources: dict[str, Callable[[], dict[str, Any]]],
         on_failure: Callable[[str], None],
         on_removed: Callable[[], None] = lambda: None,
@@ -86,7 +85,7 @@ class PeerActor(pykka.ThreadingActor):
         self.log_actor = log_actor
         self.session_actor = session_actor
         self.snapshot_actor = snapshot_actor
-        self.applied = applied_index
+        self.applied_index = applied_index  # read across threads: an int attribute
         self.metrics_sources = metrics_sources
         self.report_failure = on_failure
         self.report_removed = on_removed
@@ -126,8 +125,6 @@ class PeerActor(pykka.ThreadingActor):
             self._client_batch(message.requests)
         elif isinstance(message, Persisted):
             node.persisted(message.index, message.term)
-        elif isinstance(message, AppliedUpTo):
-            self.applied = message.index
         elif isinstance(message, SnapshotTaken):
             if node.compact(message.index):
                 self.log_actor.tell(CompactLog(message.index, node.snapshot_meta.term))
@@ -395,8 +392,8 @@ class PeerActor(pykka.ThreadingActor):
             "term": node.term,
             "leader": node.leader,
             "commit": node.commit,
-            "applied": self.applied,
-            "apply_lag": node.commit - self.applied,
+            "applied": self.applied_index(),
+            "apply_lag": node.commit - self.applied_index(),
             "last_index": node.log.last_index,
             "snapshot_index": node.log.snap_index,
             "config": node.config.to_wire(),

@@ -121,7 +121,7 @@ class PeerRuntime:
             metrics=self.metrics["apply"],
             on_failure=self._fail,
         )
-        peer_proxy = _LateRef()
+        peer_proxy = _SafeRef()
         log_actor = LogActor.start(
             raft_log=raft_log,
             hard_state_file=hard_state_file,
@@ -130,7 +130,7 @@ class PeerRuntime:
             queue=queue,
             send=transport.send,
             peer=peer_proxy,
-            session=self.session,
+            session=_SafeRef(self.session),
             saved=hard_state,
             metrics=self.metrics["log"],
             on_failure=self._fail,
@@ -154,10 +154,10 @@ class PeerRuntime:
             reply=transport.reply,
             set_peers=transport.set_peers,
             persist_queue=queue,
-            log_actor=log_actor,
-            session_actor=self.session,
-            snapshot_actor=snapshot_actor,
-            applied_index=state.applied_index,
+            log_actor=_SafeRef(log_actor),
+            session_actor=_SafeRef(self.session),
+            snapshot_actor=_SafeRef(snapshot_actor),
+            applied_index=lambda: state.applied_index,
             metrics_sources={
                 "transport": transport.stats,
                 **{name: (lambda m=m: dict(m)) for name, m in self.metrics.items()},
@@ -166,7 +166,7 @@ class PeerRuntime:
             on_removed=self.removed.set,
         )
         peer_proxy.ref = self.peer
-        self.session.proxy().set_peer(self.peer).get()
+        self.session.proxy().set_peer(peer_proxy).get()
         self._actors = [self.peer, log_actor, snapshot_actor, self.session]
         transport.start()
         self._ticker = threading.Thread(target=self._tick_loop, name="zraft-ticker", daemon=True)
@@ -228,14 +228,21 @@ class PeerRuntime:
         self.failed.set()
 
 
-class _LateRef:
-    """Lets actors started before the peer actor tell it once it exists."""
+class _SafeRef:
+    """How actors tell each other: the peer actor's ref can be set after the others start,
+    and a message to an actor that already stopped (the peer is shutting down) is dropped
+    instead of failing the sender."""
 
-    ref: pykka.ActorRef[Any] | None = None
+    def __init__(self, ref: pykka.ActorRef[Any] | None = None) -> None:
+        self.ref = ref
 
     def tell(self, message: Any) -> None:
-        if self.ref is not None:
+        if self.ref is None:
+            return
+        try:
             self.ref.tell(message)
+        except pykka.ActorDeadError:
+            log.debug("dropped %s to a stopped actor", type(message).__name__)
 
 
 def _listen_host(peer_id: str) -> str:

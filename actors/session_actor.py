@@ -3,8 +3,10 @@ committed entries, answers clients, and takes snapshots every ``max_log_count`` 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,6 @@ from zraft.storage import SnapshotStore
 from zraft.transport import ClientReply
 
 from .messages import (
-    AppliedUpTo,
     ApplyBatch,
     AwaitWrites,
     ExpectSnapshot,
@@ -27,6 +28,7 @@ from .messages import (
     PendingWrite,
     ServeReads,
     SnapshotTaken,
+    SnapshotWritten,
 )
 from .state_machine import ReplicatedState
 
@@ -72,6 +74,7 @@ class SessionActor(pykka.ThreadingActor):
         self._read_sequence = 0
         self.expecting_snapshot: int | None = None
         self.held: list[Entry] = []  # entries that wait for a snapshot install
+        self.snapshotting = False
         self.metrics = metrics  # shared with the status view; only this actor writes it
         self.metrics.update(applied_entries=0, snapshots_taken=0, snapshots_installed=0)
 
@@ -90,6 +93,8 @@ class SessionActor(pykka.ThreadingActor):
             self.expecting_snapshot = message.index
         elif isinstance(message, InstallState):
             self._install(message)
+        elif isinstance(message, SnapshotWritten):
+            self._finish_snapshot(message)
         elif callable(message):
             return message(self)  # a probe from tests and the status command
         return None
@@ -127,26 +132,49 @@ class SessionActor(pykka.ThreadingActor):
         replies.extend(self._due_reads())
         if replies:
             self.reply(replies)
-        if self.peer is not None:
-            self.peer.tell(AppliedUpTo(self.state.applied_index))
-        if self.state.applied_index - self.last_snapshot >= self.max_log_count:
+        due = self.state.applied_index - self.last_snapshot >= self.max_log_count
+        if due and not self.snapshotting:
             self._take_snapshot()
 
     def _take_snapshot(self) -> None:
+        """Snapshot the applied state; a backend that copied its state writes it meanwhile
+        in a worker thread, so applying goes on (the copy was taken synchronously)."""
         meta, writer, extra = self.state.snapshot()
-        backend = self.state.backend
+        self.snapshotting = True
+        if not writer.background:
+            self._finish_snapshot(
+                SnapshotWritten(meta.index, self._write_snapshot(meta, writer, extra))
+            )
+            return
+        me = self.actor_ref
+
+        def write() -> None:
+            done = SnapshotWritten(meta.index, self._write_snapshot(meta, writer, extra))
+            with contextlib.suppress(pykka.ActorDeadError):  # the peer is shutting down
+                me.tell(done)
+
+        threading.Thread(target=write, name="zraft-snapshot-writer", daemon=True).start()
+
+    def _write_snapshot(self, meta: Any, writer: Any, extra: dict[str, Any]) -> str | None:
         try:
             with self.snapshot_lock:
                 self.snapshots.create(meta, writer, extra)
-        except Exception as error:
-            backend.snapshot_failed(error)
+        except Exception as error:  # reported to the backend; we try again later
             log.error("snapshot at %d failed: %s", meta.index, error)
+            return repr(error)
+        return None
+
+    def _finish_snapshot(self, done: SnapshotWritten) -> None:
+        self.snapshotting = False
+        backend = self.state.backend
+        if done.error is not None:
+            backend.snapshot_failed(RuntimeError(done.error))
             return
         backend.snapshot_done()
-        self.last_snapshot = meta.index
+        self.last_snapshot = done.index
         self.metrics["snapshots_taken"] += 1
         if self.peer is not None:
-            self.peer.tell(SnapshotTaken(meta.index))
+            self.peer.tell(SnapshotTaken(done.index))
 
     def _install(self, message: InstallState) -> None:
         self.state.install(message.meta, Path(message.path), message.extra)

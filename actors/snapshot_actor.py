@@ -12,6 +12,7 @@ are in and verified, the peer actor learns where they are (``SnapshotStaged``), 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -38,6 +39,12 @@ from .messages import (
 log = logging.getLogger(__name__)
 
 _OFFER_UNANSWERED = "no answer to the offer"
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """From a worker thread or timer: the actor may have stopped meanwhile."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 class SnapshotActor(pykka.ThreadingActor):
@@ -82,8 +89,8 @@ class SnapshotActor(pykka.ThreadingActor):
             port,
             cluster_id=self.cluster_id,
             advertise_host=advertise,
-            on_complete=lambda index, path: me.tell(ReceiveFinished(index, str(path))),
-            on_failed=lambda index, reason: me.tell(ReceiveFinished(index, None, reason)),
+            on_complete=lambda index, path: _tell(me, ReceiveFinished(index, str(path))),
+            on_failed=lambda index, reason: _tell(me, ReceiveFinished(index, None, reason)),
         )
 
     def on_stop(self) -> None:
@@ -117,8 +124,9 @@ class SnapshotActor(pykka.ThreadingActor):
         self.send([SnapshotOffer(message.term, self.peer_id, follower, message.meta)])
         timer = threading.Timer(
             self.transfer_timeout,
-            lambda: self.actor_ref.tell(
-                TransferFinished(follower, message.meta.index, False, _OFFER_UNANSWERED)
+            lambda: _tell(
+                self.actor_ref,
+                TransferFinished(follower, message.meta.index, False, _OFFER_UNANSWERED),
             ),
         )
         timer.daemon = True
@@ -156,9 +164,9 @@ class SnapshotActor(pykka.ThreadingActor):
                     timeout=self.transfer_timeout,
                 )
             except Exception as error:  # a worker thread must report, never die silently
-                me.tell(TransferFinished(ready.src, ready.index, False, repr(error)))
+                _tell(me, TransferFinished(ready.src, ready.index, False, repr(error)))
             else:
-                me.tell(TransferFinished(ready.src, ready.index, True))
+                _tell(me, TransferFinished(ready.src, ready.index, True))
 
         threading.Thread(target=work, name=f"zraft-snapshot-send-{ready.src}", daemon=True).start()
 

@@ -123,8 +123,14 @@ class ReplicatedState:
             self._clients.move_to_end(command.client_id)
         if command.acked > record.acked:
             record.acked = command.acked
-            for seq in [s for s in record.results if s <= command.acked]:
-                del record.results[seq]
+            # Results are kept in apply order, which is nearly seq order: forget from the
+            # front (a few stragglers wait there until they reach it, bounded anyway).
+            results = record.results
+            while results:
+                oldest = next(iter(results))
+                if oldest > command.acked:
+                    break
+                del results[oldest]
         return record
 
     def _cached(self, record: _ClientRecord, command: Command) -> Outcome | None:
@@ -138,7 +144,7 @@ class ReplicatedState:
     def _remember(self, record: _ClientRecord, seq: int, outcome: Outcome) -> None:
         record.results[seq] = outcome
         while len(record.results) > self.max_results_per_client:
-            oldest = min(record.results)
+            oldest = next(iter(record.results))
             del record.results[oldest]
             record.acked = max(record.acked, oldest)
 

@@ -851,10 +851,7 @@ class Node:
         ):
             progress.become_replicate()  # the match point is known: start pipelining
         if not (moved and self._maybe_commit()):
-            # (a commit broadcast already did this) If the follower holds entries we know
-            # are committed but has not been told, say so now rather than at the heartbeat.
-            behind = progress.commit_sent < min(self.commit, progress.match)
-            self._send_appends(msg.src, allow_empty=behind)
+            self._send_appends(msg.src)  # (a commit broadcast already did this)
         self._drop_retired(lambda p: p is progress)
         if (
             msg.src == self.transfer_target
@@ -885,8 +882,10 @@ class Node:
         self._on_commit_advanced()
         if self.role is Role.LEADER:
             self._admit_reads_waiting_for_commit()
-            for peer, progress in self.progress.items():
-                self._send_appends(peer, allow_empty=progress.commit_sent < self.commit)
+            # Followers learn the new commit index with the next append or heartbeat: an
+            # empty append per commit would double the messages of a busy cluster.
+            for peer in self.progress:
+                self._send_appends(peer)
         return True
 
     def _may_commit_at(self, index: int) -> bool:

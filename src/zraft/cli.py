@@ -124,6 +124,9 @@ def serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         sys.stderr.write(f"zraft serve: {error}\n")
         return 2
+    # A peer is a pipeline of threads handing work to each other; with CPython's default
+    # 5 ms switch interval a runnable thread can wait that long for the GIL at each hop.
+    sys.setswitchinterval(0.0002)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -194,6 +197,52 @@ def _request(args: argparse.Namespace, op: str) -> int:
         sys.stderr.write(f"error: {reply.error}: {reply.result}\n")
         return 1
     _say(json.dumps(reply.result))
+    return 0
+
+
+def members(args: argparse.Namespace) -> int:
+    """Show or change the membership (joint consensus) through any peer."""
+    from zraft.session import LightSession, ZraftError
+
+    try:
+        with LightSession(args.peer, cluster_id=args.cluster_id, timeout=args.timeout) as s:
+            if args.action == "list":
+                config = s.members()
+            elif args.action == "add-learner":
+                config = s.add_learner(_one(args))
+            elif args.action == "promote":
+                config = s.promote(_one(args))
+            elif args.action == "remove":
+                config = s.remove(_one(args))
+            else:
+                config = s.set_new_conf([p for p in _one(args).split(",") if p])
+    except (ZraftError, ValueError) as error:
+        sys.stderr.write(f"zraft members: {type(error).__name__}: {error}\n")
+        return 1
+    _say(f"voters: {' '.join(sorted(config.voters))}")
+    if config.outgoing:
+        _say(f"outgoing voters: {' '.join(sorted(config.outgoing))}")
+    if config.learners:
+        _say(f"learners: {' '.join(sorted(config.learners))}")
+    return 0
+
+
+def _one(args: argparse.Namespace) -> str:
+    if not args.target:
+        raise ValueError(f"'{args.action}' needs a peer (HOST:PORT)")
+    return str(args.target)
+
+
+def transfer(args: argparse.Namespace) -> int:
+    from zraft.session import LightSession, ZraftError
+
+    try:
+        with LightSession(args.peer, cluster_id=args.cluster_id, timeout=args.timeout) as s:
+            leader = s.transfer_leadership(args.target)
+    except ZraftError as error:
+        sys.stderr.write(f"zraft transfer: {type(error).__name__}: {error}\n")
+        return 1
+    _say(f"{leader} leads")
     return 0
 
 
@@ -275,6 +324,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cmd.add_argument("payload", help="the command, as JSON")
 
+    members_cmd = commands.add_parser("members", help="show or change the membership")
+    members_cmd.add_argument("--peer", required=True, help="HOST:PORT of any peer")
+    members_cmd.add_argument("--cluster-id", default="zraft")
+    members_cmd.add_argument("--timeout", type=float, default=20.0)
+    members_cmd.add_argument(
+        "action", choices=["list", "add-learner", "promote", "remove", "set"], default="list"
+    )
+    members_cmd.add_argument("target", nargs="?", help="a peer, or for set: A,B,C")
+
+    transfer_cmd = commands.add_parser("transfer", help="hand leadership to a peer")
+    transfer_cmd.add_argument("--peer", required=True, help="HOST:PORT of any peer")
+    transfer_cmd.add_argument("--cluster-id", default="zraft")
+    transfer_cmd.add_argument("--timeout", type=float, default=10.0)
+    transfer_cmd.add_argument("target", help="HOST:PORT of the new leader")
+
     sim_cmd = commands.add_parser("sim", help="run or replay simulation schedules")
     sim_cmd.add_argument("--seed", type=int, default=1)
     sim_cmd.add_argument("--steps", type=int, default=300)
@@ -294,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status(args)
     if args.command in ("write", "query"):
         return _request(args, args.command)
+    if args.command == "members":
+        return members(args)
+    if args.command == "transfer":
+        return transfer(args)
     if args.narrate:
         return demo(args.seed, args.schedules)
     return sim(args.seed, args.steps, args.schedules)

@@ -1,0 +1,180 @@
+"""The benchmark run: for each run and system, a fresh cluster, then every level.
+
+A run starts the system's 3 peer processes in a fresh temporary directory, starts the client
+processes, writes every benchmark key once (so reads return 100-byte values), then for each
+concurrency level measures writes and then linearizable reads. Systems alternate which goes
+first from one run to the next, so slow drift of a shared machine hits both alike. Every
+process is killed when the run ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .client import ClientPool
+from .results import LevelResult, level_result
+from .systems import PySyncObjSystem, System, ZraftSystem, sample_cpu
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = (1, 16, 256, 2048)
+SYSTEMS: dict[str, type[ZraftSystem] | type[PySyncObjSystem]] = {
+    "zraft": ZraftSystem,
+    "pysyncobj": PySyncObjSystem,
+}
+NOTES = {name: cls.note for name, cls in SYSTEMS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    concurrency: Sequence[int] = DEFAULT_CONCURRENCY
+    # Client processes per level: one number for all levels, or one per concurrency level.
+    client_processes: Sequence[int] = (1,)
+    ops: Sequence[str] = ("write", "read")
+    systems: Sequence[str] = ("zraft",)
+    duration: float | None = 5.0  # seconds measured per level; None: use `count`
+    count: int | None = None  # requests measured per level (when duration is None)
+    warmup: float = 1.0
+    runs: int = 1
+    keys: int = 1000  # distinct keys per client process
+    value_size: int = 100
+    timeout: float = 30.0  # per request; a slow answer is measured, not retried
+    cluster_id: str = "zraft"
+    root: Path | None = None  # where data goes; default: a temporary directory, removed
+    server_log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise ValueError("concurrency levels must be positive")
+        if len(self.client_processes) not in (1, len(self.concurrency)):
+            raise ValueError("give one client process count, or one per concurrency level")
+        if any(p < 1 for p in self.client_processes):
+            raise ValueError("client process counts must be positive")
+        if unknown := set(self.ops) - {"write", "read"}:
+            raise ValueError(f"unknown ops {sorted(unknown)}")
+        if unknown := set(self.systems) - set(SYSTEMS):
+            raise ValueError(f"unknown systems {sorted(unknown)}")
+        if (self.duration is None) == (self.count is None):
+            raise ValueError("give exactly one of duration and count")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be positive")
+        if self.count is not None and self.count < 1:
+            raise ValueError("count must be positive")
+        if self.runs < 1 or self.keys < 1 or self.value_size < 0 or self.warmup < 0:
+            raise ValueError("runs and keys must be positive, warmup and value size >= 0")
+
+    def processes_for(self, level: int) -> int:
+        if len(self.client_processes) == 1:
+            return self.client_processes[0]
+        return self.client_processes[list(self.concurrency).index(level)]
+
+
+@dataclass(slots=True)
+class BenchRun:
+    """Everything one ``run_benchmark`` measured, plus the pids it started (all dead now)."""
+
+    config: BenchConfig
+    results: list[LevelResult] = field(default_factory=list)
+    started_pids: list[int] = field(default_factory=list)
+
+
+def run_benchmark(
+    config: BenchConfig, on_result: Callable[[LevelResult], Any] | None = None
+) -> BenchRun:
+    """Measure every (run, system, level, op) of ``config``; see the module docstring."""
+    bench = BenchRun(config)
+    owned_root = config.root is None
+    root = Path(tempfile.mkdtemp(prefix="zraft-bench-")) if owned_root else Path(config.root)
+    try:
+        for run in range(1, config.runs + 1):
+            order = list(config.systems) if run % 2 else list(reversed(config.systems))
+            for name in order:
+                _run_system(bench, name, run, root / f"run{run}-{name}", on_result)
+    finally:
+        if owned_root:
+            shutil.rmtree(root, ignore_errors=True)
+    return bench
+
+
+def _run_system(
+    bench: BenchRun,
+    name: str,
+    run: int,
+    directory: Path,
+    on_result: Callable[[LevelResult], Any] | None,
+) -> None:
+    config = bench.config
+    system: System = SYSTEMS[name](
+        directory, cluster_id=config.cluster_id, log_level=config.server_log_level
+    )
+    pool: ClientPool | None = None
+    try:
+        system.start()
+        bench.started_pids += system.server_pids().values()
+        leader = system.peers[0]
+        log.info("%s run %d: peers %s, leader %s", name, run, system.peers, leader)
+        most = max(config.processes_for(c) for c in config.concurrency)
+        pool = ClientPool(
+            system.peers,
+            cluster_id=config.cluster_id,
+            processes=most,
+            keys=config.keys,
+            value_size=config.value_size,
+            timeout=config.timeout,
+        )
+        bench.started_pids += pool.pids
+        pool.prefill()
+        for level in config.concurrency:
+            for op in config.ops:
+                result = _run_level(config, system, pool, run, op, level)
+                bench.results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    finally:
+        if pool is not None:
+            pool.close()
+        system.close()
+
+
+def _run_level(
+    config: BenchConfig, system: System, pool: ClientPool, run: int, op: str, level: int
+) -> LevelResult:
+    pids = system.server_pids()
+    leader = system.peers[0]
+    outcome = pool.run_level(
+        op,
+        level,
+        processes=config.processes_for(level),
+        warmup=config.warmup,
+        duration=config.duration,
+        count=config.count,
+        sample=lambda: sample_cpu(pids),
+    )
+    complete = len(outcome.server_cpu) == len(pids)
+    seconds = outcome.window if config.duration is None else config.duration
+    result = level_result(
+        system=system.name,
+        op=op,
+        concurrency=level,
+        client_processes=outcome.processes,
+        run=run,
+        latencies=outcome.latencies,
+        errors=outcome.errors,
+        seconds=seconds,
+        client_cpu=outcome.client_cpu,
+        server_cpu=sum(outcome.server_cpu.values()) if complete else None,
+        leader_cpu=outcome.server_cpu.get(pids[leader]) if leader in pids else None,
+        error_kinds=outcome.error_kinds,
+    )
+    log.info(
+        "%s run %d %s x%d: %.0f/s p50 %.2f ms p99 %.2f ms (%d errors)",
+        system.name, run, op, level, result.throughput, result.p50_ms, result.p99_ms,
+        result.errors,
+    )  # fmt: skip
+    return result
