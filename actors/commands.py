@@ -7,9 +7,8 @@ the client has received, so the replicated state may forget results up to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -18,13 +17,15 @@ class CommandKind(IntEnum):
     WRITE = 0
 
 
+_KINDS = frozenset(int(kind) for kind in CommandKind)
+
+
 class MalformedCommand(ValueError):
     """An entry whose data is not a command envelope."""
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    kind: CommandKind
+class Command(NamedTuple):
+    kind: int  # a CommandKind
     client_id: str
     seq: int
     acked: int
@@ -44,10 +45,10 @@ class Command:
         if not isinstance(raw, list) or len(raw) != 5:
             raise MalformedCommand("a command is a 5-element array")
         kind, client_id, seq, acked, body = raw
-        if not isinstance(kind, int) or kind not in CommandKind._value2member_map_:
+        if kind not in _KINDS:
             raise MalformedCommand(f"unknown command kind {kind!r}")
-        if not isinstance(client_id, str) or len(client_id) > 256:
+        if type(client_id) is not str or len(client_id) > 256:
             raise MalformedCommand("client id must be a string of at most 256 characters")
         if type(seq) is not int or type(acked) is not int or seq < 0 or acked < 0:
             raise MalformedCommand("seq and acked must be non-negative integers")
-        return Command(CommandKind(kind), client_id, seq, acked, body)
+        return Command(kind, client_id, seq, acked, body)

@@ -97,8 +97,8 @@ class ReplicatedState:
             log.warning("entry %d is not a command: %s", entry.index, error)
             failure = Failure("rejected", f"malformed command: {error}")
             return Applied(entry.index, entry.term, _outcome(failure))
-        if command.kind is not CommandKind.WRITE:
-            failure = Failure("rejected", f"unsupported command kind {command.kind.name}")
+        if command.kind != CommandKind.WRITE:
+            failure = Failure("rejected", f"unsupported command kind {command.kind}")
             return Applied(entry.index, entry.term, _outcome(failure))
         record = self._record(command) if command.client_id else None
         if record is not None:

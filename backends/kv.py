@@ -97,11 +97,15 @@ def _encode_value(value: Any, field: str) -> bytes:
     """The msgpack encoding of ``value``, if it survives a round trip unchanged in kind."""
     try:
         packed: bytes = msgpack.packb(value, use_bin_type=True)
-        msgpack.unpackb(packed, raw=False, strict_map_key=False)
+        if type(value) not in _SCALARS:  # only containers can change kind on the way back
+            msgpack.unpackb(packed, raw=False, strict_map_key=False)
     except (TypeError, ValueError, OverflowError) as exc:
         # UnicodeEncodeError is a ValueError; so is msgpack's nesting limit.
         raise CommandRejected(f"{field} is not msgpack-able: {_describe(exc)}") from None
     return packed
+
+
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
 def _describe(exc: Exception) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class EntryKind(IntEnum):
@@ -89,9 +89,12 @@ class Configuration:
         return text
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One log entry. ``data`` is bytes for NORMAL, b"" for NOOP, a Configuration for CONFIG."""
+class Entry(NamedTuple):
+    """One log entry. ``data`` is bytes for NORMAL, b"" for NOOP, a Configuration for CONFIG.
+
+    A named tuple rather than a frozen dataclass: entries are made by the million (every
+    proposal, every decoded append) and a tuple is several times cheaper to build.
+    """
 
     index: int
     term: int

@@ -3,6 +3,8 @@
 The rules of zraft's light session: the head of the list is the believed leader; a peer
 that failed (down, unreachable, silent) is skipped for ``fail_timeout``; a peer that said
 "not leader" is skipped for ``election_timeout``, and the leader it named moves to the head.
+Both go to the back of the list, so the search rotates through every peer instead of
+cycling among a few dead ones whose stamps expire in turn.
 Unlike the original, a hint naming a peer that failed lately is not followed: followers keep
 naming a dead or paused leader until they elect a new one, and following them would send
 us straight back to it (zraft_lib issue #33).
@@ -72,10 +74,12 @@ class LeaderTracker:
 
     def failed(self, peer: str) -> None:
         self.failed_until[peer] = self.clock() + self.fail_timeout
+        self._to_tail(peer)  # rotate: never cycle among a few dead peers at the head
 
     def not_leader(self, peer: str, hint: str | None) -> None:
         now = self.clock()
         self.not_leader_until[peer] = now + self.election_timeout
+        self._to_tail(peer)
         if hint is None or hint == peer or self._failed(hint, now):
             return
         self.not_leader_until.pop(hint, None)
@@ -88,6 +92,11 @@ class LeaderTracker:
             return
         kept = [p for p in self.peers if p in wanted]
         self.peers = kept + [p for p in wanted if p not in kept]
+
+    def _to_tail(self, peer: str) -> None:
+        if peer in self.peers:
+            self.peers.remove(peer)
+            self.peers.append(peer)
 
     def _to_head(self, peer: str) -> None:
         if peer in self.peers:

@@ -91,11 +91,17 @@ def test_clients_move_to_the_new_leader_and_leave_the_old_one(tmp_path: Path, fa
         acked: list[tuple[float, int]] = []
         stop = threading.Event()
 
+        errors: list[BaseException] = []
+
         def writer() -> None:
             i = 0
             while not stop.is_set():
                 i += 1
-                session.write(kv.put(f"k{i}", i), timeout=10)
+                try:
+                    session.write(kv.put(f"k{i}", i), timeout=10)
+                except BaseException as error:  # checked below
+                    errors.append(error)
+                    return
                 acked.append((time.monotonic(), i))
 
         thread = threading.Thread(target=writer, daemon=True)
@@ -115,7 +121,7 @@ def test_clients_move_to_the_new_leader_and_leave_the_old_one(tmp_path: Path, fa
         if fault == "pause":
             cluster.signal(old, signal.SIGCONT)
         links.heal()
-        assert not thread.is_alive()
+        assert not thread.is_alive() and not errors, errors
 
         after = [t for t, _ in acked if t > fault_at]
         assert after, "no write succeeded after the fault"
@@ -211,13 +217,18 @@ def test_membership_changes_while_writing_end_with_none_of_the_original_peers(
         session = LightSession([a, b, c], election_timeout=E)
         stop = threading.Event()
         acked: list[int] = []
+        errors: list[BaseException] = []
 
         def writer() -> None:
             with LightSession([a, b, c, d, e, f], election_timeout=E) as own:
                 i = 0
                 while not stop.is_set():
                     i += 1
-                    own.write(kv.put(f"w{i}", i), timeout=15)
+                    try:
+                        own.write(kv.put(f"w{i}", i), timeout=15)
+                    except BaseException as error:  # checked below
+                        errors.append(error)
+                        return
                     acked.append(i)
 
         thread = threading.Thread(target=writer, daemon=True)
@@ -244,7 +255,8 @@ def test_membership_changes_while_writing_end_with_none_of_the_original_peers(
         assert config.voters == frozenset({d, e, f, g}) and not config.learners
         stop.set()
         thread.join(timeout=30)
-        assert not thread.is_alive() and len(acked) > 20
+        assert not thread.is_alive() and not errors, errors
+        assert len(acked) > 20
         for i in (acked[0], acked[len(acked) // 2], acked[-1]):
             assert session.query(kv.get(f"w{i}")) == {"found": True, "value": i}
         session.close()

@@ -25,7 +25,10 @@ def test_failed_peers_are_skipped_for_fail_timeout() -> None:
     t, clock = tracker()
     assert t.choose() == "a"
     t.failed("a")
-    assert t.choose() == "b"
+    assert t.choose() == "b" and t.peers == ["b", "c", "a"]
+    t.failed("b")
+    t.failed("c")
+    assert t.choose() is None
     clock.now += 1.01
     assert t.choose() == "a"
 
@@ -36,7 +39,7 @@ def test_not_leader_moves_the_hint_to_the_head() -> None:
     assert t.leader == "c" and t.choose() == "c"
     clock.now += 0.51
     t.succeeded("c")
-    assert t.peers == ["c", "a", "b"]
+    assert t.peers == ["c", "b", "a"]
 
 
 def test_a_hint_naming_a_failed_peer_is_not_followed() -> None:
@@ -99,3 +102,20 @@ def test_not_leader_and_retry_are_retried_not_raised() -> None:
     with pytest.raises(TryAgain):
         interpret(t, "b", ClientReply(2, False, None, "retry"))
     assert interpret(t, "b", ClientReply(3, True, 42)) == 42
+
+
+def test_dead_peers_at_the_head_do_not_hide_the_live_ones() -> None:
+    # Each try at a dead peer costs 0.45 s, so with three dead peers in front the first
+    # one's 1 s stamp expires before the third is tried; rotation must still reach "d".
+    clock = Clock()
+    t = LeaderTracker(["a", "b", "c", "d"], fail_timeout=1.0, election_timeout=0.5, clock=clock)
+    tried = []
+    for _ in range(4):
+        peer = t.choose()
+        assert peer is not None
+        tried.append(peer)
+        if peer == "d":
+            break
+        clock.now += 0.45
+        t.failed(peer)
+    assert tried[-1] == "d", tried

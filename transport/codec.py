@@ -276,17 +276,29 @@ def _context(value: Any) -> Any:
     raise _bad("context")
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
-    """Only msgpack's plain types (no ext types or timestamps)."""
+    """Only msgpack's plain types (no ext types or timestamps). Loops rather than
+    generator expressions: this runs on every client payload."""
     t = type(value)
-    if value is None or t in (bool, int, float, str, bytes):
+    if t in _SCALARS:
         return True
     if depth > 64:
         return False
     if t is list:
-        return all(_plain(v, depth + 1) for v in value)
+        for item in value:
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
     if t is dict:
-        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+        for key, item in value.items():
+            if type(key) not in _SCALARS and not _plain(key, depth + 1):
+                return False
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
     return False
 
 

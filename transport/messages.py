@@ -8,7 +8,7 @@ All are frozen, so they can cross threads (and pykka actors) without copying.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.messages import Message
 from ..core.types import SnapshotMeta
@@ -30,8 +30,7 @@ class SnapshotReady(Message):
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
+class ClientRequest(NamedTuple):
     """A client's command or query.
 
     ``client_id``/``seq``/``acked`` identify the request for exactly-once bookkeeping (the
@@ -48,8 +47,7 @@ class ClientRequest:
     timeout_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ClientReply:
+class ClientReply(NamedTuple):
     """The answer to ``ClientRequest`` ``request_id``; ``leader`` is a redirect hint."""
 
     request_id: int

@@ -53,6 +53,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-processes", type=_int_list, default=[1],
         help="client processes: one number, or one per level (default 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lanes-per-session", type=int, default=256,
+        help="requests in flight per client session; more lanes open more sessions "
+        "(default 256; 0: one session per client process)",
+    )  # fmt: skip
     parser.add_argument("--ops", type=_ops, default=["write", "read"], help="write,read")
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument("--duration", type=float, default=None,
@@ -70,6 +75,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-zraft", action="store_true", help="run PySyncObj only")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--json-out", type=Path, default=None, metavar="PATH",
+                        help="also write the JSON report to PATH")  # fmt: skip
     parser.add_argument(
         "--plot", type=Path, default=None, metavar="PATH.png",
         help="throughput and p99 against concurrency (needs matplotlib)",
@@ -113,6 +120,7 @@ def _config(args: argparse.Namespace) -> Any:
         keys=args.keys,
         value_size=args.value_size,
         timeout=args.timeout,
+        lanes_per_session=args.lanes_per_session,
         cluster_id=args.cluster_id,
         root=args.data_dir,
     )
@@ -157,30 +165,33 @@ def run_bench(args: argparse.Namespace, write: Writer = _stdout) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     summaries = summarize(bench.results)
+    report = json.dumps(
+        {
+            "date": started.isoformat(timespec="seconds"),
+            "config": {
+                "concurrency": list(config.concurrency),
+                "client_processes": list(config.client_processes),
+                "ops": list(config.ops),
+                "systems": list(config.systems),
+                "duration": config.duration,
+                "count": config.count,
+                "warmup": config.warmup,
+                "runs": config.runs,
+                "keys": config.keys,
+                "value_size": config.value_size,
+                "lanes_per_session": config.lanes_per_session,
+            },
+            "notes": {s: NOTES[s] for s in config.systems},
+            "summary": [s.to_json() for s in summaries],
+            "results": [r.to_json() for r in bench.results],
+        },
+        indent=2,
+    )
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(report + "\n")
     if args.json:
-        write(
-            json.dumps(
-                {
-                    "date": started.isoformat(timespec="seconds"),
-                    "config": {
-                        "concurrency": list(config.concurrency),
-                        "client_processes": list(config.client_processes),
-                        "ops": list(config.ops),
-                        "systems": list(config.systems),
-                        "duration": config.duration,
-                        "count": config.count,
-                        "warmup": config.warmup,
-                        "runs": config.runs,
-                        "keys": config.keys,
-                        "value_size": config.value_size,
-                    },
-                    "notes": {s: NOTES[s] for s in config.systems},
-                    "summary": [s.to_json() for s in summaries],
-                    "results": [r.to_json() for r in bench.results],
-                },
-                indent=2,
-            )
-        )
+        write(report)
     else:
         notes = {s: NOTES[s] for s in config.systems}
         table = markdown_table if args.markdown else text_table

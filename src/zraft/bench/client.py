@@ -19,10 +19,11 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -68,6 +69,7 @@ class WorkerConfig:
     keys: int
     value_size: int
     timeout: float  # per request, also per attempt: a slow answer is not a failed peer
+    lanes_per_session: int = 0  # split a level's lanes over sessions of this many; 0: one
 
 
 def key_name(worker: int, i: int) -> str:
@@ -84,6 +86,8 @@ def bench_value(size: int) -> bytes:
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
     """Entry point of a worker process: serve the parent's commands until told to stop."""
+    # Ctrl-C reaches the whole process group; the parent alone decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
     loop = asyncio.new_event_loop()
     try:
@@ -102,17 +106,21 @@ async def _serve(conn: Connection, config: WorkerConfig) -> None:
     value = bench_value(config.value_size)
     keys = [key_name(config.index, i) for i in range(config.keys)]
     commands = {"write": [kv.put(k, value) for k in keys], "read": [kv.get(k) for k in keys]}
-    session = AsyncLightSession(
-        list(config.peers),
-        cluster_id=config.cluster_id,
-        client_id=f"bench-{os.getpid()}-{config.index}",
-        timeout=config.timeout,
-        retry=RetryPolicy(attempt_timeout=config.timeout),
-    )
-    calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
-        "write": session.write,
-        "read": session.query,
-    }
+    sessions: list[AsyncLightSession] = []
+
+    def session_calls(count: int, op: str) -> list[Callable[[Any], Awaitable[Any]]]:
+        while len(sessions) < count:  # kept for the whole run: connections stay up
+            sessions.append(
+                AsyncLightSession(
+                    list(config.peers),
+                    cluster_id=config.cluster_id,
+                    client_id=f"bench-{os.getpid()}-{config.index}-{len(sessions)}",
+                    timeout=config.timeout,
+                    retry=RetryPolicy(attempt_timeout=config.timeout),
+                )
+            )
+        return [s.write if op == "write" else s.query for s in sessions[:count]]
+
     try:
         conn.send(("ready", os.getpid()))
         while True:
@@ -121,16 +129,26 @@ async def _serve(conn: Connection, config: WorkerConfig) -> None:
                 return
             kind, arg = message
             if kind == "prefill":
-                await _prefill(calls["write"], commands["write"], int(arg))
+                await _prefill(session_calls(1, "write")[0], commands["write"], int(arg))
                 conn.send(("prefilled", None))
             elif kind == "level":
                 assert isinstance(arg, LevelSpec)
-                report = await run_level(calls[arg.op], commands[arg.op], arg)
+                needed = sessions_for(arg.concurrency, config.lanes_per_session)
+                calls = session_calls(needed, arg.op)
+                report = await run_level(calls, commands[arg.op], arg)
                 conn.send(("level", report))
             else:
                 raise ValueError(f"unknown command {kind!r}")
     finally:
-        await session.close()
+        for session in sessions:
+            await session.close()
+
+
+def sessions_for(lanes: int, lanes_per_session: int) -> int:
+    """How many sessions carry ``lanes`` requests in flight (0: one session for all)."""
+    if lanes_per_session <= 0:
+        return 1
+    return max(1, math.ceil(lanes / lanes_per_session))
 
 
 async def _prefill(call: Callable[[Any], Awaitable[Any]], commands: list[Any], lanes: int) -> None:
@@ -145,7 +163,7 @@ async def _prefill(call: Callable[[Any], Awaitable[Any]], commands: list[Any], l
 
 
 async def run_level(
-    call: Callable[[Any], Awaitable[Any]], commands: Sequence[Any], spec: LevelSpec
+    calls: Sequence[Callable[[Any], Awaitable[Any]]], commands: Sequence[Any], spec: LevelSpec
 ) -> WorkerReport:
     """Drive one level in this process's event loop; see ``LevelSpec``."""
     clock = time.perf_counter
@@ -171,6 +189,7 @@ async def run_level(
 
     async def lane(first: int) -> None:
         nonlocal stop, measure_to
+        call = calls[first % len(calls)]
         j = first
         while not stop:
             sent = clock()
@@ -233,7 +252,8 @@ class LevelOutcome:
     processes: int
     begin: float = 0.0  # time.monotonic() of the window's start
     end: float = 0.0
-    server_cpu: dict[int, float] = field(default_factory=dict)  # pid -> CPU s in window
+    begin_sample: Any = None  # what `sample` returned at the window's start
+    end_sample: Any = None  # and at its end
 
 
 class ClientPool:
@@ -248,6 +268,7 @@ class ClientPool:
         keys: int,
         value_size: int,
         timeout: float,
+        lanes_per_session: int = 0,
     ) -> None:
         if processes < 1:
             raise ValueError("at least one client process")
@@ -257,7 +278,9 @@ class ClientPool:
         try:
             for index in range(processes):
                 parent, child = ctx.Pipe()
-                config = WorkerConfig(tuple(peers), cluster_id, index, keys, value_size, timeout)
+                config = WorkerConfig(
+                    tuple(peers), cluster_id, index, keys, value_size, timeout, lanes_per_session
+                )
                 process = ctx.Process(
                     target=worker_main,
                     args=(child, config),
@@ -307,13 +330,13 @@ class ClientPool:
         warmup: float,
         duration: float | None,
         count: int | None,
-        sample: Callable[[], dict[int, float]] | None = None,
+        sample: Callable[[], Any] | None = None,
     ) -> LevelOutcome:
         """Run one level on ``processes`` of the workers, ``concurrency`` lanes in total.
 
-        ``sample`` returns cumulative CPU seconds per server pid; it is called at the start
-        and the end of the measuring window (for a count-bounded level, when the answers
-        arrive), while the parent has nothing else to do.
+        ``sample`` (server CPU counters, say) is called at the start and the end of the
+        measuring window (for a count-bounded level, when the answers arrive), while the
+        parent has nothing else to do; the outcome carries both samples.
         """
         used = self._workers[: max(1, min(processes, concurrency, self.size))]
         share = [concurrency // len(used) + (1 if i < concurrency % len(used) else 0)
@@ -322,18 +345,18 @@ class ClientPool:
         start_at = time.monotonic() + _START_SLACK_S
         for (_, conn), lanes in zip(used, share, strict=True):
             conn.send(("level", LevelSpec(op, lanes, start_at, warmup, duration, per_count)))
-        begin_cpu: dict[int, float] = {}
-        end_cpu: dict[int, float] = {}
+        begin_sample: Any = None
+        end_sample: Any = None
         begin = start_at + warmup
         _sleep_until(begin)
         if sample is not None:
-            begin_cpu = sample()
+            begin_sample = sample()
         end = begin
         if duration is not None:
             end = begin + duration
             _sleep_until(end)
             if sample is not None:
-                end_cpu = sample()
+                end_sample = sample()
         budget = warmup + (duration or 0.0) + 600.0
         reports: list[WorkerReport] = []
         for process, conn in used:
@@ -344,7 +367,7 @@ class ClientPool:
         if duration is None:
             end = time.monotonic()
             if sample is not None:
-                end_cpu = sample()
+                end_sample = sample()
         latencies: list[float] = []
         kinds: dict[str, int] = {}
         for report in reports:
@@ -360,9 +383,8 @@ class ClientPool:
             processes=len(used),
             begin=begin,
             end=end,
-            server_cpu={
-                pid: end_cpu[pid] - begin_cpu[pid] for pid in end_cpu if pid in begin_cpu
-            },
+            begin_sample=begin_sample,
+            end_sample=end_sample,
         )
 
     def close(self) -> None:

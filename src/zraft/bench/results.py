@@ -60,6 +60,7 @@ class LevelResult:
     leader_cpu_cores: float | None  # the leader process's CPU seconds per second
     servers_cpu_cores: float | None  # all server processes' CPU seconds per second
     error_kinds: dict[str, int] = field(default_factory=dict)
+    leader_counters: dict[str, float] = field(default_factory=dict)  # zraft leader metrics
 
     @property
     def ceiling_fraction(self) -> float | None:
@@ -85,6 +86,7 @@ def level_result(
     server_cpu: float | None,
     leader_cpu: float | None,
     error_kinds: dict[str, int] | None = None,
+    leader_counters: dict[str, float] | None = None,
 ) -> LevelResult:
     """Build a result from raw latencies (seconds) and CPU seconds spent in the window."""
     ordered = sorted(latencies)
@@ -111,6 +113,7 @@ def level_result(
         leader_cpu_cores=None if leader_cpu is None else leader_cpu / seconds,
         servers_cpu_cores=None if server_cpu is None else server_cpu / seconds,
         error_kinds=dict(error_kinds or {}),
+        leader_counters=dict(leader_counters or {}),
     )
 
 

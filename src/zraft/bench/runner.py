@@ -45,6 +45,11 @@ class BenchConfig:
     keys: int = 1000  # distinct keys per client process
     value_size: int = 100
     timeout: float = 30.0  # per request; a slow answer is measured, not retried
+    # Requests in flight per AsyncLightSession; a worker with more lanes opens more sessions
+    # (0: one session per client process). A session's write costs client CPU in proportion
+    # to its writes in flight (AsyncLightSession._acked takes the min of them), so 2,048
+    # writes through one session would make the harness itself a bottleneck.
+    lanes_per_session: int = 256
     cluster_id: str = "zraft"
     root: Path | None = None  # where data goes; default: a temporary directory, removed
     server_log_level: str = "WARNING"
@@ -85,10 +90,16 @@ class BenchRun:
 
 
 def run_benchmark(
-    config: BenchConfig, on_result: Callable[[LevelResult], Any] | None = None
+    config: BenchConfig,
+    on_result: Callable[[LevelResult], Any] | None = None,
+    bench: BenchRun | None = None,
 ) -> BenchRun:
-    """Measure every (run, system, level, op) of ``config``; see the module docstring."""
-    bench = BenchRun(config)
+    """Measure every (run, system, level, op) of ``config``; see the module docstring.
+
+    Results and started pids go into ``bench`` (a new one if not given) as they come, so a
+    caller that passes its own still has them if the run is interrupted.
+    """
+    bench = bench if bench is not None else BenchRun(config)
     owned_root = config.root is None
     root = Path(tempfile.mkdtemp(prefix="zraft-bench-")) if owned_root else Path(config.root)
     try:
@@ -127,6 +138,7 @@ def _run_system(
             keys=config.keys,
             value_size=config.value_size,
             timeout=config.timeout,
+            lanes_per_session=config.lanes_per_session,
         )
         bench.started_pids += pool.pids
         pool.prefill()
@@ -142,11 +154,41 @@ def _run_system(
         system.close()
 
 
+# Leader counters (zraft's `status` metrics) whose change over a window says where time went.
+_COUNTERS = (
+    "proposals", "client_requests", "transport_received_frames", "transport_sent_frames",
+    "log_fsyncs", "log_persist_seconds_total", "apply_snapshots_taken",
+)  # fmt: skip
+
+
+def leader_counters(
+    begin: dict[str, Any] | None, end: dict[str, Any] | None, seconds: float
+) -> dict[str, float]:
+    """Rates and ratios from two metric snapshots of the leader ({} if either is missing)."""
+    if not begin or not end:
+        return {}
+    delta = {k: float(end.get(k, 0) - begin.get(k, 0)) for k in _COUNTERS}
+    fsyncs = delta["log_fsyncs"]
+    out = {
+        "fsyncs_per_s": fsyncs / seconds,
+        "persist_busy": delta["log_persist_seconds_total"] / seconds,
+        "snapshots": delta["apply_snapshots_taken"],
+        "client_frames_per_s": delta["transport_received_frames"] / seconds,
+    }
+    if fsyncs:
+        out["writes_per_fsync"] = delta["proposals"] / fsyncs
+    return out
+
+
 def _run_level(
     config: BenchConfig, system: System, pool: ClientPool, run: int, op: str, level: int
 ) -> LevelResult:
     pids = system.server_pids()
     leader = system.peers[0]
+
+    def sample() -> tuple[dict[int, float], dict[str, Any] | None]:
+        return sample_cpu(pids), system.metrics(leader)
+
     outcome = pool.run_level(
         op,
         level,
@@ -154,9 +196,11 @@ def _run_level(
         warmup=config.warmup,
         duration=config.duration,
         count=config.count,
-        sample=lambda: sample_cpu(pids),
+        sample=sample,
     )
-    complete = len(outcome.server_cpu) == len(pids)
+    (cpu_begin, metrics_begin), (cpu_end, metrics_end) = outcome.begin_sample, outcome.end_sample
+    server_cpu = {pid: cpu_end[pid] - cpu_begin[pid] for pid in cpu_end if pid in cpu_begin}
+    complete = len(server_cpu) == len(pids)
     seconds = outcome.window if config.duration is None else config.duration
     result = level_result(
         system=system.name,
@@ -168,13 +212,15 @@ def _run_level(
         errors=outcome.errors,
         seconds=seconds,
         client_cpu=outcome.client_cpu,
-        server_cpu=sum(outcome.server_cpu.values()) if complete else None,
-        leader_cpu=outcome.server_cpu.get(pids[leader]) if leader in pids else None,
+        server_cpu=sum(server_cpu.values()) if complete else None,
+        leader_cpu=server_cpu.get(pids[leader]) if leader in pids else None,
         error_kinds=outcome.error_kinds,
+        leader_counters=leader_counters(metrics_begin, metrics_end, seconds),
     )
     log.info(
-        "%s run %d %s x%d: %.0f/s p50 %.2f ms p99 %.2f ms (%d errors)",
+        "%s run %d %s x%d: %.0f/s p50 %.2f ms p99 %.2f ms, errors %s %s",
         system.name, run, op, level, result.throughput, result.p50_ms, result.p99_ms,
-        result.errors,
+        result.error_kinds or 0,
+        " ".join(f"{k}={v:.3g}" for k, v in result.leader_counters.items()),
     )  # fmt: skip
     return result

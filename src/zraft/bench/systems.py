@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from zraft.local import LocalCluster, free_ports
 from zraft.transport import ClientChannel, ClientRequest, TransportTimeout
@@ -48,6 +48,8 @@ class System(Protocol):
     def server_pids(self) -> dict[str, int]: ...  # peer -> pid
 
     def leader(self) -> str | None: ...
+
+    def metrics(self, peer: str) -> dict[str, Any] | None: ...  # None: not offered
 
     def close(self) -> None: ...
 
@@ -87,6 +89,10 @@ class ZraftSystem:
     def leader(self) -> str | None:
         self._leader = self.cluster.leader()
         return self._leader
+
+    def metrics(self, peer: str) -> dict[str, Any] | None:
+        status = self.cluster.status(peer, timeout=1.0)
+        return None if status is None else dict(status.get("metrics", {}))
 
     def close(self) -> None:
         self.cluster.close()
@@ -156,6 +162,9 @@ class PySyncObjSystem:
             if reply.ok and reply.result.get("role") == "leader":
                 self._leader = front
                 return front
+        return None
+
+    def metrics(self, peer: str) -> dict[str, Any] | None:
         return None
 
     def close(self) -> None:
