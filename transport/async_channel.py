@@ -17,16 +17,7 @@ import zmq.asyncio
 
 from .codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_batch, encode_batches
 from .messages import ClientReply, ClientRequest
-from .zmq_transport import (
-    _MAXMSGSIZE_SLACK,
-    CurveSettings,
-    TransportError,
-    TransportTimeout,
-    _client_curve,
-    _endpoint,
-    key_name,
-    split_address,
-)
+from .zmq_transport import CurveSettings, TransportError, TransportTimeout, client_socket
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +161,7 @@ class AsyncClientChannel:
         sock = self._sockets.get(peer)
         if sock is not None:
             return sock
-        host, port = split_address(peer)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.immediate = True
-        sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
-        if ":" in host:
-            sock.ipv6 = True
-        if self._curve is not None and not _client_curve(sock, self._curve, peer):
-            sock.close(linger=0)
-            raise TransportError(f"no CURVE public key for {peer} ({key_name(peer)}.key)")
-        sock.connect(_endpoint(host, port))
+        sock = client_socket(self._ctx, peer, self._curve, self._max_frame_bytes)
         self._sockets[peer] = sock
         self._readers[peer] = asyncio.get_running_loop().create_task(self._read(sock))
         return sock

@@ -809,21 +809,29 @@ class ClientChannel:
 
     def _socket(self, peer: str) -> zmq.Socket[Any]:
         sock = self._sockets.get(peer)
-        if sock is not None:
-            return sock
-        host, port = split_address(peer)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.immediate = True
-        sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
-        if ":" in host:
-            sock.ipv6 = True
-        if self._curve is not None and not _client_curve(sock, self._curve, peer):
-            sock.close(linger=0)
-            raise TransportError(f"no CURVE public key for {peer} ({key_name(peer)}.key)")
-        sock.connect(_endpoint(host, port))
-        self._sockets[peer] = sock
+        if sock is None:
+            sock = self._sockets[peer] = client_socket(
+                self._ctx, peer, self._curve, self._max_frame_bytes
+            )
         return sock
+
+
+def client_socket(
+    ctx: zmq.Context[Any], peer: str, curve: CurveSettings | None, max_frame_bytes: int
+) -> Any:
+    """A client's DEALER to ``peer`` (sync or asyncio, as ``ctx`` is)."""
+    host, port = split_address(peer)
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.immediate = True  # requests never queue for a peer that is not connected
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + _MAXMSGSIZE_SLACK)
+    if ":" in host:
+        sock.ipv6 = True
+    if curve is not None and not _client_curve(sock, curve, peer):
+        sock.close(linger=0)
+        raise TransportError(f"no CURVE public key for {peer} ({key_name(peer)}.key)")
+    sock.connect(_endpoint(host, port))
+    return sock
 
 
 def _remaining_ms(deadline: float) -> int:
