@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from zraft.bench.cli import add_bench_command, run_bench
 from zraft.core import NodeOptions
 from zraft.sim import Cluster, LivenessFailure, SafetyViolation, ScheduleOptions, run_schedule
 
@@ -339,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     transfer_cmd.add_argument("--timeout", type=float, default=10.0)
     transfer_cmd.add_argument("target", help="HOST:PORT of the new leader")
 
+    add_bench_command(commands)
+
     sim_cmd = commands.add_parser("sim", help="run or replay simulation schedules")
     sim_cmd.add_argument("--seed", type=int, default=1)
     sim_cmd.add_argument("--steps", type=int, default=300)
@@ -358,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status(args)
     if args.command in ("write", "query"):
         return _request(args, args.command)
+    if args.command == "bench":
+        return run_bench(args)
     if args.command == "members":
         return members(args)
     if args.command == "transfer":

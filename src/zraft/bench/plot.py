@@ -32,6 +32,8 @@ def plot(summaries: Sequence[Summary], path: Path, title: str = "zraft bench") -
     )
     for axis, ylabel in ((left, "requests/s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
+        ticks = sorted({s.concurrency for s in summaries} | set(levels))
+        axis.set_xticks(ticks, [f"{t:,}" for t in ticks])
         axis.set_yscale("log")
         axis.set_xlabel("requests in flight")
         axis.set_ylabel(ylabel)

@@ -173,7 +173,7 @@ def leader_counters(
         "fsyncs_per_s": fsyncs / seconds,
         "persist_busy": delta["log_persist_seconds_total"] / seconds,
         "snapshots": delta["apply_snapshots_taken"],
-        "client_frames_per_s": delta["transport_received_frames"] / seconds,
+        "frames_in_per_s": delta["transport_received_frames"] / seconds,  # peers + clients
     }
     if fsyncs:
         out["writes_per_fsync"] = delta["proposals"] / fsyncs

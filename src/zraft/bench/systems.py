@@ -136,8 +136,7 @@ class PySyncObjSystem:
             for front, process in self.processes.items():
                 if process.poll() is not None:
                     raise RuntimeError(
-                        f"PySyncObj node {front} exited with {process.returncode}; "
-                        f"see {self.root}"
+                        f"PySyncObj node {front} exited with {process.returncode}; see {self.root}"
                     )
             if self.leader() is not None:
                 return
