@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 Replies = list[tuple[Identity, ClientReply]]
 
+PROPOSAL_SLICE = 64
+
 
 class PeerActor(pykka.ThreadingActor):
     def __init__(
@@ -187,8 +189,12 @@ class PeerActor(pykka.ThreadingActor):
             else:
                 error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
                 replies.append((identity, error))
-        if writes:
-            replies.extend(self._propose(writes))
+        # Propose in slices, each sent on before the next is built, so followers persist and
+        # the state machine applies one slice while the next is on its way: a big batch
+        # would otherwise go through every stage in lockstep.
+        for start in range(0, len(writes), PROPOSAL_SLICE):
+            replies.extend(self._propose(writes[start : start + PROPOSAL_SLICE]))
+            self._drain()
         if replies:
             self.reply(replies)
 

@@ -120,6 +120,10 @@ class BackendFailure(BackendError):
 
 
 def _key_set(value: Iterable[str], what: str) -> frozenset[str]:
+    if type(value) is frozenset and len(value) == 1:
+        (key,) = value  # the usual result: one key, checked without building anything
+        if type(key) is str:
+            return value
     if isinstance(value, str | bytes):
         raise TypeError(f"{what} must be a collection of str, not a single {type(value).__name__}")
     keys = frozenset(value)
