@@ -13,6 +13,7 @@ from zraft.core import (
     AppendResponse,
     Configuration,
     Entry,
+    EntryKind,
     HardState,
     Heartbeat,
     HeartbeatResponse,
@@ -167,6 +168,8 @@ entries = st.builds(
     Entry,
     index=st.integers(-2, 8),
     term=st.integers(-1, 6),
+    kind=st.just(EntryKind.NORMAL),
+    data=st.binary(max_size=8),
 )
 messages = st.one_of(
     st.builds(
