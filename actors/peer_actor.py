@@ -93,7 +93,9 @@ class PeerActor(pykka.ThreadingActor):
         self.report_removed = on_removed
         self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
-        self.reads: dict[int, tuple[Identity, int, Any]] = {}  # read context -> request
+        # read context -> (request, tick it arrived); contexts grow, so oldest come first
+        self.reads: dict[int, tuple[Identity, int, Any, int]] = {}
+        self.ticks = 0
         self._contexts = itertools.count(1)
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
         self.members: frozenset[str] = frozenset()
@@ -119,6 +121,8 @@ class PeerActor(pykka.ThreadingActor):
         node = self.node
         if isinstance(message, Tick):
             node.tick()
+            self.ticks += 1
+            self._forget_lost_reads()
         elif isinstance(message, PeerBatch):
             self.metrics["peer_messages"] += len(message.messages)
             for msg in message.messages:
@@ -170,7 +174,7 @@ class PeerActor(pykka.ThreadingActor):
                 writes.append((identity, request))
             elif op == "query":
                 context = next(self._contexts)
-                self.reads[context] = (identity, request.request_id, request.payload)
+                self.reads[context] = (identity, request.request_id, request.payload, self.ticks)
                 node.read_index(context)
             elif op == "query_local":
                 read = PendingRead(0, identity, request.request_id, request.payload)
@@ -315,7 +319,7 @@ class PeerActor(pykka.ThreadingActor):
         for state in ready.read_states:
             request = self.reads.pop(state.context, None)
             if request is not None:
-                identity, request_id, query = request
+                identity, request_id, query, _ = request
                 reads.append(PendingRead(state.index, identity, request_id, query))
         if reads:
             self.session_actor.tell(ServeReads(tuple(reads)))
@@ -327,6 +331,16 @@ class PeerActor(pykka.ThreadingActor):
                 failures.append((request[0], reply))
         if failures:
             self.reply(failures)
+
+    def _forget_lost_reads(self) -> None:
+        """A read forwarded to a leader that never answered (lost message, leader gone)
+        waits no longer than a few election timeouts; the client has timed out by then."""
+        horizon = self.ticks - 10 * self.node.options.election_ticks
+        while self.reads:
+            context, request = next(iter(self.reads.items()))
+            if request[3] > horizon:
+                break
+            del self.reads[context]
 
     def _observe_roles(self, ready: Ready) -> None:
         if ready.role is not self.role:
