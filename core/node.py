@@ -221,9 +221,7 @@ class Node:
         if self.role is not Role.LEADER:
             return ProposalResult(False, reason="not leader", leader=self.leader)
         if self.transfer_target is not None:
-            return ProposalResult(
-                False, reason="leadership transfer in progress", leader=self.id
-            )
+            return ProposalResult(False, reason="leadership transfer in progress", leader=self.id)
         if not data:
             return ProposalResult(False, reason="empty proposal")
         first = self.log.last_index + 1
@@ -237,9 +235,7 @@ class Node:
         if self.role is not Role.LEADER:
             return ProposalResult(False, reason="not leader", leader=self.leader)
         if self.transfer_target is not None:
-            return ProposalResult(
-                False, reason="leadership transfer in progress", leader=self.id
-            )
+            return ProposalResult(False, reason="leadership transfer in progress", leader=self.id)
         if not self.membership_stable:
             return ProposalResult(False, reason="not stable")
         voters, learners = frozenset(voters), frozenset(learners)
