@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,11 +28,19 @@ from zraft.transport import (
 
 from .errors import UnreachablePeer
 from .light import DEFAULT_ELECTION_TIMEOUT
-from .requests import RetryPolicy, TryAgain, interpret, pick_peer, retrying_kwargs
+from .requests import (
+    RetryPolicy,
+    SessionCore,
+    TryAgain,
+    interpret,
+    membership_payload,
+    pick_peer,
+    retrying_kwargs,
+)
 from .tracker import LeaderTracker
 
 
-class AsyncLightSession:
+class AsyncLightSession(SessionCore):
     def __init__(
         self,
         peers: Sequence[str],
@@ -47,13 +53,8 @@ class AsyncLightSession:
         curve: CurveSettings | None = None,
         client_id: str | None = None,
     ) -> None:
-        self.client_id = client_id or f"a-{uuid.uuid4().hex}"
-        self.election_timeout = election_timeout
-        self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+        self._configure(client_id, "a", election_timeout, fail_timeout, timeout, retry)
         self._channel = AsyncClientChannel(cluster_id, self.client_id, curve)
-        self._request_ids = itertools.count(1)
         self._seq = 0
         # Writes in flight: a min-heap of seqs plus the set of those answered but not yet
         # popped, so "acknowledged up to" costs O(log n) per write, not a scan.
@@ -73,10 +74,6 @@ class AsyncLightSession:
         voters = sorted(Configuration.from_wire(status.result["config"]).voters)
         session.tracker.set_peers(voters or [peer])
         return session
-
-    @property
-    def leader(self) -> str:
-        return self.tracker.leader
 
     def _acked(self) -> int:
         """Every write up to this seq has its answer: the cluster may forget them."""
@@ -111,9 +108,7 @@ class AsyncLightSession:
         learners: Iterable[str] = (),
         timeout: float | None = None,
     ) -> Configuration:
-        payload: dict[str, Any] = {"voters": sorted(set(new_peers)), "learners": sorted(learners)}
-        if old_peers is not None:
-            payload["old"] = sorted(set(old_peers))
+        payload = membership_payload(new_peers, old_peers, learners)
         config = Configuration.from_wire(await self._call("set_members", payload, timeout))
         self.tracker.set_peers(sorted(config.voters))
         return config
@@ -143,10 +138,7 @@ class AsyncLightSession:
 
     async def _attempt(self, op: str, payload: Any, deadline: float, seq: int, acked: int) -> Any:
         peer = pick_peer(self.tracker)
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise TryAgain("out of time")
-        per_try = min(remaining, self.retry.attempt_timeout or max(self.election_timeout, 0.2))
+        per_try = self._try_timeout(deadline - asyncio.get_running_loop().time())
         try:
             reply = await self._send(peer, op, payload, per_try, seq, acked)
         except TransportTimeout as error:

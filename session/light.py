@@ -13,10 +13,8 @@ many requests in flight.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,13 +30,21 @@ from zraft.transport import (
 )
 
 from .errors import NotLeader, UnreachablePeer
-from .requests import RetryPolicy, TryAgain, interpret, pick_peer, retrying_kwargs
+from .requests import (
+    RetryPolicy,
+    SessionCore,
+    TryAgain,
+    interpret,
+    membership_payload,
+    pick_peer,
+    retrying_kwargs,
+)
 from .tracker import LeaderTracker
 
 DEFAULT_ELECTION_TIMEOUT = 0.5
 
 
-class LightSession:
+class LightSession(SessionCore):
     def __init__(
         self,
         peers: str | Sequence[str],
@@ -56,14 +62,9 @@ class LightSession:
         ``fail_timeout`` (default 2 × ``election_timeout``): how long a failed peer is
         skipped; ``timeout``: the default for each call.
         """
-        self.client_id = client_id or f"s-{uuid.uuid4().hex}"
-        self.election_timeout = election_timeout
-        self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+        self._configure(client_id, "s", election_timeout, fail_timeout, timeout, retry)
         self._channel = ClientChannel(cluster_id, self.client_id, curve)
         self._lock = threading.RLock()
-        self._request_ids = itertools.count(1)
         self._seq = 0
         self._acked = 0
         if isinstance(peers, str):
@@ -73,11 +74,6 @@ class LightSession:
         self.tracker = LeaderTracker(members, self.fail_timeout, election_timeout)
 
     # ------------------------------------------------------------------ data
-
-    @property
-    def leader(self) -> str:
-        """The peer this session believes leads (confirmed by the last successful call)."""
-        return self.tracker.leader
 
     @property
     def peers(self) -> list[str]:
@@ -123,9 +119,7 @@ class LightSession:
         ``old_peers``, if given, must be the current voters (else ``PeersChanged``); a
         change already under way gives ``NotStable``.
         """
-        payload: dict[str, Any] = {"voters": sorted(set(new_peers)), "learners": sorted(learners)}
-        if old_peers is not None:
-            payload["old"] = sorted(set(old_peers))
+        payload = membership_payload(new_peers, old_peers, learners)
         wire = self._call("set_members", payload, timeout)
         config = Configuration.from_wire(wire)
         self.tracker.set_peers(sorted(config.voters))
@@ -195,10 +189,7 @@ class LightSession:
 
     def _attempt(self, op: str, payload: Any, deadline: float, seq: int, acked: int) -> Any:
         peer = pick_peer(self.tracker)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TryAgain("out of time")
-        per_try = min(remaining, self.retry.attempt_timeout or max(self.election_timeout, 0.2))
+        per_try = self._try_timeout(deadline - time.monotonic())
         try:
             reply = self._send(peer, op, payload, per_try, seq, acked)
         except TransportTimeout as error:

@@ -7,6 +7,9 @@ timeout, with the back-off of ``RetryPolicy``).
 
 from __future__ import annotations
 
+import itertools
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,48 @@ class TryAgain(Exception):
     def __init__(self, why: str, wait: float = 0.0) -> None:
         super().__init__(why)
         self.wait = wait
+
+
+class SessionCore:
+    """What the sync and asyncio sessions hold alike."""
+
+    tracker: LeaderTracker
+
+    def _configure(
+        self,
+        client_id: str | None,
+        prefix: str,
+        election_timeout: float,
+        fail_timeout: float | None,
+        timeout: float,
+        retry: RetryPolicy | None,
+    ) -> None:
+        self.client_id = client_id or f"{prefix}-{uuid.uuid4().hex}"
+        self.election_timeout = election_timeout
+        self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._request_ids = itertools.count(1)
+
+    @property
+    def leader(self) -> str:
+        """The peer this session believes leads (confirmed by the last successful call)."""
+        return self.tracker.leader
+
+    def _try_timeout(self, remaining: float) -> float:
+        """How long one try at one peer may take."""
+        if remaining <= 0:
+            raise TryAgain("out of time")
+        return min(remaining, self.retry.attempt_timeout or max(self.election_timeout, 0.2))
+
+
+def membership_payload(
+    new_peers: Iterable[str], old_peers: Iterable[str] | None, learners: Iterable[str]
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {"voters": sorted(set(new_peers)), "learners": sorted(learners)}
+    if old_peers is not None:
+        payload["old"] = sorted(set(old_peers))
+    return payload
 
 
 def pick_peer(tracker: LeaderTracker) -> str:

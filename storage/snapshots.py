@@ -61,8 +61,8 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _file_crc(path: str) -> tuple[int, int]:
-    """Size and CRC32 of a file."""
+def file_crc(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Size and CRC32 of a file (also what the snapshot stream checks on arrival)."""
     crc = 0
     size = 0
     with open(path, "rb") as f:
@@ -223,7 +223,7 @@ class SnapshotStore:
             writer(tmp)
             files: dict[str, list[int]] = {}
             for rel in _data_files(tmp):
-                size, crc = _file_crc(os.path.join(tmp, rel))
+                size, crc = file_crc(os.path.join(tmp, rel))
                 files[rel] = [size, crc]
             meta_path = os.path.join(tmp, META_NAME)
             with open(meta_path, "wb") as f:
@@ -367,7 +367,7 @@ class SnapshotStore:
                 raise CorruptSnapshotError(
                     f"snapshot file {path} has {actual_size} bytes, meta says {size}"
                 )
-            if with_crc and _file_crc(path)[1] != crc:
+            if with_crc and file_crc(path)[1] != crc:
                 raise CorruptSnapshotError(f"snapshot file {path} fails its checksum")
 
     def _sync_dir(self, path: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import msgpack
 
+from ..storage.snapshots import file_crc
 from .codec import MAX_PEER_ID_LEN
 
 log = logging.getLogger(__name__)
@@ -114,16 +115,6 @@ def _recv_msg(sock: socket.socket, limit: int = _MAX_CONTROL_BYTES) -> Any:
         raise _Fail("protocol", f"bad control message: {exc}") from None
 
 
-def _file_crc(path: Path) -> tuple[int, int]:
-    crc = 0
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return size, crc
-
-
 # --------------------------------------------------------------------------- sender
 
 
@@ -149,7 +140,7 @@ def send_snapshot(
         if not valid_file_name(path.name):
             raise SnapshotTransferError("bad-name", path.name)
         try:
-            size, crc = _file_crc(path)
+            size, crc = file_crc(path)
         except OSError as exc:
             raise SnapshotTransferError("io-error", f"{path}: {exc}") from exc
         listing.append((path, path.name, size, crc))
