@@ -15,6 +15,10 @@ import msgpack
 
 class CommandKind(IntEnum):
     WRITE = 0
+    SESSION_OPEN = 1  # body: the session's timeout in ms; the session id is the client id
+    SESSION_WRITE = 2  # body: [temporary, command]; temporary data belongs to the session
+    SESSION_CLOSE = 3  # by the session's owner
+    SESSION_EXPIRE = 4  # body: the session id; decided by the leader, replicated
 
 
 _KINDS = frozenset(int(kind) for kind in CommandKind)

@@ -60,6 +60,14 @@ Replies = list[tuple[Identity, ClientReply]]
 
 PROPOSAL_SLICE = 64
 
+# Client ops that become log entries, and the command each carries.
+_WRITE_KINDS = {
+    "write": CommandKind.WRITE,
+    "session_open": CommandKind.SESSION_OPEN,
+    "session_write": CommandKind.SESSION_WRITE,
+    "session_close": CommandKind.SESSION_CLOSE,
+}
+
 
 class PeerActor(pykka.ThreadingActor):
     def __init__(
@@ -77,6 +85,8 @@ class PeerActor(pykka.ThreadingActor):
         metrics_sources: dict[str, Callable[[], dict[str, Any]]],
         on_failure: Callable[[str], None],
         on_removed: Callable[[], None] = lambda: None,
+        session_table: Callable[[], dict[str, int]] = dict,
+        tick_seconds: float = 0.05,
     ) -> None:
         super().__init__()
         self.node = node
@@ -91,6 +101,12 @@ class PeerActor(pykka.ThreadingActor):
         self.metrics_sources = metrics_sources
         self.report_failure = on_failure
         self.report_removed = on_removed
+        # Long-lived sessions, tracked on the leader only: when each was last heard of (in
+        # ticks). A new leader starts every session afresh: failover never expires one.
+        self.session_table = session_table
+        self.tick_ms = tick_seconds * 1000
+        self.last_heard: dict[str, int] = {}
+        self.expiring: set[str] = set()
         self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
         # read context -> (request, tick it arrived); contexts grow, so oldest come first
@@ -123,6 +139,8 @@ class PeerActor(pykka.ThreadingActor):
             node.tick()
             self.ticks += 1
             self._forget_lost_reads()
+            if node.role is Role.LEADER:
+                self._expire_silent_sessions()
         elif isinstance(message, PeerBatch):
             self.metrics["peer_messages"] += len(message.messages)
             for msg in message.messages:
@@ -170,8 +188,12 @@ class PeerActor(pykka.ThreadingActor):
         for identity, request in requests:
             self.metrics["client_requests"] += 1
             op = request.op
-            if op == "write":
+            if request.client_id and self.role is Role.LEADER:
+                self.last_heard[request.client_id] = self.ticks  # any request keeps it alive
+            if op in _WRITE_KINDS:
                 writes.append((identity, request))
+            elif op == "ping":
+                replies.append((identity, self._ping(request)))
             elif op == "query":
                 context = next(self._contexts)
                 self.reads[context] = (identity, request.request_id, request.payload, self.ticks)
@@ -207,7 +229,11 @@ class PeerActor(pykka.ThreadingActor):
         data = []
         for _, request in writes:
             command = Command(
-                CommandKind.WRITE, request.client_id, request.seq, request.acked, request.payload
+                _WRITE_KINDS[request.op],
+                request.client_id,
+                request.seq,
+                request.acked,
+                request.payload,
             )
             data.append(command.encode())
         result = node.propose(data)
@@ -226,6 +252,31 @@ class PeerActor(pykka.ThreadingActor):
         )
         self.session_actor.tell(AwaitWrites(pending))
         return []
+
+    def _ping(self, request: ClientRequest) -> ClientReply:
+        if self.node.role is not Role.LEADER:
+            return ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+        if request.client_id not in self.session_table():
+            return ClientReply(request.request_id, False, "no such session", "session_expired")
+        return ClientReply(request.request_id, True)
+
+    def _expire_silent_sessions(self) -> None:
+        """The leader decides expiry and replicates it as one entry per session."""
+        table = self.session_table()
+        expired = []
+        for session, timeout_ms in table.items():
+            heard = self.last_heard.setdefault(session, self.ticks)
+            silent_ms = (self.ticks - heard) * self.tick_ms
+            if silent_ms > timeout_ms and session not in self.expiring:
+                expired.append(session)
+        if expired:
+            data = [Command(CommandKind.SESSION_EXPIRE, "", 0, 0, s).encode() for s in expired]
+            if self.node.propose(data).accepted:
+                self.expiring.update(expired)
+                log.info("%s: expiring %d silent session(s)", self.node.id, len(expired))
+        self.expiring &= table.keys()
+        if len(self.last_heard) > 2 * len(table) + 1024:  # plain clients are noted too
+            self.last_heard = {s: t for s, t in self.last_heard.items() if s in table}
 
     def _bootstrap(self, request: ClientRequest) -> ClientReply:
         voters = request.payload.get("voters") if isinstance(request.payload, dict) else None
@@ -356,6 +407,9 @@ class PeerActor(pykka.ThreadingActor):
                 self.membership_waiters = []
             self.role = ready.role
             self.leader_since = time.time() if ready.role is Role.LEADER else None
+            # Whoever leads next starts every session's timeout afresh.
+            self.last_heard.clear()
+            self.expiring.clear()
         if ready.leader != self.leader:
             self.leader = ready.leader
             if ready.leader is not None:

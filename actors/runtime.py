@@ -164,6 +164,8 @@ class PeerRuntime:
             },
             on_failure=self._fail,
             on_removed=self.removed.set,
+            session_table=state.session_table,
+            tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
         )
         peer_proxy.ref = self.peer
         self.session.proxy().set_peer(peer_proxy).get()

@@ -8,6 +8,7 @@ deterministic: client tables are evicted by entry order, never by clock.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from zraft.backends.base import (
     QueryResult,
     SnapshotWriter,
     checked_apply,
+    checked_expire,
     checked_query,
 )
 from zraft.core import Configuration, Entry, EntryKind, SnapshotMeta
@@ -29,6 +31,9 @@ from .commands import Command, CommandKind, MalformedCommand
 log = logging.getLogger(__name__)
 
 Outcome = tuple[bool, Any]  # (ok, result) or (False, failure wire form)
+
+_KNOWN_KINDS = frozenset(int(kind) for kind in CommandKind)
+_MAX_SESSION_TIMEOUT_MS = 86_400_000
 
 
 @dataclass(slots=True)
@@ -71,6 +76,14 @@ class ReplicatedState:
         self.max_clients = max_clients
         self.max_results_per_client = max_results_per_client
         self._clients: OrderedDict[str, _ClientRecord] = OrderedDict()
+        # Long-lived sessions: id -> timeout in ms. Read by the leader's peer actor (which
+        # decides expiry) from another thread, so changes and copies hold the lock.
+        self._sessions: dict[str, int] = {}
+        self._sessions_lock = threading.Lock()
+
+    def session_table(self) -> dict[str, int]:
+        with self._sessions_lock:
+            return dict(self._sessions)
 
     # ------------------------------------------------------------------ applying
 
@@ -97,20 +110,56 @@ class ReplicatedState:
             log.warning("entry %d is not a command: %s", entry.index, error)
             failure = Failure("rejected", f"malformed command: {error}")
             return Applied(entry.index, entry.term, _outcome(failure))
-        if command.kind != CommandKind.WRITE:
+        if command.kind not in _KNOWN_KINDS:
             failure = Failure("rejected", f"unsupported command kind {command.kind}")
             return Applied(entry.index, entry.term, _outcome(failure))
+        if command.kind == CommandKind.SESSION_EXPIRE:
+            keys = self._end_session(command.body)  # the leader's decision: no client
+            return Applied(entry.index, entry.term, (True, None), keys)
         record = self._record(command) if command.client_id else None
         if record is not None:
             cached = self._cached(record, command)
             if cached is not None:
                 return Applied(entry.index, entry.term, cached)
-        result = checked_apply(self.backend, command.body)
+        result, keys = self._execute(command)
         outcome = _outcome(result)
-        if record is not None:
+        if record is not None and command.kind != CommandKind.SESSION_CLOSE:
             self._remember(record, command.seq, outcome)
-        keys = result.trigger_keys if isinstance(result, ApplyResult) else frozenset()
         return Applied(entry.index, entry.term, outcome, keys)
+
+    def _execute(self, command: Command) -> tuple[ApplyResult | Failure, frozenset[str]]:
+        kind, session = command.kind, command.client_id
+        if kind == CommandKind.WRITE:
+            result = checked_apply(self.backend, command.body)
+        elif kind == CommandKind.SESSION_OPEN:
+            timeout = command.body
+            if type(timeout) is not int or not 0 < timeout <= _MAX_SESSION_TIMEOUT_MS:
+                return Failure("rejected", "session timeout must be 1..86400000 ms"), frozenset()
+            with self._sessions_lock:
+                self._sessions[session] = timeout
+            return ApplyResult({"session": session, "timeout_ms": timeout}), frozenset()
+        elif kind == CommandKind.SESSION_WRITE:
+            if session not in self._sessions:
+                return Failure("session_expired", f"session {session} is not open"), frozenset()
+            body = command.body
+            if not (isinstance(body, list) and len(body) == 2 and type(body[0]) is bool):
+                return Failure("rejected", "a session write is [temporary, command]"), frozenset()
+            temporary, backend_command = body
+            owner = session if temporary else None
+            result = checked_apply(self.backend, backend_command, owner)
+        else:  # SESSION_CLOSE
+            return ApplyResult({"closed": True}), self._end_session(session)
+        keys = result.trigger_keys if isinstance(result, ApplyResult) else frozenset()
+        return result, keys
+
+    def _end_session(self, session: Any) -> frozenset[str]:
+        """Close or expire: the session's temporary data goes, the same on every peer."""
+        if not isinstance(session, str):
+            return frozenset()
+        with self._sessions_lock:
+            known = self._sessions.pop(session, None) is not None
+        self._clients.pop(session, None)
+        return checked_expire(self.backend, session) if known else frozenset()
 
     def _record(self, command: Command) -> _ClientRecord:
         record = self._clients.get(command.client_id)
@@ -158,7 +207,8 @@ class ReplicatedState:
     def snapshot(self) -> tuple[SnapshotMeta, SnapshotWriter, dict[str, Any]]:
         """What a snapshot at the applied index holds: metadata, backend writer, our tables."""
         meta = SnapshotMeta(self.applied_index, self.applied_term, self.config)
-        return meta, self.backend.snapshot(), {"clients": self._tables()}
+        sessions = sorted(self.session_table().items())
+        return meta, self.backend.snapshot(), {"clients": self._tables(), "sessions": sessions}
 
     def _tables(self) -> list[list[Any]]:
         return [
@@ -173,8 +223,11 @@ class ReplicatedState:
     def install(self, meta: SnapshotMeta, directory: Path, extra: dict[str, Any]) -> None:
         """Replace everything with the snapshot in ``directory``."""
         clients = _parse_tables(extra.get("clients", []))
+        sessions = _parse_sessions(extra.get("sessions", []))
         self.backend.install(directory)
         self._clients = clients
+        with self._sessions_lock:
+            self._sessions = sessions
         self.config = meta.config
         self.applied_index, self.applied_term = meta.index, meta.term
 
@@ -196,3 +249,16 @@ def _parse_tables(raw: Any) -> OrderedDict[str, _ClientRecord]:
             record.results[item[0]] = (bool(item[1]), item[2])
         clients[client] = record
     return clients
+
+
+def _parse_sessions(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, list):
+        raise ValueError("snapshot session table is not a list")
+    sessions = {}
+    for row in raw:
+        if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)):
+            raise ValueError(f"bad session row in snapshot: {row!r}")
+        if type(row[1]) is not int:
+            raise ValueError(f"bad session timeout in snapshot: {row!r}")
+        sessions[row[0]] = row[1]
+    return sessions

@@ -15,10 +15,12 @@ from .errors import (
     PeersChanged,
     Rejected,
     RequestTimeout,
+    SessionExpired,
     UnreachablePeer,
     ZraftError,
 )
 from .light import LightSession
+from .long import Session
 from .requests import RetryPolicy
 from .tracker import LeaderTracker
 
@@ -42,6 +44,8 @@ __all__ = [
     "Rejected",
     "RequestTimeout",
     "RetryPolicy",
+    "Session",
+    "SessionExpired",
     "UnreachablePeer",
     "ZraftError",
     "create",

@@ -45,6 +45,11 @@ class BackendError(Rejected):
     """The backend raised an unexpected exception while applying the command."""
 
 
+class SessionExpired(ClientError):
+    """The long-lived session expired (its owner was silent for longer than its timeout):
+    its temporary data is gone. Open a new session."""
+
+
 class MembershipError(ClientError):
     """A configuration change was refused."""
 

@@ -26,6 +26,7 @@ from .errors import (
     PeersChanged,
     Rejected,
     RequestTimeout,
+    SessionExpired,
 )
 from .tracker import LeaderTracker
 
@@ -123,6 +124,8 @@ def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
         raise NotStable(reason)
     if code == "already_present":
         raise ClusterExists(peer)
+    if code == "session_expired":
+        raise SessionExpired(reason)
     raise Rejected(reason, code)
 
 

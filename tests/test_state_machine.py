@@ -91,3 +91,40 @@ def test_snapshot_and_install_keep_data_and_dedupe_tables(tmp_path: Path) -> Non
     retry = restored.apply([write(3, kv.put("k", "again"), seq=1)])[0]
     assert retry.outcome == first.outcome  # the dedupe table travelled in the snapshot
     assert restored.query(kv.get("k")).data == {"found": True, "value": "v"}
+
+
+def session_entry(index: int, kind: CommandKind, body: object, client: str = "s1", seq: int = 0):
+    data = Command(kind, client, seq, 0, body).encode()
+    return Entry(index, 1, EntryKind.NORMAL, data)
+
+
+@pytest.mark.timeout(30)
+def test_sessions_own_temporary_data_until_they_close_or_expire(tmp_path: Path) -> None:
+    state = fresh()
+    results = state.apply(
+        [
+            session_entry(1, CommandKind.SESSION_OPEN, 1500, seq=1),
+            session_entry(2, CommandKind.SESSION_WRITE, [True, kv.put("tmp", 1)], seq=2),
+            session_entry(3, CommandKind.SESSION_WRITE, [False, kv.put("keep", 1)], seq=3),
+            session_entry(4, CommandKind.SESSION_WRITE, [True, kv.put("x", 1)], "ghost", 1),
+        ]
+    )
+    assert state.session_table() == {"s1": 1500}
+    assert results[3].outcome is not None and results[3].outcome[0] is False  # not open
+    store = SnapshotStore(tmp_path)
+    meta, writer, extra = state.snapshot()
+    store.create(meta, writer, extra)
+    restored = ReplicatedState(KeyValueBackend(), Configuration())
+    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
+    restored.install(got_meta, Path(path), got_extra)
+    assert restored.session_table() == {"s1": 1500}
+    for replica in (state, restored):
+        expiry = replica.apply([session_entry(5, CommandKind.SESSION_EXPIRE, "s1", client="")])
+        assert expiry[0].trigger_keys == frozenset({"tmp"})
+        assert replica.query(kv.get("tmp")).data["found"] is False
+        assert replica.query(kv.get("keep")).data["found"] is True
+        assert replica.session_table() == {}
+        late = replica.apply(
+            [session_entry(6, CommandKind.SESSION_WRITE, [True, kv.put("y", 1)], seq=7)]
+        )
+        assert late[0].outcome is not None and late[0].outcome[1]["code"] == "session_expired"
