@@ -716,6 +716,19 @@ class ZmqTransport:
 # --------------------------------------------------------------------------- client side
 
 
+_CLIENT_MAX_SOCKETS = 32768
+
+
+def _client_context() -> zmq.Context[Any]:
+    ctx = zmq.Context.instance()
+    if ctx.get(zmq.MAX_SOCKETS) < _CLIENT_MAX_SOCKETS:
+        try:
+            ctx.set(zmq.MAX_SOCKETS, _CLIENT_MAX_SOCKETS)  # the default 1,024 caps sessions
+        except zmq.ZMQError as error:  # too late once sockets exist: keep the default
+            log.warning("cannot raise the client socket limit: %s", error)
+    return ctx
+
+
 class ClientChannel:
     """Client side of the request/reply protocol: one DEALER per peer, created lazily.
 
@@ -739,7 +752,9 @@ class ClientChannel:
         self.client_id = client_id
         self._curve = curve
         self._max_frame_bytes = max_frame_bytes
-        self._ctx: zmq.Context[Any] = zmq.Context()
+        # One process-wide context (and its I/O thread) for every client channel, so a
+        # process can hold thousands of sessions.
+        self._ctx: zmq.Context[Any] = _client_context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._closed = False
         self.ignored = 0  # replies dropped: malformed, other request ids, wrong cluster
@@ -799,7 +814,6 @@ class ClientChannel:
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
-        self._ctx.term()
 
     def __enter__(self) -> ClientChannel:
         return self
