@@ -296,12 +296,10 @@ class KeyValueBackend(Backend):
         self._owner: dict[str, str] = {}  # temporary key -> session
         self._owned: dict[str, set[str]] = {}  # session -> its temporary keys
         self._sorted: list[str] | None = []  # sorted keys; None when stale
-        self._peer_id = ""
 
     # ------------------------------------------------------------------ protocol
 
     def init(self, peer_id: str) -> None:
-        self._peer_id = peer_id
         log.debug("key-value backend ready on %s", peer_id)
 
     def query(self, query: Any) -> QueryResult:

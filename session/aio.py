@@ -34,6 +34,7 @@ from .requests import (
     TryAgain,
     interpret,
     membership_payload,
+    peers_from_status,
     pick_peer,
     retrying_kwargs,
 )
@@ -71,8 +72,7 @@ class AsyncLightSession(SessionCore):
         except TransportTimeout:
             await session.close()
             raise UnreachablePeer(peer) from None
-        voters = sorted(Configuration.from_wire(status.result["config"]).voters)
-        session.tracker.set_peers(voters or [peer])
+        session.tracker.set_peers(peers_from_status(status.result, peer))
         return session
 
     def _acked(self) -> int:

@@ -36,6 +36,7 @@ from .requests import (
     TryAgain,
     interpret,
     membership_payload,
+    peers_from_status,
     pick_peer,
     retrying_kwargs,
 )
@@ -212,7 +213,4 @@ class LightSession(SessionCore):
             reply = self._send(peer, "status", None, max(1.0, 2 * self.election_timeout), 0, 0)
         except TransportTimeout:
             raise UnreachablePeer(peer) from None
-        config = Configuration.from_wire(reply.result["config"])
-        voters = sorted(config.voters) or [peer]
-        leader = reply.result.get("leader")
-        return ([leader] if leader in voters else []) + voters
+        return peers_from_status(reply.result, peer)

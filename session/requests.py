@@ -15,6 +15,7 @@ from typing import Any
 
 import tenacity
 
+from zraft.core import Configuration
 from zraft.transport import ClientReply
 
 from .errors import (
@@ -90,6 +91,13 @@ def membership_payload(
     if old_peers is not None:
         payload["old"] = sorted(set(old_peers))
     return payload
+
+
+def peers_from_status(status: dict[str, Any], asked: str) -> list[str]:
+    """The voters a peer's status names, the leader it knows first."""
+    voters = sorted(Configuration.from_wire(status["config"]).voters) or [asked]
+    leader = status.get("leader")
+    return ([leader] if leader in voters else []) + [v for v in voters if v != leader]
 
 
 def pick_peer(tracker: LeaderTracker) -> str:

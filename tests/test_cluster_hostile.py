@@ -133,6 +133,7 @@ def test_curve_refuses_clients_without_an_authorized_key(tmp_path: Path) -> None
 
         cluster.client.close()
         cluster.client = ClientChannel(cluster.cluster_id, "good-client", good)
+        cluster.client_curve = good
         cluster.start()
         leader = cluster.wait_for_leader()
         cluster.write(kv.put("secret", 42))

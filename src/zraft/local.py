@@ -69,9 +69,10 @@ class LocalCluster:
         self.peers = [f"127.0.0.1:{port}" for port in free_ports(size)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.peer_args: dict[str, list[str]] = {}  # extra flags for one peer (its keys, say)
+        self.client_curve = client_curve
         self.client = ClientChannel(cluster_id, f"local-{os.getpid()}", client_curve)
+        self._session: Any = None  # a LightSession, made on the first write
         self._request_ids = itertools.count(1)
-        self._seq = itertools.count(1)
 
     # ------------------------------------------------------------------ processes
 
@@ -155,6 +156,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 log.error("peer process %d did not exit", process.pid)
         self.processes.clear()
+        if self._session is not None:
+            self._session.close()
         self.client.close()
 
     def __enter__(self) -> LocalCluster:
@@ -201,30 +204,21 @@ class LocalCluster:
     def wait_for_leader(self, timeout: float = 15.0, among: Sequence[str] | None = None) -> str:
         return self.wait_for(lambda: self.leader(among), timeout, "a leader")
 
-    def write(self, payload: Any, timeout: float = 10.0, client_id: str = "local") -> Any:
-        """Write through whoever leads, following redirects, exactly once per call."""
-        seq = next(self._seq)
-        deadline = time.monotonic() + timeout
-        target = self.leader()
-        while time.monotonic() < deadline:
-            if target is None:
-                time.sleep(0.05)
-                target = self.leader()
-                continue
-            try:
-                reply = self.request(
-                    target, "write", payload, timeout=1.0, client_id=client_id, seq=seq
-                )
-            except TransportTimeout:
-                target = self.leader()
-                continue
-            if reply.ok:
-                return reply.result
-            if reply.error in ("not_leader", "retry"):
-                target = reply.leader if reply.leader and reply.leader != target else None
-                continue
-            raise ClusterError(f"write failed: {reply.error}: {reply.result}")
-        raise ClusterError(f"write not acknowledged within {timeout}s")
+    def write(self, payload: Any, timeout: float = 10.0) -> Any:
+        """Write through whoever leads, exactly once per call (a light session's job)."""
+        from zraft.session import LightSession, ZraftError  # the session package uses us
+
+        if self._session is None:
+            self._session = LightSession(
+                self.peers,
+                cluster_id=self.cluster_id,
+                election_timeout=self.election_timeout / 1000,
+                curve=self.client_curve,
+            )
+        try:
+            return self._session.write(payload, timeout=timeout)
+        except ZraftError as error:
+            raise ClusterError(f"write failed: {type(error).__name__}: {error}") from error
 
     def query(self, peer: str, payload: Any, local: bool = False, timeout: float = 2.0) -> Any:
         reply = self.request(peer, "query_local" if local else "query", payload, timeout=timeout)
