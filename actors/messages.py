@@ -126,11 +126,40 @@ class PendingRead:
     identity: Identity
     request_id: int
     query: Any
+    watch: tuple[str, int] | None = None  # arm (session id, watch id) on what it read
 
 
 @dataclass(frozen=True, slots=True)
 class ServeReads:
     reads: tuple[PendingRead, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchPoll:
+    """A session asks for its fired watches (held until one fires or ``wait`` seconds)."""
+
+    identity: Identity
+    request_id: int
+    session: str
+    epoch: str
+    after: int
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipLost:
+    """This peer stopped leading: its watches fire ``change_leader``."""
+
+
+LEADERSHIP_LOST = LeadershipLost()
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTick:
+    """Time passed: answer held watch polls whose deadline came."""
+
+
+WATCH_TICK = WatchTick()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,9 @@ from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotR
 
 from .commands import Command, CommandKind
 from .messages import (
+    LEADERSHIP_LOST,
     WAKE,
+    WATCH_TICK,
     ApplyBatch,
     AwaitWrites,
     ClientBatch,
@@ -52,6 +54,7 @@ from .messages import (
     SnapshotTaken,
     StatusRequest,
     Tick,
+    WatchPoll,
 )
 
 log = logging.getLogger(__name__)
@@ -109,8 +112,9 @@ class PeerActor(pykka.ThreadingActor):
         self.expiring: set[str] = set()
         self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
-        # read context -> (request, tick it arrived); contexts grow, so oldest come first
-        self.reads: dict[int, tuple[Identity, int, Any, int]] = {}
+        # read context -> (request, tick it arrived, watch to arm); contexts grow, so the
+        # oldest come first
+        self.reads: dict[int, tuple[Identity, int, Any, int, tuple[str, int] | None]] = {}
         self.ticks = 0
         self._contexts = itertools.count(1)
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
@@ -141,6 +145,7 @@ class PeerActor(pykka.ThreadingActor):
             self._forget_lost_reads()
             if node.role is Role.LEADER:
                 self._expire_silent_sessions()
+                self.session_actor.tell(WATCH_TICK)  # held watch polls time out
         elif isinstance(message, PeerBatch):
             self.metrics["peer_messages"] += len(message.messages)
             for msg in message.messages:
@@ -196,8 +201,13 @@ class PeerActor(pykka.ThreadingActor):
                 replies.append((identity, self._ping(request)))
             elif op == "query":
                 context = next(self._contexts)
-                self.reads[context] = (identity, request.request_id, request.payload, self.ticks)
+                read = (identity, request.request_id, request.payload, self.ticks, None)
+                self.reads[context] = read
                 node.read_index(context)
+            elif op == "watch_query":
+                replies.extend(self._watch_query(identity, request))
+            elif op == "watch_poll":
+                replies.extend(self._watch_poll(identity, request))
             elif op == "query_local":
                 read = PendingRead(0, identity, request.request_id, request.payload)
                 self.session_actor.tell(ServeReads((read,)))
@@ -251,6 +261,52 @@ class PeerActor(pykka.ThreadingActor):
             for offset, (identity, request) in enumerate(writes)
         )
         self.session_actor.tell(AwaitWrites(pending))
+        return []
+
+    def _watch_query(self, identity: Identity, request: ClientRequest) -> Replies:
+        """A linearizable query that arms a watch: served by the leader itself, since the
+        watch lives in the leader's table."""
+        payload = request.payload
+        valid = (
+            isinstance(payload, list)
+            and len(payload) == 2
+            and type(payload[1]) is int
+            and request.client_id
+        )
+        if not valid:
+            reply = ClientReply(request.request_id, False, "[query, watch id]", "bad_request")
+            return [(identity, reply)]
+        if self.node.role is not Role.LEADER:
+            reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            return [(identity, reply)]
+        context = next(self._contexts)
+        watch = (request.client_id, payload[1])
+        self.reads[context] = (identity, request.request_id, payload[0], self.ticks, watch)
+        self.node.read_index(context)
+        return []
+
+    def _watch_poll(self, identity: Identity, request: ClientRequest) -> Replies:
+        payload = request.payload if isinstance(request.payload, dict) else {}
+        epoch, after, wait_ms = payload.get("epoch"), payload.get("after"), payload.get("wait_ms")
+        valid = (
+            request.client_id
+            and isinstance(epoch, str)
+            and type(after) is int
+            and type(wait_ms) is int
+            and 0 <= wait_ms <= 60_000
+        )
+        if not valid:
+            reply = ClientReply(
+                request.request_id, False, "{epoch, after, wait_ms 0..60000}", "bad_request"
+            )
+            return [(identity, reply)]
+        if self.node.role is not Role.LEADER:
+            reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            return [(identity, reply)]
+        poll = WatchPoll(
+            identity, request.request_id, request.client_id, epoch, after, wait_ms / 1000
+        )
+        self.session_actor.tell(poll)
         return []
 
     def _ping(self, request: ClientRequest) -> ClientReply:
@@ -370,8 +426,8 @@ class PeerActor(pykka.ThreadingActor):
         for state in ready.read_states:
             request = self.reads.pop(state.context, None)
             if request is not None:
-                identity, request_id, query, _ = request
-                reads.append(PendingRead(state.index, identity, request_id, query))
+                identity, request_id, query, _, watch = request
+                reads.append(PendingRead(state.index, identity, request_id, query, watch))
         if reads:
             self.session_actor.tell(ServeReads(tuple(reads)))
         failures = []
@@ -405,6 +461,8 @@ class PeerActor(pykka.ThreadingActor):
                     for identity, rid, _ in self.membership_waiters
                 )
                 self.membership_waiters = []
+            if self.role is Role.LEADER:
+                self.session_actor.tell(LEADERSHIP_LOST)
             self.role = ready.role
             self.leader_since = time.time() if ready.role is Role.LEADER else None
             # Whoever leads next starts every session's timeout afresh.

@@ -7,6 +7,7 @@ import contextlib
 import heapq
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,17 @@ from .messages import (
     ExpectSnapshot,
     Identity,
     InstallState,
+    LeadershipLost,
     PendingRead,
     PendingWrite,
     ServeReads,
     SnapshotTaken,
     SnapshotWritten,
+    WatchPoll,
+    WatchTick,
 )
-from .state_machine import ReplicatedState
+from .state_machine import Applied, ReplicatedState
+from .watches import PollAnswer, WatchTable
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,15 @@ class SessionActor(pykka.ThreadingActor):
         self.expecting_snapshot: int | None = None
         self.held: list[Entry] = []  # entries that wait for a snapshot install
         self.snapshotting = False
+        self.watches = WatchTable(peer_id)
         self.metrics = metrics  # shared with the status view; only this actor writes it
-        self.metrics.update(applied_entries=0, snapshots_taken=0, snapshots_installed=0)
+        self.metrics.update(
+            applied_entries=0,
+            snapshots_taken=0,
+            snapshots_installed=0,
+            watches_fired=0,
+            watches_armed=0,
+        )
 
     def set_peer(self, peer: pykka.ActorRef[Any]) -> None:
         self.peer = peer
@@ -95,6 +107,15 @@ class SessionActor(pykka.ThreadingActor):
             self._install(message)
         elif isinstance(message, SnapshotWritten):
             self._finish_snapshot(message)
+        elif isinstance(message, WatchPoll):
+            self._poll(message)
+        elif isinstance(message, WatchTick):
+            if not self.watches.idle:
+                self._answer_polls(self.watches.expire_polls(time.monotonic()))
+        elif isinstance(message, LeadershipLost):
+            self._answer_polls(self.watches.lose_leadership())
+            self.metrics["watches_fired"] = self.watches.fired
+            self.metrics["watches_armed"] = 0
         return None
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -110,7 +131,8 @@ class SessionActor(pykka.ThreadingActor):
         if not entries:
             return
         replies: list[tuple[Identity, ClientReply]] = []
-        for applied in self.state.apply(entries):
+        applied_entries = self.state.apply(entries)
+        for applied in applied_entries:
             pending = self.pending_writes.pop(applied.index, None)
             if pending is None:
                 continue
@@ -127,6 +149,8 @@ class SessionActor(pykka.ThreadingActor):
                     (pending.identity, reply_for(pending.request_id, applied.outcome, None))
                 )
         self.metrics["applied_entries"] += len(entries)
+        if not self.watches.idle:
+            replies.extend(self._fire_watches(applied_entries))
         replies.extend(self._due_reads())
         if replies:
             self.reply(replies)
@@ -185,6 +209,57 @@ class SessionActor(pykka.ThreadingActor):
             self.reply([(write.identity, ClientReply(write.request_id, False, error="retry"))])
         self._apply(held)
 
+    # ------------------------------------------------------------------ watches
+
+    def _fire_watches(self, applied_entries: list[Applied]) -> list[tuple[Identity, ClientReply]]:
+        """Fire watches in commit order; a session's held poll is answered once, after the
+        whole batch (its events stay in order)."""
+        touched: set[str] = set()
+        answers: list[PollAnswer] = []
+        for applied in applied_entries:
+            if applied.trigger_keys:
+                fired = self.watches.fire(applied.index, applied.trigger_keys)
+                touched |= fired
+            if applied.ended_session is not None:
+                touched.discard(applied.ended_session)
+                answers.extend(self.watches.end_session(applied.ended_session))
+        answers.extend(self.watches.deliver(sorted(touched)))
+        self.metrics["watches_fired"] = self.watches.fired
+        self.metrics["watches_armed"] = len(self.watches)
+        return _poll_replies(answers)
+
+    def _poll(self, poll: WatchPoll) -> None:
+        if not self.state.has_session(poll.session):
+            reply = ClientReply(poll.request_id, False, "no such session", "session_expired")
+            self.reply([(poll.identity, reply)])
+            return
+        deadline = time.monotonic() + poll.wait
+        self._answer_polls(
+            self.watches.poll(
+                poll.session, poll.identity, poll.request_id, poll.epoch, poll.after, deadline
+            )
+        )
+
+    def _answer_polls(self, answers: list[PollAnswer]) -> None:
+        replies = _poll_replies(answers)
+        if replies:
+            self.reply(replies)
+
+    def _arm(self, read: PendingRead, data: Any, spec: Any) -> ClientReply:
+        assert read.watch is not None
+        session, watch_id = read.watch
+        if spec is None:
+            return ClientReply(
+                read.request_id, False, "this query cannot be watched", "not_supported"
+            )
+        if not self.state.has_session(session):
+            return ClientReply(read.request_id, False, "no such session", "session_expired")
+        refused = self.watches.arm(session, watch_id, spec)
+        if refused is not None:
+            return ClientReply(read.request_id, False, refused, "rejected")
+        self.metrics["watches_armed"] = len(self.watches)
+        return ClientReply(read.request_id, True, [data, self.watches.epoch])
+
     # ------------------------------------------------------------------ reading
 
     def _queue_reads(self, reads: Iterable[PendingRead]) -> None:
@@ -205,7 +280,20 @@ class SessionActor(pykka.ThreadingActor):
             result = self.state.query(read.query)
             if isinstance(result, Failure):
                 reply = ClientReply(read.request_id, False, result.reason, error=result.code)
+            elif read.watch is not None:
+                reply = self._arm(read, result.data, result.watch)
             else:
                 reply = ClientReply(read.request_id, True, result.data)
             out.append((read.identity, reply))
         return out
+
+
+def _poll_replies(answers: list[PollAnswer]) -> list[tuple[Identity, ClientReply]]:
+    replies = []
+    for answer in answers:
+        if answer.error is not None:
+            reply = ClientReply(answer.request_id, False, answer.error, answer.error)
+        else:
+            reply = ClientReply(answer.request_id, True, [answer.epoch, answer.events])
+        replies.append((answer.identity, reply))
+    return replies

@@ -50,6 +50,7 @@ class Applied:
     term: int
     outcome: Outcome | None
     trigger_keys: frozenset[str] = frozenset()
+    ended_session: str | None = None  # a session closed or expired by this entry
 
 
 def _outcome(result: ApplyResult | Failure) -> Outcome:
@@ -80,6 +81,9 @@ class ReplicatedState:
         # decides expiry) from another thread, so changes and copies hold the lock.
         self._sessions: dict[str, int] = {}
         self._sessions_lock = threading.Lock()
+
+    def has_session(self, session: str) -> bool:
+        return session in self._sessions
 
     def session_table(self) -> dict[str, int]:
         with self._sessions_lock:
@@ -115,7 +119,8 @@ class ReplicatedState:
             return Applied(entry.index, entry.term, _outcome(failure))
         if command.kind == CommandKind.SESSION_EXPIRE:
             keys = self._end_session(command.body)  # the leader's decision: no client
-            return Applied(entry.index, entry.term, (True, None), keys)
+            ended = command.body if isinstance(command.body, str) else None
+            return Applied(entry.index, entry.term, (True, None), keys, ended)
         record = self._record(command) if command.client_id else None
         if record is not None:
             cached = self._cached(record, command)
@@ -123,7 +128,9 @@ class ReplicatedState:
                 return Applied(entry.index, entry.term, cached)
         result, keys = self._execute(command)
         outcome = _outcome(result)
-        if record is not None and command.kind != CommandKind.SESSION_CLOSE:
+        if command.kind == CommandKind.SESSION_CLOSE:
+            return Applied(entry.index, entry.term, outcome, keys, command.client_id)
+        if record is not None:
             self._remember(record, command.seq, outcome)
         return Applied(entry.index, entry.term, outcome, keys)
 

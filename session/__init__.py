@@ -1,4 +1,5 @@
-"""Clients: create a cluster, talk to it through light sessions (sync and asyncio)."""
+"""Clients: create a cluster, talk to it through light sessions (sync and asyncio) and
+long-lived sessions (temporary data, watches)."""
 
 from .aio import AsyncLightSession
 from .create import CreatedCluster, create
@@ -23,10 +24,14 @@ from .light import LightSession
 from .long import Session
 from .requests import RetryPolicy
 from .tracker import LeaderTracker
+from .watching import CHANGE, CHANGE_LEADER, SESSION_EXPIRED, WatchEvent
 
 light_session = LightSession  # zraft_client:light_session
 
 __all__ = [
+    "CHANGE",
+    "CHANGE_LEADER",
+    "SESSION_EXPIRED",
     "AllPeersFailed",
     "AsyncLightSession",
     "BackendError",
@@ -47,6 +52,7 @@ __all__ = [
     "Session",
     "SessionExpired",
     "UnreachablePeer",
+    "WatchEvent",
     "ZraftError",
     "create",
     "light_session",

@@ -10,18 +10,24 @@ leader decides an expiry and replicates it as one entry, which deletes the sessi
 temporary data on every peer. A new leader gives every session a fresh full timeout, so a
 failover never expires a live session. After an expiry every call raises
 ``SessionExpired``. Clocks are monotonic throughout.
+
+Watches: ``query(q, watch=callback)`` (or ``watch=True`` for ``watch_events()``) arms a
+one-shot trigger on what the query read; see ``zraft.session.watching``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from .errors import SessionExpired, ZraftError
 from .light import LightSession
+from .watching import SESSION_EXPIRED, WatchEvent, WatchHandler, WatchManager
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ class Session(LightSession):
             raise ValueError("a session timeout is between 0 and 86400 seconds")
         super().__init__(peers, **options)
         self.session_timeout = timeout
+        self._options = options
+        self._watches: WatchManager | None = None
+        self._watch_setup = threading.Lock()
         self.expired = False
         self._last_activity = time.monotonic()
         self._closed = threading.Event()
@@ -53,15 +62,91 @@ class Session(LightSession):
         Every write of an expired session is refused (``SessionExpired``)."""
         return self._call_write("session_write", [temporary, command], timeout)
 
-    def query(self, query: Any, timeout: float | None = None) -> Any:
+    def query(
+        self,
+        query: Any,
+        timeout: float | None = None,
+        watch: WatchHandler | bool | None = None,
+    ) -> Any:
+        """A linearizable read. With ``watch``, also a one-shot trigger on what it read:
+        a callable gets the ``WatchEvent`` on the session's delivery thread; ``True`` puts
+        it on ``watch_events()``. Backends that cannot name what a query read refuse with
+        ``NotSupported``."""
         self._check_open()
         self._last_activity = time.monotonic()
-        return super().query(query, timeout)
+        if watch is None or watch is False:
+            return super().query(query, timeout)
+        if watch is not True and not callable(watch):
+            raise TypeError("watch must be a callable, True or None")
+        watches = self._watch_manager()
+        watch_id = watches.begin(query, None if watch is True else watch)
+        try:
+            data, epoch = self._call("watch_query", [query, watch_id], timeout)
+        except BaseException as error:
+            watches.abandon(watch_id)
+            if isinstance(error, SessionExpired):
+                self._mark_expired()
+            raise
+        watches.armed(watch_id, epoch)
+        return data
+
+    @property
+    def watch_count(self) -> int:
+        """Watches armed and not fired yet."""
+        return 0 if self._watches is None else len(self._watches)
+
+    def watch_events(self, timeout: float | None = None) -> Iterator[WatchEvent]:
+        """Fired watches armed with ``watch=True``, in commit order. Ends when the session
+        closes, or when nothing came for ``timeout`` seconds."""
+        events = self._watch_manager().events
+        while True:
+            try:
+                event = events.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if event is None:
+                events.put(None)  # for any other reader
+                return
+            yield event
+
+    async def watch_events_async(self, timeout: float | None = None) -> AsyncIterator[WatchEvent]:
+        """``watch_events`` for asyncio: waits without blocking the event loop."""
+        events = self._watch_manager().events
+        while True:
+            try:
+                event = await asyncio.to_thread(events.get, True, timeout)
+            except queue.Empty:
+                return
+            if event is None:
+                events.put(None)
+                return
+            yield event
+
+    def _watch_manager(self) -> WatchManager:
+        with self._watch_setup:
+            if self._watches is None:
+                # Polls have their own connection (sockets are thread-confined) and the
+                # same client id: the leader keeps the fired watches under that id.
+                poller = LightSession(self.tracker.peers, client_id=self.client_id, **self._options)
+                wait = min(1.0, self.session_timeout / 3)
+                margin = max(self.election_timeout, 0.2)
+                self._watches = WatchManager(poller, wait, margin)
+                self._watches.on_expired = self._mark_expired
+            return self._watches
+
+    def _mark_expired(self) -> None:
+        """The session is gone: note it, and fire its watches (once: the manager forgets
+        them as they fire)."""
+        self.expired = True
+        if self._watches is not None and not self._closed.is_set():
+            self._watches.fire_all(SESSION_EXPIRED)
 
     def close(self) -> None:
         """End the session now: its temporary data is deleted at once."""
         if not self._closed.is_set():
             self._closed.set()
+            if self._watches is not None:
+                self._watches.stop()
             if not self.expired:
                 try:
                     self._call_write("session_close", None, None)
@@ -69,6 +154,8 @@ class Session(LightSession):
                     log.warning("closing session %s: %s", self.client_id, error)
             self._keepalive.join(timeout=5)
             self._pinger.close()
+            if self._watches is not None:
+                self._watches.join()
         super().close()
 
     def __enter__(self) -> Session:
@@ -81,7 +168,7 @@ class Session(LightSession):
                 self._call("ping", None, self.session_timeout)
                 self._last_activity = time.monotonic()
             except SessionExpired:
-                self.expired = True
+                self._mark_expired()
         if self.expired:
             raise SessionExpired(f"session {self.client_id} expired")
 
@@ -93,7 +180,7 @@ class Session(LightSession):
             try:
                 result = self._call(op, payload, timeout, seq=seq, acked=self._acked)
             except SessionExpired:
-                self.expired = True
+                self._mark_expired()
                 raise
             self._acked = seq
             self._last_activity = time.monotonic()
@@ -108,8 +195,8 @@ class Session(LightSession):
                 self._pinger._call("ping", None, self.session_timeout / 2)
                 self._last_activity = time.monotonic()
             except SessionExpired:
-                self.expired = True
                 log.warning("session %s expired", self.client_id)
+                self._mark_expired()
                 return
             except ZraftError as error:  # no leader right now: keep trying
                 log.debug("keep-alive of %s: %s", self.client_id, error)

@@ -1,33 +1,43 @@
 """A process that owns a long-lived session, for tests that kill or pause it.
 
-    python -m tests.session_owner PEERS TIMEOUT KEY
+    python -m tests.session_owner PEERS TIMEOUT KEY [watch]
 
-Opens a session, writes KEY as temporary data, prints "ready"; then for each line "write"
-on stdin tries a write and prints "ok" or "expired".
+Opens a session, writes KEY as temporary data (with "watch": also arms a watch on KEY that
+prints "fired REASON"), prints "ready"; then for each line "write" on stdin tries a write
+and prints "ok" or "expired".
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 
 from zraft.backends import kv
 from zraft.session import Session, SessionExpired
+
+_output = threading.Lock()
+
+
+def say(line: str) -> None:
+    with _output:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def main() -> None:
     peers, timeout, key = sys.argv[1].split(","), float(sys.argv[2]), sys.argv[3]
     session = Session(peers, timeout=timeout)
     session.write(kv.put(key, "owned"), temporary=True)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    if sys.argv[4:] == ["watch"]:
+        session.query(kv.get(key), watch=lambda event: say(f"fired {event.reason}"))
+    say("ready")
     for line in sys.stdin:
         if line.strip() == "write":
             try:
                 session.write(kv.put(f"{key}-again", 1), temporary=True)
-                sys.stdout.write("ok\n")
+                say("ok")
             except SessionExpired:
-                sys.stdout.write("expired\n")
-            sys.stdout.flush()
+                say("expired")
 
 
 if __name__ == "__main__":
