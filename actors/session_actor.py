@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 Replier = Callable[[Iterable[tuple[Identity, ClientReply]]], None]
 
 
-def reply_for(request_id: int, outcome: tuple[bool, Any], leader: str | None) -> ClientReply:
+def reply_for(
+    request_id: int, outcome: tuple[bool, Any], leader: str | None, index: int = 0
+) -> ClientReply:
     ok, value = outcome
     if ok:
-        return ClientReply(request_id, True, value, leader=leader)
+        return ClientReply(request_id, True, value, leader=leader, index=index)
     failure = Failure.from_wire(value)
     return ClientReply(request_id, False, failure.reason, error=failure.code, leader=leader)
 
@@ -146,7 +148,10 @@ class SessionActor(pykka.ThreadingActor):
                 )
             elif applied.outcome is not None:
                 replies.append(
-                    (pending.identity, reply_for(pending.request_id, applied.outcome, None))
+                    (
+                        pending.identity,
+                        reply_for(pending.request_id, applied.outcome, None, applied.index),
+                    )
                 )
         self.metrics["applied_entries"] += len(entries)
         if not self.watches.idle:

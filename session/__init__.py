@@ -20,7 +20,7 @@ from .errors import (
     UnreachablePeer,
     ZraftError,
 )
-from .light import LightSession
+from .light import LightSession, Written
 from .long import Session
 from .requests import RetryPolicy
 from .tracker import LeaderTracker
@@ -53,6 +53,7 @@ __all__ = [
     "SessionExpired",
     "UnreachablePeer",
     "WatchEvent",
+    "Written",
     "ZraftError",
     "create",
     "light_session",

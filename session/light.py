@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tenacity
 
@@ -45,6 +45,14 @@ from .tracker import LeaderTracker
 DEFAULT_ELECTION_TIMEOUT = 0.5
 
 
+class Written(NamedTuple):
+    """A write's result and the log index of the entry that produced it. Indexes grow
+    with every write, so the index of the write that took a lock is a fencing token."""
+
+    result: Any
+    index: int
+
+
 class LightSession(SessionCore):
     def __init__(
         self,
@@ -68,6 +76,7 @@ class LightSession(SessionCore):
         self._lock = threading.RLock()
         self._seq = 0
         self._acked = 0
+        self._last_index = 0  # of the last answered call (calls are serialized)
         if isinstance(peers, str):
             members = self._read_configuration(peers)
         else:
@@ -88,6 +97,11 @@ class LightSession(SessionCore):
             result = self._call("write", command, timeout, seq=seq, acked=self._acked)
             self._acked = seq  # calls are serialized: every earlier reply is in
             return result
+
+    def write_indexed(self, command: Any, timeout: float | None = None) -> Written:
+        """``write``, also returning the log index of the entry that answered it."""
+        with self._lock:
+            return Written(self.write(command, timeout), self._last_index)
 
     def query(self, query: Any, timeout: float | None = None) -> Any:
         """A linearizable read: reflects every write acknowledged before it began."""
@@ -196,7 +210,9 @@ class LightSession(SessionCore):
         except TransportTimeout as error:
             self.tracker.failed(peer)
             raise TryAgain(f"{peer}: {error}") from None
-        return interpret(self.tracker, peer, reply)
+        result = interpret(self.tracker, peer, reply)
+        self._last_index = reply.index
+        return result
 
     def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int

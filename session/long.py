@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from .errors import SessionExpired, ZraftError
-from .light import LightSession
+from .light import LightSession, Written
 from .watching import SESSION_EXPIRED, WatchEvent, WatchHandler, WatchManager
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,13 @@ class Session(LightSession):
         """A write; with ``temporary=True`` the data it creates belongs to this session.
         Every write of an expired session is refused (``SessionExpired``)."""
         return self._call_write("session_write", [temporary, command], timeout)
+
+    def write_indexed(  # type: ignore[override]
+        self, command: Any, timeout: float | None = None, temporary: bool = False
+    ) -> Written:
+        """``write``, also returning the log index of the entry that answered it."""
+        with self._lock:
+            return Written(self.write(command, timeout, temporary), self._last_index)
 
     def query(
         self,

@@ -151,6 +151,7 @@ client_messages = st.one_of(
         result=plain,
         error=st.none() | st.text(max_size=32),
         leader=st.none() | peer_ids,
+        index=uints,
     ),
 )
 any_message = st.one_of(peer_messages, client_messages)
@@ -312,9 +313,9 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("op empty", env(30, [1, "", None, "", 0, 0, 0]), "bad-field:op"),
     ("request_id neg", env(30, [-1, "get", None, "", 0, 0, 0]), "bad-field:request_id"),
     ("client_id int", env(30, [1, "get", None, 5, 0, 0, 0]), "bad-field:client_id"),
-    ("reply ok None", env(31, [1, None, None, None, None]), "bad-field:ok"),
-    ("reply error int", env(31, [1, True, None, 3, None]), "bad-field:error"),
-    ("reply leader empty", env(31, [1, True, None, None, ""]), "bad-field:leader"),
+    ("reply ok None", env(31, [1, None, None, None, None, 0]), "bad-field:ok"),
+    ("reply error int", env(31, [1, True, None, 3, None, 0]), "bad-field:error"),
+    ("reply leader empty", env(31, [1, True, None, None, "", 0]), "bad-field:leader"),
     ("empty batch", env(0, []), "bad-batch"),
     ("batch item short", env(0, [[5]]), "bad-batch"),
     ("nested batch", env(0, [[0, [[5, GOOD_BODY]]]]), "unknown-type"),

@@ -159,7 +159,7 @@ def _body(msg: WireMessage) -> list[Any]:  # noqa: C901 - one flat dispatch is c
         ]  # fmt: skip
     if t is ClientReply:
         assert isinstance(msg, ClientReply)
-        return [msg.request_id, msg.ok, msg.result, msg.error, msg.leader]
+        return [msg.request_id, msg.ok, msg.result, msg.error, msg.leader, msg.index]
     raise TypeError(f"cannot encode {t.__name__}")
 
 
@@ -307,7 +307,7 @@ def _config(raw: Any, name: str) -> Configuration:
         raise _bad(name)
     try:
         config = Configuration.from_wire(raw)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: from_wire sorting str and bytes keys
         raise _bad(name) from None
     for peer in config.members:
         _peer(peer, name)
@@ -462,7 +462,7 @@ def _d_client_request(body: Any) -> ClientRequest:
 
 
 def _d_client_reply(body: Any) -> ClientReply:
-    b = _fields(body, 5, "ClientReply")
+    b = _fields(body, 6, "ClientReply")
     if not _plain(b[2]):
         raise _bad("result")
     leader = b[4]
@@ -470,7 +470,7 @@ def _d_client_reply(body: Any) -> ClientReply:
         _peer(leader, "leader")
     return ClientReply(
         _uint(b[0], "request_id"), _bool(b[1], "ok"), b[2],
-        _opt_str(b[3], "error", MAX_ERROR_LEN), leader,
+        _opt_str(b[3], "error", MAX_ERROR_LEN), leader, _uint(b[5], "index"),
     )  # fmt: skip
 
 

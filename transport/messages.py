@@ -48,13 +48,16 @@ class ClientRequest(NamedTuple):
 
 
 class ClientReply(NamedTuple):
-    """The answer to ``ClientRequest`` ``request_id``; ``leader`` is a redirect hint."""
+    """The answer to ``ClientRequest`` ``request_id``; ``leader`` is a redirect hint;
+    ``index`` the log index of the entry that produced a write's answer (0 otherwise): a
+    fencing token that grows with every write."""
 
     request_id: int
     ok: bool
     result: Any = None
     error: str | None = None
     leader: str | None = None
+    index: int = 0
 
 
 PEER_WIRE_TYPES: tuple[type[Message], ...] = (SnapshotOffer, SnapshotReady)
