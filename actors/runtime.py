@@ -105,6 +105,7 @@ class PeerRuntime:
             curve=_curve(s),
             max_frame_bytes=s.max_frame_bytes,
             routes=s.route_map(),
+            max_client_requests=s.max_client_requests,
         )
         transport = self.transport
         lock = threading.Lock()

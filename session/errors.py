@@ -37,6 +37,16 @@ class Rejected(ClientError):
         self.code = code
 
 
+class Overloaded(ClientError):
+    """The peer already serves as many client requests as it may (``max_client_requests``)
+    and shed this one at once, without applying it. Back off and retry; retrying a write
+    with the same session is safe (writes are exactly-once)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class NotSupported(Rejected):
     """The backend does not support this (e.g. watches, temporary data)."""
 

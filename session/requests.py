@@ -24,6 +24,7 @@ from .errors import (
     ClusterExists,
     NotStable,
     NotSupported,
+    Overloaded,
     PeersChanged,
     Rejected,
     RequestTimeout,
@@ -134,6 +135,8 @@ def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
         raise ClusterExists(peer)
     if code == "session_expired":
         raise SessionExpired(reason)
+    if code == "overloaded":
+        raise Overloaded(reason)
     raise Rejected(reason, code)
 
 

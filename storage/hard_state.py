@@ -70,9 +70,10 @@ def _decode(data: bytes) -> tuple[int, HardState, Configuration | None]:
         config = None if raw["config"] is None else Configuration.from_wire(raw["config"])
     except Exception as exc:  # a checksummed payload we cannot parse: a bug or foreign file
         raise ValueError(f"unreadable payload: {exc}") from None
-    if not isinstance(term, int) or not isinstance(commit, int) or term < 0 or commit < 0:
+    # Exact types: a bool is an int to isinstance, and True is no term.
+    if type(term) is not int or type(commit) is not int or term < 0 or commit < 0:
         raise ValueError("term and commit must be non-negative integers")
-    if vote is not None and not isinstance(vote, str):
+    if vote is not None and (type(vote) is not str or not vote):
         raise ValueError("vote must be a peer id or nil")
     return version, HardState(term, vote, commit), config
 

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
 import zlib
@@ -115,26 +116,44 @@ def read_meta(snapshot_dir: str) -> tuple[SnapshotMeta, dict[str, Any], dict[str
         raise CorruptSnapshotError(f"snapshot meta {path} fails its magic, length or checksum")
     try:
         raw = msgpack.unpackb(payload, raw=False)
-        meta = SnapshotMeta(
-            int(raw["index"]), int(raw["term"]), Configuration.from_wire(raw["config"])
-        )
+        if type(raw) is not dict:
+            raise ValueError(f"the record is a {type(raw).__name__}, not a map")
+        index, term = raw["index"], raw["term"]
+        # Exact ints only: int() would take floats (inf raises OverflowError), strings, bools.
+        if type(index) is not int or type(term) is not int or index < 0 or term < 0:
+            raise ValueError(f"index {index!r} and term {term!r} must be non-negative ints")
+        meta = SnapshotMeta(index, term, Configuration.from_wire(raw["config"]))
         extra = raw["extra"]
         files = raw["files"]
         if not isinstance(extra, dict) or not isinstance(files, dict):
             raise ValueError("extra and files must be mappings")
         for name, value in files.items():
-            parts = name.split("/")
-            if name.startswith("/") or ".." in parts or "" in parts or name == META_NAME:
-                raise ValueError(f"bad data file name {name!r}")
+            if not _valid_data_name(name):
+                raise ValueError(f"bad data file name {name!r:.80}")
             if not (
-                isinstance(value, list)
+                type(value) is list
                 and len(value) == 2
-                and all(isinstance(v, int) for v in value)
+                and all(type(v) is int for v in value)
+                and value[0] >= 0
+                and 0 <= value[1] < 1 << 32
             ):
                 raise ValueError(f"bad size/crc entry for {name!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptSnapshotError(f"snapshot meta {path} is malformed: {exc}") from None
     return meta, extra, files
+
+
+def _valid_data_name(name: object) -> bool:
+    """A relative POSIX path of plain names: what ``_data_files`` produces, nothing else."""
+    if type(name) is not str or name == META_NAME or "\x00" in name or len(name) > 4096:
+        return False
+    parts = name.split("/")
+    try:
+        return all(
+            part not in ("", ".", "..") and len(part.encode("utf-8")) <= 255 for part in parts
+        )
+    except UnicodeEncodeError:  # a lone surrogate cannot name a file
+        return False
 
 
 class SnapshotStore:
@@ -360,9 +379,14 @@ class SnapshotStore:
         for rel, (size, crc) in sorted(files.items()):
             path = os.path.join(root, *rel.split("/"))
             try:
-                actual_size = os.stat(path).st_size
-            except FileNotFoundError:
+                info = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):  # "a/b" where "a" is a file
                 raise CorruptSnapshotError(f"snapshot {root} lacks data file {rel}") from None
+            except OSError as exc:
+                raise translate_os_error(exc, path, "stat") from exc
+            if not stat.S_ISREG(info.st_mode):
+                raise CorruptSnapshotError(f"snapshot data {path} is not a regular file")
+            actual_size = info.st_size
             if actual_size != size:
                 raise CorruptSnapshotError(
                     f"snapshot file {path} has {actual_size} bytes, meta says {size}"

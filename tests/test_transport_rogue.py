@@ -79,7 +79,7 @@ def test_rogue_peers_are_dropped_and_counted() -> None:
             "bad-field:term": [envelope(PROTOCOL_VERSION, CLUSTER, a, 5, [-1, a, b, 0, 0])],
             "wrong-dst": [envelope(PROTOCOL_VERSION, CLUSTER, a, 5, [1, a, "elsewhere:1", 0, 0])],
             "unexpected-type": [
-                envelope(PROTOCOL_VERSION, CLUSTER, a, 31, [1, True, None, None, None])
+                envelope(PROTOCOL_VERSION, CLUSTER, a, 31, [1, True, None, None, None, 0])
             ],
             "trailing-data": [good + b"\x00"],
             # Bigger than max_frame_bytes but under ZMQ_MAXMSGSIZE's slack: our own check.

@@ -400,7 +400,8 @@ class SnapshotReceiver:
         return "io-error"
 
     def _check_header(self, header: Any) -> tuple[int, Path, list[tuple[str, int, int]]]:
-        if type(header) is not dict or header.get("v") != STREAM_VERSION:
+        version = header.get("v") if type(header) is dict else None
+        if type(version) is not int or version != STREAM_VERSION:  # True == 1: exact type
             raise _Fail("bad-version")
         if header.get("cluster") != self.cluster_id:
             raise _Fail("wrong-cluster")

@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from ..core.messages import Message
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_PEER_ID_LEN,
+    DecodedBatch,
     FrameError,
     WireMessage,
     decode_batch,
@@ -63,6 +64,13 @@ _MAX_FRAMES_PER_WAKEUP = 4096
 # A callback gets at most about this many messages (more would only hold memory longer).
 _MAX_MESSAGES_PER_CALLBACK = 8192
 _LOG_INTERVAL_S = 5.0
+# Client requests handed to the peer and not yet answered, per peer (see ``_admit``).
+DEFAULT_MAX_CLIENT_REQUESTS = 10_000
+# A request unanswered this long is forgotten: its client gave up long ago, and a reply
+# that never comes (a read lost with a leader change) must not hold a slot forever.
+_CLIENT_REQUEST_EXPIRY_S = 60.0
+OVERLOADED = "overloaded"
+_ADMIT, _SHED, _DUP = "admit", "shed", "duplicate"
 
 PeerCallback = Callable[[list[Message]], None]
 ClientCallback = Callable[[list[tuple[bytes, ClientRequest]]], None]
@@ -214,8 +222,12 @@ class ZmqTransport:
         send_hwm: int = 10000,
         max_backlog: int = 200_000,
         routes: Mapping[str, str] | None = None,
+        max_client_requests: int = DEFAULT_MAX_CLIENT_REQUESTS,
     ) -> None:
         _, self._port = split_address(peer_id)
+        if max_client_requests < 1:
+            raise ValueError("max_client_requests must be at least 1")
+        self._max_client_requests = max_client_requests
         # Where to connect to reach a peer, when that is not its id (a proxy, a NAT).
         self._routes = dict(routes or {})
         self.cluster_id = cluster_id
@@ -250,6 +262,12 @@ class ZmqTransport:
         # Owned by the I/O thread once started:
         self._dealers: dict[str, zmq.Socket[Any]] = {}
         self._missing_keys: set[str] = set()
+        # Client requests admitted and not answered: (routing id, request id) -> admission
+        # time, oldest first; and how many each connection has.
+        self._client_inflight: OrderedDict[tuple[bytes, int], float] = OrderedDict()
+        self._client_inflight_per_conn: Counter[bytes] = Counter()
+        # CURVE: peer id -> its public key (z85) from the authorized directory, or None.
+        self._peer_keys: dict[str, str | None] = {}
         self._stop = False
         self._close_on_exit = False
         self._ctx_done = False
@@ -370,6 +388,7 @@ class ZmqTransport:
         if self._auth is not None and self._curve is not None:
             location = os.fspath(self._curve.authorized_keys_dir)
             self._auth.configure_curve(domain="*", location=location)
+            self._peer_keys = {}  # read the peers' keys again too
         with self._lock:
             if self._closed:
                 return
@@ -386,6 +405,7 @@ class ZmqTransport:
         with self._lock:
             out = dict(self._counters)
             out["backlog"] = self._backlog
+        out["client_inflight"] = len(self._client_inflight)
         for key in ("sent", "received", "dropped", "rejected", "replies_sent"):
             out.setdefault(key, 0)
         return out
@@ -506,6 +526,7 @@ class ZmqTransport:
             elif kind == _REPLY:
                 for routing_id, rep in payload:
                     replies[routing_id].append(rep)
+                    self._release(routing_id, rep.request_id)
             else:
                 self._flush(by_peer, replies)
                 by_peer.clear()
@@ -616,20 +637,29 @@ class ZmqTransport:
     def _drain_inbound(self, router: zmq.Socket[Any]) -> None:
         peer_msgs: list[Message] = []
         client_reqs: list[tuple[bytes, ClientRequest]] = []
+        shed: dict[bytes, list[ClientReply]] = defaultdict(list)
         counts: Counter[str] = Counter()
+        now = time.monotonic()
+        self._expire_client_requests(now)
         cluster_id = self.cluster_id
         me = self.peer_id
         limit = self._max_frame_bytes
+        # With CURVE, frames are received as zmq Frames to read the key that sent them.
+        copy = self._curve is None
         for _ in range(_MAX_FRAMES_PER_WAKEUP):
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK)
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 break
             counts["received_frames"] += 1
             if len(parts) != 2:
-                self._reject(counts, "bad-parts", parts[0] if parts else b"")
+                self._reject(counts, "bad-parts", bytes(parts[0]) if parts else b"")
                 continue
             routing_id, frame = parts
+            user_id = None
+            if not copy:
+                user_id = frame.get("User-Id")  # the sender's public key (z85), from ZAP
+                routing_id, frame = routing_id.bytes, frame.bytes
             try:
                 decoded = decode_batch(frame, cluster_id=cluster_id, max_frame_bytes=limit)
             except FrameError as exc:
@@ -639,6 +669,9 @@ class ZmqTransport:
                 log.exception("unexpected error decoding a frame")
                 self._reject(counts, "decode-crash", routing_id)
                 continue
+            if user_id is not None and not self._peer_key_matches(decoded, user_id):
+                self._reject(counts, "unauthenticated-peer", routing_id)
+                continue
             for msg in decoded.messages:
                 if isinstance(msg, Message):
                     if msg.dst != me:
@@ -646,13 +679,28 @@ class ZmqTransport:
                         continue
                     peer_msgs.append(msg)
                 elif isinstance(msg, ClientRequest):
-                    client_reqs.append((routing_id, msg))
+                    verdict = self._admit(routing_id, msg.request_id, now)
+                    if verdict == _ADMIT:
+                        client_reqs.append((routing_id, msg))
+                    elif verdict == _SHED:
+                        shed[routing_id].append(self._overloaded(msg))
+                    else:  # the answer to the copy in flight answers this one too
+                        counts["client_duplicates"] += 1
                 else:
                     self._reject(counts, "unexpected-type", routing_id)
             if len(peer_msgs) + len(client_reqs) >= _MAX_MESSAGES_PER_CALLBACK:
                 self._deliver(peer_msgs, client_reqs, counts)
                 peer_msgs, client_reqs, counts = [], [], Counter()
         self._deliver(peer_msgs, client_reqs, counts)
+        if shed:  # answered at once, never queued behind the work that caused it
+            self._count("client_shed", sum(len(r) for r in shed.values()))
+            self._ratelog.warning(
+                OVERLOADED,
+                "%s: overloaded (%d client requests in flight); answering 'overloaded'",
+                self.peer_id,
+                len(self._client_inflight),
+            )
+            self._flush({}, shed)
 
     def _deliver(
         self,
@@ -675,6 +723,69 @@ class ZmqTransport:
             except Exception:  # noqa: BLE001
                 self._count("callback_errors")
                 log.exception("on_client_requests raised")
+
+    def _peer_key_matches(self, decoded: DecodedBatch, user_id: str) -> bool:
+        """Peer messages must come from the key of the peer they name as sender: any
+        authorized key may talk as a client, but only a peer's own key as that peer."""
+        if not any(isinstance(m, Message) for m in decoded.messages):
+            return True
+        keys = self._peer_keys
+        if decoded.sender not in keys:
+            if len(keys) >= 1024:  # senders named by strangers: keep the cache bounded
+                keys.clear()
+            assert self._curve is not None
+            key = self._curve.server_key(decoded.sender)
+            keys[decoded.sender] = key.decode("ascii") if key is not None else None
+        return keys[decoded.sender] == user_id
+
+    def _admit(self, routing_id: bytes, request_id: int, now: float) -> str:
+        """Whether a client request goes to the peer (``_ADMIT``), is shed as overloaded
+        (``_SHED``) or is dropped as a copy of one in flight on its connection (``_DUP``:
+        a replayed frame, which must not slip past the bound by reusing an id).
+
+        Up to ``max_client_requests`` in flight, everything is admitted. Beyond it, only a
+        connection with nothing in flight gets one more (up to twice the bound): a client
+        that waits for each answer is never starved by another's flood, while a flooding
+        connection (or a flood of new connections past twice the bound) is shed.
+        """
+        key = (routing_id, request_id)
+        if key in self._client_inflight:
+            return _DUP
+        total = len(self._client_inflight)
+        bound = self._max_client_requests
+        if total >= bound and (
+            total >= 2 * bound or self._client_inflight_per_conn[routing_id] > 0
+        ):
+            return _SHED
+        self._client_inflight[key] = now
+        self._client_inflight_per_conn[routing_id] += 1
+        return _ADMIT
+
+    def _release(self, routing_id: bytes, request_id: int) -> None:
+        if self._client_inflight.pop((routing_id, request_id), None) is not None:
+            self._forget_one(routing_id)
+
+    def _forget_one(self, routing_id: bytes) -> None:
+        per_conn = self._client_inflight_per_conn
+        per_conn[routing_id] -= 1
+        if per_conn[routing_id] <= 0:
+            del per_conn[routing_id]
+
+    def _expire_client_requests(self, now: float) -> None:
+        inflight = self._client_inflight
+        while inflight:
+            (routing_id, _), admitted = next(iter(inflight.items()))
+            if now - admitted < _CLIENT_REQUEST_EXPIRY_S:
+                break
+            inflight.popitem(last=False)
+            self._forget_one(routing_id)
+
+    def _overloaded(self, request: ClientRequest) -> ClientReply:
+        why = (
+            f"overloaded: {len(self._client_inflight)} client requests in flight at "
+            f"{self.peer_id} (max_client_requests {self._max_client_requests}); retry later"
+        )
+        return ClientReply(request.request_id, False, why, OVERLOADED)
 
     def _reject(self, counts: Counter[str], reason: str, routing_id: bytes) -> None:
         counts[f"rejected_{reason}"] += 1

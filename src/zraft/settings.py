@@ -89,6 +89,9 @@ _KEYS: dict[str, _Key] = {
     "pre_vote": _Key("bool", "ask for pre-votes before starting an election"),
     "check_quorum": _Key("bool", "a leader without a live quorum steps down"),
     "max_frame_bytes": _Key("int", "largest network frame accepted, in bytes", minimum=1),
+    "max_client_requests": _Key(
+        "int", "client requests in flight at a peer before new ones get 'overloaded'", minimum=1
+    ),
     "curve_secret_key": _Key("path", "CurveZMQ secret key file", optional=True),
     "curve_public_key": _Key("path", "CurveZMQ public key file", optional=True),
     "curve_authorized_keys": _Key(
@@ -163,6 +166,7 @@ class Settings:
     pre_vote: bool = True
     check_quorum: bool = True
     max_frame_bytes: int = 64 << 20
+    max_client_requests: int = 10_000
     curve_secret_key: Path | None = None
     curve_public_key: Path | None = None
     curve_authorized_keys: Path | None = None
