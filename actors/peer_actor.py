@@ -85,6 +85,7 @@ class PeerActor(pykka.ThreadingActor):
         session_actor: pykka.ActorRef[Any],
         snapshot_actor: pykka.ActorRef[Any],
         applied_index: Callable[[], int],
+        applied_term: Callable[[], int] = lambda: 0,
         metrics_sources: dict[str, Callable[[], dict[str, Any]]],
         on_failure: Callable[[str], None],
         on_removed: Callable[[], None] = lambda: None,
@@ -101,6 +102,7 @@ class PeerActor(pykka.ThreadingActor):
         self.session_actor = session_actor
         self.snapshot_actor = snapshot_actor
         self.applied_index = applied_index  # read across threads: an int attribute
+        self.applied_term = applied_term
         self.metrics_sources = metrics_sources
         self.report_failure = on_failure
         self.report_removed = on_removed
@@ -303,15 +305,24 @@ class PeerActor(pykka.ThreadingActor):
         if self.node.role is not Role.LEADER:
             reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
             return [(identity, reply)]
+        if not self._caught_up():  # it would not know a session opened just before
+            return [(identity, ClientReply(request.request_id, False, "catching up", "retry"))]
         poll = WatchPoll(
             identity, request.request_id, request.client_id, epoch, after, wait_ms / 1000
         )
         self.session_actor.tell(poll)
         return []
 
+    def _caught_up(self) -> bool:
+        """Our state machine has applied an entry of our term (at least our no-op), so it
+        holds everything committed before we led: a session it lacks is really gone."""
+        return self.applied_term() == self.node.term
+
     def _ping(self, request: ClientRequest) -> ClientReply:
         if self.node.role is not Role.LEADER:
             return ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+        if not self._caught_up():
+            return ClientReply(request.request_id, False, "catching up", "retry")
         if request.client_id not in self.session_table():
             return ClientReply(request.request_id, False, "no such session", "session_expired")
         return ClientReply(request.request_id, True)
@@ -425,9 +436,15 @@ class PeerActor(pykka.ThreadingActor):
         reads = []
         for state in ready.read_states:
             request = self.reads.pop(state.context, None)
-            if request is not None:
-                identity, request_id, query, _, watch = request
-                reads.append(PendingRead(state.index, identity, request_id, query, watch))
+            if request is None:
+                continue
+            identity, request_id, query, _, watch = request
+            if watch is not None and self.role is not Role.LEADER:
+                # Confirmed while we led, but the table it would be armed in is gone.
+                reply = ClientReply(request_id, False, None, "not_leader", self.leader)
+                self.reply([(identity, reply)])
+                continue
+            reads.append(PendingRead(state.index, identity, request_id, query, watch))
         if reads:
             self.session_actor.tell(ServeReads(tuple(reads)))
         failures = []

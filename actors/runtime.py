@@ -159,6 +159,7 @@ class PeerRuntime:
             session_actor=_SafeRef(self.session),
             snapshot_actor=_SafeRef(snapshot_actor),
             applied_index=lambda: state.applied_index,
+            applied_term=lambda: state.applied_term,
             metrics_sources={
                 "transport": transport.stats,
                 **{name: (lambda m=m: dict(m)) for name, m in self.metrics.items()},

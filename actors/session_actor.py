@@ -115,6 +115,7 @@ class SessionActor(pykka.ThreadingActor):
             if not self.watches.idle:
                 self._answer_polls(self.watches.expire_polls(time.monotonic()))
         elif isinstance(message, LeadershipLost):
+            self._refuse_waiting_watch_reads()
             self._answer_polls(self.watches.lose_leadership())
             self.metrics["watches_fired"] = self.watches.fired
             self.metrics["watches_armed"] = 0
@@ -249,6 +250,21 @@ class SessionActor(pykka.ThreadingActor):
         replies = _poll_replies(answers)
         if replies:
             self.reply(replies)
+
+    def _refuse_waiting_watch_reads(self) -> None:
+        """Watch reads still waiting for their index would be armed in a table that no
+        longer leads: they are answered "not leader" (the client asks the new one)."""
+        waiting = [item for item in self.waiting_reads if item[2].watch is not None]
+        if not waiting:
+            return
+        self.waiting_reads = [item for item in self.waiting_reads if item[2].watch is None]
+        heapq.heapify(self.waiting_reads)
+        self.reply(
+            [
+                (read.identity, ClientReply(read.request_id, False, None, "not_leader"))
+                for _, _, read in waiting
+            ]
+        )
 
     def _arm(self, read: PendingRead, data: Any, spec: Any) -> ClientReply:
         assert read.watch is not None

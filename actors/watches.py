@@ -82,10 +82,12 @@ class WatchTable:
     # ------------------------------------------------------------------ arming
 
     def arm(self, session: str, watch_id: int, spec: WatchSpec) -> str | None:
-        """Arm a watch; returns why not, or None."""
+        """Arm a watch; returns why not, or None. Arming an armed id again (a client's
+        retry, whose first answer was lost) replaces it: the retry's read is the newer."""
         ids = self._per_session.setdefault(session, set())
         if watch_id in ids:
-            return f"watch {watch_id} is already armed"
+            self._disarm((session, watch_id))
+            ids = self._per_session.setdefault(session, set())
         if len(ids) >= self.max_per_session:
             return f"a session may hold at most {self.max_per_session} watches"
         ref = (session, watch_id)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import SessionExpired, ZraftError
 from .light import LightSession, Written
-from .watching import SESSION_EXPIRED, WatchEvent, WatchHandler, WatchManager
+from .watching import WatchEvent, WatchHandler, WatchManager
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class Session(LightSession):
 
     def watch_events(self, timeout: float | None = None) -> Iterator[WatchEvent]:
         """Fired watches armed with ``watch=True``, in commit order. Ends when the session
-        closes, or when nothing came for ``timeout`` seconds."""
+        closes or expires, or when nothing came for ``timeout`` seconds."""
+        if self._watches is None and (self._closed.is_set() or self.expired):
+            return
         events = self._watch_manager().events
         while True:
             try:
@@ -117,17 +119,31 @@ class Session(LightSession):
             yield event
 
     async def watch_events_async(self, timeout: float | None = None) -> AsyncIterator[WatchEvent]:
-        """``watch_events`` for asyncio: waits without blocking the event loop."""
-        events = self._watch_manager().events
-        while True:
-            try:
-                event = await asyncio.to_thread(events.get, True, timeout)
-            except queue.Empty:
-                return
-            if event is None:
-                events.put(None)
-                return
-            yield event
+        """``watch_events`` for asyncio: waits on the event loop (no thread is parked, so
+        cancelling it loses nothing)."""
+        if self._watches is None and (self._closed.is_set() or self.expired):
+            return
+        manager = self._watch_manager()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        manager.add_async_waiter(loop, ready)
+        try:
+            while True:
+                ready.clear()
+                try:
+                    event = manager.events.get_nowait()
+                except queue.Empty:
+                    try:
+                        await asyncio.wait_for(ready.wait(), timeout)
+                    except TimeoutError:
+                        return
+                    continue
+                if event is None:
+                    manager.events.put(None)
+                    return
+                yield event
+        finally:
+            manager.remove_async_waiter(loop, ready)
 
     def _watch_manager(self) -> WatchManager:
         with self._watch_setup:
@@ -146,7 +162,7 @@ class Session(LightSession):
         them as they fire)."""
         self.expired = True
         if self._watches is not None and not self._closed.is_set():
-            self._watches.fire_all(SESSION_EXPIRED)
+            self._watches.expire()
 
     def close(self) -> None:
         """End the session now: its temporary data is deleted at once."""
@@ -196,6 +212,8 @@ class Session(LightSession):
     def _keep_alive(self) -> None:
         period = self.session_timeout / 10
         while not self._closed.wait(period):
+            if self.expired:
+                return
             if time.monotonic() - self._last_activity < self.session_timeout / 2:
                 continue
             try:

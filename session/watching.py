@@ -14,6 +14,8 @@ puts them on the session's event queue (``watch_events``). Each arming fires exa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import queue
@@ -25,7 +27,7 @@ from typing import Any, NamedTuple
 
 from zraft.transport import TransportTimeout
 
-from .errors import SessionExpired, ZraftError
+from .errors import Overloaded, Rejected, SessionExpired, ZraftError
 from .requests import TryAgain, interpret, pick_peer
 
 log = logging.getLogger(__name__)
@@ -54,29 +56,45 @@ class _Armed:
     query: Any
     handler: WatchHandler | None  # None: to the session's event queue
     epoch: str | None = None  # the leader's table it lives in; None while being armed
+    since: float = 0.0  # when its epoch became known (monotonic)
 
 
 def _epoch_peer(epoch: str) -> str:
     return epoch.rsplit("/", 2)[0]
 
 
+Delivery = tuple[WatchHandler | None, WatchEvent]
+
+
 class WatchManager:
     """Owns the armed watches of one session and the two threads that serve them."""
 
-    def __init__(self, poller: Any, poll_wait: float, margin: float) -> None:
+    def __init__(
+        self,
+        poller: Any,
+        poll_wait: float,
+        margin: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``poller``: a LightSession with the session's client id and its own sockets,
-        used by the poll thread only."""
+        used by the poll thread only. ``margin``: how much longer than ``poll_wait`` a
+        poll may take before its leader counts as lost."""
         self._poller = poller
         self._poll_wait = poll_wait
         self._margin = margin
+        self._clock = clock
+        # A watch armed in a table the poll loop has not reached yet is given this long
+        # before that table counts as lost (the loop may still be on a stale leader).
+        self._grace = poll_wait + 2 * margin
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._armed: dict[int, _Armed] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        self._left: set[str] = set()  # epochs the poll loop has moved away from
         self.events: queue.Queue[WatchEvent | None] = queue.Queue()
-        self._deliveries: queue.Queue[tuple[WatchHandler | None, WatchEvent] | None]
-        self._deliveries = queue.Queue()
+        self._deliveries: queue.Queue[Delivery | None] = queue.Queue()
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.on_expired: Callable[[], None] = lambda: None
         self._poll_thread = threading.Thread(
             target=self._poll_loop, name="zraft-watch-poll", daemon=True
@@ -105,7 +123,7 @@ class WatchManager:
         with self._lock:
             armed = self._armed.get(watch_id)
             if armed is not None and armed.epoch is None:
-                armed.epoch = epoch
+                armed.epoch, armed.since = epoch, self._clock()
 
     def abandon(self, watch_id: int) -> None:
         """The arming query failed: the watch is not ours to deliver."""
@@ -117,36 +135,43 @@ class WatchManager:
     def fire_all(self, reason: str) -> None:
         """Fire every armed watch (the session ended, say)."""
         with self._lock:
-            fired = [self._event(wid, a, reason) for wid, a in self._armed.items()]
+            for watch_id, armed in self._armed.items():
+                self._deliveries.put(self._event(watch_id, armed, reason))
             self._armed.clear()
-        self._dispatch(fired)
+
+    def expire(self) -> None:
+        """The session expired: every watch fires ``session_expired``, and the event
+        iterators end once they have taken what came before."""
+        with self._lock:
+            for watch_id, armed in self._armed.items():
+                self._deliveries.put(self._event(watch_id, armed, SESSION_EXPIRED))
+            self._armed.clear()
+            self._closed = True
+            self._changed.notify_all()
+            self._deliveries.put(None)
 
     def _event(
         self, watch_id: int, armed: _Armed, reason: str, key: str | None = None, index: int = 0
-    ) -> tuple[WatchHandler | None, WatchEvent]:
+    ) -> Delivery:
         return armed.handler, WatchEvent(watch_id, reason, key, index, armed.query)
 
-    def _dispatch(self, fired: list[tuple[WatchHandler | None, WatchEvent]]) -> None:
-        for item in fired:
-            self._deliveries.put(item)
+    def _fire_where(self, dead: Callable[[_Armed], bool]) -> None:
+        """Fire ``change_leader`` for the armed watches whose table is gone. Called with
+        the lock held: deliveries keep the order in which watches fired."""
+        gone = [wid for wid, a in self._armed.items() if a.epoch is not None and dead(a)]
+        for watch_id in gone:
+            self._deliveries.put(self._event(watch_id, self._armed.pop(watch_id), CHANGE_LEADER))
 
     def _lost(self, peer: str | None) -> None:
-        """The table at ``peer`` (every table, if None) is out of reach: its watches fire
-        ``change_leader``."""
+        """The table at ``peer`` (every table, if None) is out of reach."""
         with self._lock:
-            gone = [
-                wid
-                for wid, a in self._armed.items()
-                if a.epoch is not None and (peer is None or _epoch_peer(a.epoch) == peer)
-            ]
-            fired = [self._event(wid, self._armed.pop(wid), CHANGE_LEADER) for wid in gone]
-        self._dispatch(fired)
+            self._fire_where(lambda a: peer is None or _epoch_peer(a.epoch or "") == peer)
 
     def _take(self, epoch: str, events: list[Any]) -> int:
-        """Deliver what a poll brought; watches armed in other (older) tables fire
-        ``change_leader``. Returns the highest event seq seen."""
+        """Deliver what a poll of table ``epoch`` brought, then fire the watches whose
+        tables are gone: tables the loop left, older tables of the same peer, and tables
+        the loop never reached within the grace period. Returns the highest event seq."""
         last = 0
-        fired = []
         with self._lock:
             for event in events:
                 if not (isinstance(event, list) and len(event) == 5):
@@ -161,12 +186,18 @@ class WatchManager:
                 if armed is not None:  # else: fired already (here, as change_leader)
                     key = key if isinstance(key, str) else None
                     index = index if type(index) is int else 0
-                    fired.append(self._event(watch_id, armed, str(reason), key, index))
-            stale = [
-                wid for wid, a in self._armed.items() if a.epoch is not None and a.epoch != epoch
-            ]
-            fired.extend(self._event(wid, self._armed.pop(wid), CHANGE_LEADER) for wid in stale)
-        self._dispatch(fired)
+                    self._deliveries.put(self._event(watch_id, armed, str(reason), key, index))
+            here, now = _epoch_peer(epoch), self._clock()
+
+            def dead(a: _Armed) -> bool:
+                other = a.epoch
+                if other == epoch or other is None:
+                    return False
+                return (
+                    other in self._left or _epoch_peer(other) == here or now - a.since > self._grace
+                )
+
+            self._fire_where(dead)
         return last
 
     # ------------------------------------------------------------------ threads
@@ -188,16 +219,29 @@ class WatchManager:
             except TryAgain as error:
                 time.sleep(max(error.wait, 0.01))
                 continue
+            except (Overloaded, Rejected) as error:  # the leader is there, but busy or odd
+                log.warning("watch poll refused: %s", error)
+                time.sleep(self._margin)
+                continue
             except ZraftError as error:  # every peer failed: every table is out of reach
                 log.debug("watch poll: %s", error)
                 self._lost(None)
                 time.sleep(self._margin)
                 continue
+            except Exception:  # a bug or a closed channel must not end watching silently
+                log.exception("watch poll failed")
+                self._lost(None)
+                time.sleep(self._margin)
+                continue
             if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str)):
                 log.warning("malformed watch poll answer dropped: %r", reply)
+                time.sleep(self._margin)
                 continue
             new_epoch, events = reply
             if new_epoch != epoch:
+                if epoch:
+                    with self._lock:
+                        self._left.add(epoch)
                 epoch, after = new_epoch, 0
             after = max(after, self._take(epoch, events if isinstance(events, list) else []))
 
@@ -215,8 +259,9 @@ class WatchManager:
             raise TryAgain(f"{peer}: {error}") from None
         try:
             return interpret(tracker, peer, reply)
-        except TryAgain:  # not the leader (any more): what lived there is gone
-            self._lost(peer)
+        except TryAgain:
+            if reply.error == "not_leader":  # what lived there is gone
+                self._lost(peer)
             raise
 
     def _deliver_loop(self) -> None:
@@ -224,15 +269,36 @@ class WatchManager:
             item = self._deliveries.get()
             if item is None:
                 self.events.put(None)
+                self._notify_async()
                 return
             handler, event = item
             if handler is None:
                 self.events.put(event)
+                self._notify_async()
                 continue
             try:
                 handler(event)
             except Exception:  # the application's bug must not stop delivery
                 log.exception("watch callback for %r failed", event)
+
+    # ------------------------------------------------------------------ asyncio
+
+    def add_async_waiter(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Event) -> None:
+        with self._lock:
+            self._async_waiters.add((loop, ready))
+
+    def remove_async_waiter(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Event) -> None:
+        with self._lock:
+            self._async_waiters.discard((loop, ready))
+
+    def _notify_async(self) -> None:
+        with self._lock:
+            waiters = list(self._async_waiters)
+        for loop, ready in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(ready.set)
+
+    # ------------------------------------------------------------------ closing
 
     def stop(self) -> None:
         """Stop arming and polling; armed watches are dropped without firing."""
@@ -241,11 +307,16 @@ class WatchManager:
             self._armed.clear()
             self._changed.notify_all()
 
-    def join(self, timeout: float = 5.0) -> None:
+    def join(self) -> None:
         """Wait for the threads (a held poll ends at its deadline, or at once when the
-        session's close reaches the leader), after delivering what was already fired."""
+        session's close reaches the leader), after delivering what was already fired.
+        Safe from a watch callback (the delivery thread does not wait for itself)."""
         self.stop()
-        self._poll_thread.join(timeout)
+        self._poll_thread.join(self._poll_wait + self._margin + 1.0)
         self._deliveries.put(None)
-        self._delivery_thread.join(timeout)
-        self._poller.close()
+        if threading.current_thread() is not self._delivery_thread:
+            self._delivery_thread.join(5.0)
+        if self._poll_thread.is_alive():  # its sockets are its own: leave them to it
+            log.warning("watch poll thread still busy at close")
+        else:
+            self._poller.close()

@@ -84,10 +84,18 @@ def test_session_end_drops_its_watches_and_answers_its_poll() -> None:
     assert table.fire(4, {"a"}) == set() and table.idle
 
 
-def test_limits_and_duplicates_are_refused() -> None:
+def test_a_session_has_a_limit() -> None:
     table = _table()
     for watch_id in range(3):
         assert table.arm("s", watch_id, WatchSpec(frozenset({"a"}))) is None
-    assert table.arm("s", 1, WatchSpec(frozenset({"b"}))) is not None
     assert "at most 3" in str(table.arm("s", 9, WatchSpec(frozenset({"b"}))))
     assert table.arm("t", 9, WatchSpec(frozenset({"b"}))) is None
+
+
+def test_arming_an_armed_id_again_replaces_it() -> None:
+    table = _table()
+    table.arm("s", 1, WatchSpec(frozenset({"a"})))
+    assert table.arm("s", 1, WatchSpec(frozenset({"b"}))) is None  # a retried arming
+    assert len(table) == 1
+    assert table.fire(2, {"a"}) == set()
+    assert table.fire(3, {"b"}) == {"s"}

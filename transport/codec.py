@@ -37,7 +37,7 @@ from ..core.messages import (
 from ..core.types import Configuration, Entry, EntryKind, SnapshotMeta
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: ClientReply carries the log index
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_PEER_ID_LEN = 256
 MAX_OP_LEN = 256
