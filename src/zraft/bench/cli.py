@@ -82,6 +82,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="throughput and p99 against concurrency (needs matplotlib)",
     )  # fmt: skip
     parser.add_argument(
+        "--peer-arg", action="append", default=[], metavar="FLAG",
+        help="an extra `zraft serve` flag for every zraft peer (--peer-arg=--max-log-count=9)",
+    )  # fmt: skip
+    parser.add_argument(
         "--data-dir", type=Path, default=None,
         help="keep the peers' data here (default: a temp dir, removed)",
     )  # fmt: skip
@@ -123,6 +127,7 @@ def _config(args: argparse.Namespace) -> Any:
         lanes_per_session=args.lanes_per_session,
         cluster_id=args.cluster_id,
         root=args.data_dir,
+        peer_args=tuple(args.peer_arg),
     )
 
 

@@ -53,6 +53,7 @@ class BenchConfig:
     cluster_id: str = "zraft"
     root: Path | None = None  # where data goes; default: a temporary directory, removed
     server_log_level: str = "WARNING"
+    peer_args: Sequence[str] = ()  # extra `zraft serve` flags for every zraft peer
 
     def __post_init__(self) -> None:
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -121,9 +122,15 @@ def _run_system(
     on_result: Callable[[LevelResult], Any] | None,
 ) -> None:
     config = bench.config
-    system: System = SYSTEMS[name](
-        directory, cluster_id=config.cluster_id, log_level=config.server_log_level
-    )
+    log_level = config.server_log_level
+    system: System
+    if name == "zraft":
+        system = ZraftSystem(
+            directory, cluster_id=config.cluster_id, log_level=log_level,
+            peer_args=config.peer_args,
+        )  # fmt: skip
+    else:
+        system = SYSTEMS[name](directory, cluster_id=config.cluster_id, log_level=log_level)
     pool: ClientPool | None = None
     try:
         system.start()

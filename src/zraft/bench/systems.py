@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,8 +70,17 @@ class ZraftSystem:
     name = "zraft"
     note = "fsync on"
 
-    def __init__(self, root: Path, *, cluster_id: str = "zraft", log_level: str = "WARNING"):
-        self.cluster = LocalCluster(3, root, cluster_id=cluster_id, log_level=log_level)
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cluster_id: str = "zraft",
+        log_level: str = "WARNING",
+        peer_args: Sequence[str] = (),
+    ):
+        self.cluster = LocalCluster(
+            3, root, cluster_id=cluster_id, log_level=log_level, extra_args=list(peer_args)
+        )
         self.cluster_id = cluster_id
         self._leader: str | None = None
 
