@@ -40,14 +40,24 @@ class Lock:
 
     def acquire(self, timeout: float | None = None) -> int:
         """Wait until the lock is ours; returns its fencing token. ``RequestTimeout`` if
-        that takes longer than ``timeout`` seconds (None: wait as long as it takes)."""
+        that takes longer than ``timeout`` seconds (None: wait as long as it takes). Not
+        from a watch callback: the wait needs the delivery thread that runs it."""
         if self.token is not None:
             raise RuntimeError(f"lock {self.key!r} is already held by this Lock")
         # One Lock object per key and session: two would take the lock from each other.
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def budget() -> float | None:  # each call gets what is left (None: its default)
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RequestTimeout(f"lock {self.key!r} not acquired in {timeout}s")
+            return left
+
         while True:
             written = self.session.write_indexed(
-                kv.cas(self.key, None, self._value), temporary=True
+                kv.cas(self.key, None, self._value), budget(), temporary=True
             )
             if written.result["swapped"]:
                 self.token = written.index
@@ -55,14 +65,13 @@ class Lock:
             if written.result["value"] == self._value:
                 # Ours from an earlier acquisition whose release was lost: take it anew,
                 # for a fresh token.
-                self.session.write(kv.delete(self.key, expected=self._value))
+                self.session.write(kv.delete(self.key, expected=self._value), budget())
                 continue
             # Held by someone else: wait until that changes (a one-shot watch on the key).
             wakeup = _Wakeup()
-            if not self.session.query(kv.get(self.key), watch=wakeup)["found"]:
+            if not self.session.query(kv.get(self.key), budget(), watch=wakeup)["found"]:
                 continue  # released between our write and our read
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            event = wakeup.wait(remaining)
+            event = wakeup.wait(budget())
             if event is None:
                 raise RequestTimeout(f"lock {self.key!r} not acquired in {timeout}s")
             if event.reason == SESSION_EXPIRED:
