@@ -1,0 +1,303 @@
+"""A WatcherEx for PyCasbin whose notifications go through the Raft log.
+
+A drop-in for a redis watcher: the application keeps its adapter (the database stays the
+source of truth) and its enforcer; only the watcher changes::
+
+    w = RaftWatcher(["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"])
+    w.set_update_callback(default_update_callback(e, w))    # or your own callback(str)
+    e.set_watcher(w)
+
+Every notification the enforcer makes (``update``, ``update_for_add_policy``, ...,
+``update_for_update_policies``) becomes one log entry; every subscribed instance receives
+every notification exactly once, in log order, as a JSON string in the Go redis-watcher
+format (``Method``, ``ID``, ``Sec``, ``Ptype``, ``NewRule``/``NewRules``,
+``OldRule``/``OldRules``, ``FieldIndex``, ``FieldValues``). Its own notifications are
+skipped (``ignore_self``). An instance that was cut off catches up from the log's change
+feed when it can reach the cluster again; one that fell further behind than the feed
+reaches gets an ``Update`` message (reload from the adapter). ``AsyncRaftWatcher`` is the
+same for ``casbin.AsyncEnforcer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from casbin.persist.watcher_ex import WatcherEx
+from casbin.persist.watcher_update import WatcherUpdatable
+
+from zraft.session import LightSession
+
+from . import commands as c
+from .local_model import LocalModel
+from .sync import ChangeFeed, PolicySync, SessionFeed, Waker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AsyncRaftWatcher", "RaftWatcher", "default_update_callback", "message"]
+
+Callback = Callable[[str], None]
+
+UPDATE = "Update"
+ADD = "UpdateForAddPolicy"
+REMOVE = "UpdateForRemovePolicy"
+REMOVE_FILTERED = "UpdateForRemoveFilteredPolicy"
+SAVE = "UpdateForSavePolicy"
+ADD_MANY = "UpdateForAddPolicies"
+REMOVE_MANY = "UpdateForRemovePolicies"
+UPDATE_ONE = "UpdateForUpdatePolicy"
+UPDATE_MANY = "UpdateForUpdatePolicies"
+
+
+def message(method: str, watcher_id: str, sec: str = "", ptype: str = "", **fields: Any
+            ) -> dict[str, Any]:
+    """A message with every Go redis-watcher field (zero values where unused)."""
+    out: dict[str, Any] = {"Method": method, "ID": watcher_id, "Sec": sec, "Ptype": ptype,
+                           "OldRule": None, "OldRules": None, "NewRule": None,
+                           "NewRules": None, "FieldIndex": 0, "FieldValues": None}
+    out.update(fields)
+    return out
+
+
+def _one_rule(params: tuple[Any, ...]) -> list[str]:
+    """pycasbin passes a single rule as one list argument; Go-style callers spread it."""
+    if len(params) == 1 and isinstance(params[0], list | tuple):
+        return [str(v) for v in params[0]]
+    return [str(v) for v in params]
+
+
+def _many_rules(rules: tuple[Any, ...]) -> list[list[str]]:
+    """pycasbin passes a batch as one list of rules; Go-style callers spread the rules."""
+    if len(rules) == 1 and isinstance(rules[0], list | tuple) and all(
+        isinstance(r, list | tuple) for r in rules[0]
+    ):
+        rules = tuple(rules[0])
+    return [[str(v) for v in rule] for rule in rules]
+
+
+class _Inbox:
+    """What PolicySync drives: delivers ``message`` changes to the callback, in order."""
+
+    def __init__(self, watcher: RaftWatcher) -> None:
+        self.watcher = watcher
+        self.loaded = False
+
+    def load(self, policy: Any) -> None:
+        if self.loaded:  # fell behind the feed: messages were lost to us, so reload
+            self.watcher._deliver(message(UPDATE, ""))
+        self.loaded = True
+
+    def apply(self, change: dict[str, Any]) -> None:
+        if change.get("op") == "message":
+            self.watcher._deliver(change["message"])
+
+
+class RaftWatcher(WatcherEx, WatcherUpdatable):  # type: ignore[misc]
+    """Watcher + WatcherEx + WatcherUpdatable over zraft (see the module docstring)."""
+
+    def __init__(
+        self,
+        peers: Sequence[str] = (),
+        *,
+        local_id: str | None = None,
+        ignore_self: bool = True,
+        waker: Waker | None = None,
+        start_timeout: float = 20.0,
+        feed: ChangeFeed | None = None,
+        write: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        **session_options: Any,
+    ) -> None:
+        """``peers``: the cluster. ``feed`` and ``write`` replace the sessions made for them
+        (an in-process backend, say)."""
+        self.local_id = local_id or uuid.uuid4().hex
+        self.ignore_self = ignore_self
+        self.delivered = 0
+        self.last_published = 0  # the change counter of this watcher's last notification
+        self._callback: Callback | None = None
+        self._lock = threading.Lock()
+        self._session: LightSession | None = None
+        if write is None:
+            self._session = LightSession(list(peers), **session_options)
+            write = self._session.write
+        self._write = write
+        self._model: LocalModel | None = None  # set by default_update_callback
+        if feed is None:
+            feed = SessionFeed(list(peers), **session_options)
+        self._sync = PolicySync(_Inbox(self), feed, waker)  # type: ignore[arg-type]
+        try:
+            self._sync.start(timeout=start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ Watcher
+
+    def set_update_callback(self, callback: Callback) -> None:
+        with self._lock:
+            self._callback = callback
+
+    def update(self) -> None:
+        self._publish(message(UPDATE, self.local_id))
+
+    def close(self) -> None:
+        self._sync.stop()
+        if self._session is not None:
+            self._session.close()
+
+    # ------------------------------------------------------------------ WatcherEx
+
+    def update_for_add_policy(self, sec: str, ptype: str, *params: Any) -> None:
+        self._publish(message(ADD, self.local_id, sec, ptype, NewRule=_one_rule(params)))
+
+    def update_for_remove_policy(self, sec: str, ptype: str, *params: Any) -> None:
+        self._publish(message(REMOVE, self.local_id, sec, ptype, NewRule=_one_rule(params)))
+
+    def update_for_remove_filtered_policy(
+        self, sec: str, ptype: str, field_index: int, *field_values: str
+    ) -> None:
+        self._publish(message(REMOVE_FILTERED, self.local_id, sec, ptype,
+                              FieldIndex=int(field_index),
+                              FieldValues=[str(v) for v in field_values]))
+
+    def update_for_save_policy(self, model: Any) -> None:
+        self._publish(message(SAVE, self.local_id))
+
+    def update_for_add_policies(self, sec: str, ptype: str, *rules: Any) -> None:
+        self._publish(message(ADD_MANY, self.local_id, sec, ptype, NewRules=_many_rules(rules)))
+
+    def update_for_remove_policies(self, sec: str, ptype: str, *rules: Any) -> None:
+        self._publish(message(REMOVE_MANY, self.local_id, sec, ptype,
+                              NewRules=_many_rules(rules)))
+
+    # ------------------------------------------------------------------ WatcherUpdatable
+
+    def update_for_update_policy(self, old_rule: Sequence[str], new_rule: Sequence[str]) -> None:
+        self._publish(message(UPDATE_ONE, self.local_id, "p", "p", OldRule=list(old_rule),
+                              NewRule=list(new_rule)))
+
+    def update_for_update_policies(
+        self, old_rules: Sequence[Sequence[str]], new_rules: Sequence[Sequence[str]]
+    ) -> None:
+        self._publish(message(UPDATE_MANY, self.local_id, "p", "p",
+                              OldRules=[list(r) for r in old_rules],
+                              NewRules=[list(r) for r in new_rules]))
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def applied_seq(self) -> int:
+        """How far this watcher has read the log."""
+        return self._sync.applied_seq
+
+    def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        return self._sync.wait_for(seq, timeout)
+
+    def _publish(self, msg: dict[str, Any]) -> int:
+        if self._model is not None:
+            self._model.mark_stale()  # this instance changes its own model next
+        result = self._write(c.notify(msg))
+        self.last_published = int(result["seq"])
+        return self.last_published
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        if self.ignore_self and msg.get("ID") == self.local_id:
+            return
+        with self._lock:
+            callback = self._callback
+        if callback is None:
+            return
+        self.delivered += 1
+        callback(json.dumps(msg))
+
+
+class AsyncRaftWatcher(RaftWatcher):
+    """The same for ``casbin.AsyncEnforcer``: its notifications are awaited."""
+
+    async def update(self) -> None:  # type: ignore[override]
+        await asyncio.to_thread(RaftWatcher.update, self)
+
+    async def update_for_add_policy(self, sec: str, ptype: str, *params: Any) -> None:  # type: ignore[override]
+        await asyncio.to_thread(RaftWatcher.update_for_add_policy, self, sec, ptype, *params)
+
+    async def update_for_remove_policy(self, sec: str, ptype: str, *params: Any) -> None:  # type: ignore[override]
+        await asyncio.to_thread(RaftWatcher.update_for_remove_policy, self, sec, ptype, *params)
+
+    async def update_for_remove_filtered_policy(  # type: ignore[override]
+        self, sec: str, ptype: str, field_index: int, *field_values: str
+    ) -> None:
+        await asyncio.to_thread(RaftWatcher.update_for_remove_filtered_policy, self, sec, ptype,
+                                field_index, *field_values)
+
+    async def update_for_save_policy(self, model: Any) -> None:  # type: ignore[override]
+        await asyncio.to_thread(RaftWatcher.update_for_save_policy, self, model)
+
+    async def update_for_add_policies(self, sec: str, ptype: str, *rules: Any) -> None:  # type: ignore[override]
+        await asyncio.to_thread(RaftWatcher.update_for_add_policies, self, sec, ptype, *rules)
+
+    async def update_for_remove_policies(self, sec: str, ptype: str, *rules: Any) -> None:  # type: ignore[override]
+        await asyncio.to_thread(RaftWatcher.update_for_remove_policies, self, sec, ptype, *rules)
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+def default_update_callback(
+    enforcer: Any, watcher: RaftWatcher | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Callback:
+    """A callback applying each message to ``enforcer`` incrementally (O(1) per rule):
+    what Go redis-watcher's default callback does with the ``Self*`` methods. ``Update``
+    and ``UpdateForSavePolicy`` reload from the adapter (for an AsyncEnforcer, on
+    ``loop``). Pass the ``watcher`` so this instance's own changes keep the index right."""
+    model = LocalModel(enforcer)
+    if watcher is not None:
+        watcher._model = model
+
+    def reload() -> None:
+        result = enforcer.load_policy()
+        if asyncio.iscoroutine(result):
+            if loop is None:
+                result.close()
+                log.error("an AsyncEnforcer needs default_update_callback(..., loop=...)")
+                return
+            asyncio.run_coroutine_threadsafe(result, loop).result(timeout=60)
+        model.mark_stale()
+
+    def callback(raw: str) -> None:
+        try:
+            msg = json.loads(raw)
+            method = msg["Method"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping a malformed watcher message: %.200s", raw)
+            return
+        if method in (UPDATE, SAVE):
+            reload()
+            return
+        sec, ptype = msg.get("Sec") or "p", msg.get("Ptype") or "p"
+        change: dict[str, Any]
+        if method in (ADD, ADD_MANY, REMOVE, REMOVE_MANY):
+            rules = [msg["NewRule"]] if method in (ADD, REMOVE) else msg["NewRules"]
+            op = "add" if method in (ADD, ADD_MANY) else "remove"
+            change = {"op": op, "sec": sec, "ptype": ptype, "rules": rules or []}
+        elif method == REMOVE_FILTERED:
+            with model.reading():
+                matched = model.core.model.get_filtered_policy(
+                    sec, ptype, msg.get("FieldIndex") or 0, *(msg.get("FieldValues") or []))
+            change = {"op": "remove", "sec": sec, "ptype": ptype,
+                      "rules": [list(rule) for rule in matched]}
+        elif method in (UPDATE_ONE, UPDATE_MANY):
+            old = [msg["OldRule"]] if method == UPDATE_ONE else msg["OldRules"]
+            new = [msg["NewRule"]] if method == UPDATE_ONE else msg["NewRules"]
+            change = {"op": "update", "sec": sec, "ptype": ptype, "rules": new, "old": old}
+        else:
+            log.warning("unknown watcher method %r: reloading", method)
+            reload()
+            return
+        model.apply(change)
+
+    return callback
