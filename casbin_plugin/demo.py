@@ -8,6 +8,7 @@ vanish from every instance when the session ends.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def _answers(enforcers: list[Any], request: tuple[str, str, str]) -> str:
 
 
 def run_demo() -> int:
+    logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs each model it loads
     root = Path(tempfile.mkdtemp(prefix="zraft-casbin-demo-"))
     model_path = root / "rbac_model.conf"
     model_path.write_text(MODEL)
