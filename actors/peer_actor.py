@@ -220,10 +220,12 @@ class PeerActor(pykka.ThreadingActor):
             elif op == "bootstrap":
                 replies.append((identity, self._bootstrap(request)))
             elif op == "transfer":
-                reason = node.transfer_leadership(str(request.payload))
-                replies.append(
-                    (identity, ClientReply(request.request_id, reason is None, error=reason))
-                )
+                if node.role is not Role.LEADER:  # a redirect, which sessions follow
+                    reply = ClientReply(request.request_id, False, None, "not_leader", node.leader)
+                else:
+                    reason = node.transfer_leadership(str(request.payload))
+                    reply = ClientReply(request.request_id, reason is None, reason, reason)
+                replies.append((identity, reply))
             else:
                 error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
                 replies.append((identity, error))

@@ -69,6 +69,17 @@ def test_a_session_from_one_peer_reads_the_configuration(tmp_path: Path) -> None
             assert session.leader == leader
 
 
+@pytest.mark.timeout(60)
+def test_a_transfer_asked_of_a_follower_follows_the_redirect(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3) as cluster:
+        cluster.start()
+        leader = cluster.wait_for_leader()
+        first, target = [p for p in cluster.peers if p != leader]
+        with LightSession([first, target, leader]) as session:  # believes `first` leads
+            assert session.transfer_leadership(target, timeout=10) == target
+        assert cluster.wait_for_leader() == target
+
+
 @contextmanager
 def proxied_cluster(root: Path, size: int) -> Iterator[tuple[LocalCluster, ProxiedLinks]]:
     with local_cluster(root, size) as cluster:
