@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from zraft.bench.cli import add_bench_command, run_bench
+from zraft.chaos.cli import add_chaos_command, run_chaos
 from zraft.core import NodeOptions
 from zraft.sim import Cluster, LivenessFailure, SafetyViolation, ScheduleOptions, run_schedule
 
@@ -306,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_cmd = commands.add_parser("demo", help="run a local 3-peer cluster and fail it over")
     demo_cmd.add_argument("--peers", type=int, default=3)
     demo_cmd.add_argument("--writes", type=int, default=100)
+    demo_cmd.add_argument("what", nargs="?", choices=["raft", "casbin"], default="raft")
 
     serve_cmd = commands.add_parser("serve", help="run one peer")
     serve_cmd.add_argument("--log-level", default="INFO")
@@ -341,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     transfer_cmd.add_argument("target", help="HOST:PORT of the new leader")
 
     add_bench_command(commands)
+    add_chaos_command(commands)
 
     sim_cmd = commands.add_parser("sim", help="run or replay simulation schedules")
     sim_cmd.add_argument("--seed", type=int, default=1)
@@ -354,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "demo":
+        if args.what == "casbin":
+            from zraft.casbin.demo import run_demo
+
+            return run_demo()
         return cluster_demo(args.peers, args.writes)
     if args.command == "serve":
         return serve(args)
@@ -363,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _request(args, args.command)
     if args.command == "bench":
         return run_bench(args)
+    if args.command == "chaos":
+        return run_chaos(args)
     if args.command == "members":
         return members(args)
     if args.command == "transfer":

@@ -69,6 +69,7 @@ class LocalCluster:
         self.peers = [f"127.0.0.1:{port}" for port in free_ports(size)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.peer_args: dict[str, list[str]] = {}  # extra flags for one peer (its keys, say)
+        self.peer_env: dict[str, dict[str, str]] = {}  # extra environment (fault injection)
         self.client_curve = client_curve
         self.client = ClientChannel(cluster_id, f"local-{os.getpid()}", client_curve)
         self._session: Any = None  # a LightSession, made on the first write
@@ -108,8 +109,9 @@ class LocalCluster:
             *self.peer_args.get(peer, []),
         ]
         logfile = open(data / "peer.log", "ab")  # noqa: SIM115 (owned by the process)
+        env = {**os.environ, **self.peer_env[peer]} if self.peer_env.get(peer) else None
         self.processes[peer] = subprocess.Popen(
-            command, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         logfile.close()
 

@@ -62,22 +62,35 @@ class LinkProxy:
         self._wake_w.close()
         self._selector.close()
 
+    @property
+    def running(self) -> bool:
+        """False once the forwarding thread has ended (closed, or a bug)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stopped:
             for key, _ in self._selector.select(timeout=0.5):
-                if key.data == "wake":
-                    self._wake_r.recv(4096)
-                    if self._cut:
-                        self._drop_all()
-                elif key.fileobj is self._listener:
-                    self._accept()
-                else:
-                    self._pump(key.fileobj)  # type: ignore[arg-type]
+                try:
+                    self._handle(key)
+                except Exception:  # one bad connection must not kill the whole link
+                    log.exception("proxy %s", self.name)
+                    if key.fileobj in self._pairs:
+                        self._close_pair(key.fileobj)  # type: ignore[arg-type]
+
+    def _handle(self, key: selectors.SelectorKey) -> None:
+        if key.data == "wake":
+            self._wake_r.recv(4096)
+            if self._cut:
+                self._drop_all()
+        elif key.fileobj is self._listener:
+            self._accept()
+        else:
+            self._pump(key.fileobj)  # type: ignore[arg-type]
 
     def _accept(self) -> None:
         try:
             client, _ = self._listener.accept()
-        except BlockingIOError:
+        except OSError:  # nothing to accept after all, or the client gave up already
             return
         if self._cut:
             client.close()
@@ -87,12 +100,15 @@ class LinkProxy:
         except OSError:
             client.close()
             return
-        for sock in (client, upstream):
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._selector.register(sock, selectors.EVENT_READ, "pipe")
         self._pairs[client] = upstream
         self._pairs[upstream] = client
+        try:
+            for sock in (client, upstream):
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._selector.register(sock, selectors.EVENT_READ, "pipe")
+        except OSError:  # one side hung up already
+            self._close_pair(client)
 
     def _pump(self, sock: socket.socket) -> None:
         other = self._pairs.get(sock)
@@ -159,6 +175,10 @@ class ProxiedLinks:
     def heal(self) -> None:
         for link in self.links.values():
             link.set_cut(False)
+
+    def broken(self) -> list[str]:
+        """Links whose proxy stopped forwarding (should be none until ``close``)."""
+        return [link.name for link in self.links.values() if not link.running]
 
     def close(self) -> None:
         for link in self.links.values():
