@@ -46,7 +46,11 @@ class Session(LightSession):
         self.expired = False
         self._last_activity = time.monotonic()
         self._closed = threading.Event()
-        self._call_write("session_open", int(timeout * 1000), None)
+        try:
+            self._call_write("session_open", int(timeout * 1000), None)
+        except BaseException:
+            super().close()  # no session: its connection goes too
+            raise
         # The keep-alive has its own connection (sockets are thread-confined) and the same
         # client id, so the leader counts its pings for this session.
         self._pinger = LightSession(self.tracker.peers, client_id=self.client_id, **options)
