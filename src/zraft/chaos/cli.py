@@ -19,7 +19,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _NEMESES = ("kill", "pause", "partition", "membership", "fsync")
-_WORKLOADS = ("kv", "counter")
+_WORKLOADS = ("kv", "counter", "casbin", "lock")
+_DEFAULT_WORKLOADS = ("kv", "counter")  # one backend, so one cluster per run
 
 
 def _names(known: tuple[str, ...]) -> Any:
@@ -63,8 +64,9 @@ def add_chaos_command(commands: Any) -> None:
     cmd.add_argument("--seed", type=int, default=1, help="seed of the first run (default 1)")
     cmd.add_argument("--nemesis", type=_names(_NEMESES), default=list(_NEMESES),
                      help=f"faults, comma-separated (default: {','.join(_NEMESES)})")  # fmt: skip
-    cmd.add_argument("--workload", type=_names(_WORKLOADS), default=list(_WORKLOADS),
-                     help=f"workloads (default: {','.join(_WORKLOADS)})")  # fmt: skip
+    cmd.add_argument("--workload", type=_names(_WORKLOADS), default=list(_DEFAULT_WORKLOADS),
+                     help=f"workloads of {','.join(_WORKLOADS)} (default: "
+                          f"{','.join(_DEFAULT_WORKLOADS)}; each backend runs apart)")  # fmt: skip
     cmd.add_argument("--mixed", type=float, default=0.35,
                      help="chance that a window has two faults at once (default 0.35)")  # fmt: skip
     cmd.add_argument("--out", type=Path, default=Path("chaos-runs"),

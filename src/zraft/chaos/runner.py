@@ -63,17 +63,25 @@ class RunOptions:
             raise ValueError(f"unknown workloads {unknown}; known: {sorted(WORKLOADS)}")
         if not self.workloads:
             raise ValueError("choose at least one workload")
-        backends = {WORKLOADS[name].backend for name in self.workloads}
-        if len(backends) > 1:
-            raise ValueError(f"these workloads need different backends: {sorted(backends)}")
         if self.peers < 3:
             raise ValueError("the suite needs at least 3 peers")
         if self.seconds <= 0 or self.baseline_seconds < 0:
             raise ValueError("run and baseline durations must be positive")
 
 
+def backend_groups(workloads: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The workloads split by the backend their peers run (first-seen order): each group
+    gets a cluster of its own, one run after the other."""
+    groups: dict[str, list[str]] = {}
+    for name in workloads:
+        groups.setdefault(WORKLOADS[name].backend, []).append(name)
+    return [tuple(group) for group in groups.values()]
+
+
 def run_once(options: RunOptions) -> RunReport:
     options.validate()
+    if len(backend_groups(options.workloads)) > 1:
+        raise ValueError("one run takes workloads of one backend (run_series splits them)")
     started = datetime.datetime.now(datetime.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%S")
     run_dir = Path(options.out) / f"run-{stamp}-seed{options.seed}"
@@ -351,9 +359,12 @@ def run_series(
     reports: list[RunReport] = []
     seed = options.seed
     while not reports or time.monotonic() < deadline:
-        report = run_once(_with_seed(options, seed))
-        reports.append(report)
-        if stop_on_failure and report.verdict == "FAIL":
+        for group in backend_groups(options.workloads):  # one cluster per backend
+            report = run_once(_with_seed(dataclasses.replace(options, workloads=group), seed))
+            reports.append(report)
+            if stop_on_failure and report.verdict == "FAIL":
+                break
+        if stop_on_failure and reports[-1].verdict == "FAIL":
             break
         seed += 1
     Path(options.out).mkdir(parents=True, exist_ok=True)
@@ -372,6 +383,7 @@ __all__ = [
     "DEFAULT_WORKLOADS",
     "RunOptions",
     "SuiteSummary",
+    "backend_groups",
     "run_once",
     "run_series",
     "summarize",

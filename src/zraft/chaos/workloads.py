@@ -357,3 +357,6 @@ WORKLOADS: dict[str, type[Workload]] = {
     RegisterWorkload.name: RegisterWorkload,
     CounterWorkload.name: CounterWorkload,
 }
+
+from . import casbin_workload  # noqa: E402,F401  (it registers "casbin" here; needs the above)
+from . import lock_workload as _lock  # noqa: E402,F401  (registers "lock" here too)

@@ -1,0 +1,575 @@
+"""The ``casbin`` workload of the fault suite: Casbin instances that must converge.
+
+Peers run the Casbin backend (:class:`ChaosCasbinBackend`: ``zraft.casbin``'s backend plus
+the suite's applied-command digest, so the peers' states are compared like every other
+run's). Each client is one PyCasbin enforcer connected through ``zraft.casbin.connect``
+(side-car mode, its local model kept current by ``PolicySync``) making random add, remove
+and update calls on policies and role links over a small domain of subjects and objects.
+Every call is recorded with its outcome and, when acknowledged, the backend's result (the
+change counter ``seq`` it produced).
+
+After healing, the final read takes the committed change feed (``changes_since(0)``; a
+feed truncated by the backend's bound starts from the snapshot policy it answers instead),
+waits for every instance to apply all of it, and takes each instance's policy and its
+``enforce`` answers on a request grid. The check:
+
+* a strict serial replay of the feed: each change must be possible where it stands (an
+  add of a rule already present, a removal of an absent one, is a change applied twice);
+* every acknowledged change sits in the feed at the ``seq`` its call answered, with the
+  same rules, no two calls claim one change, and the feed orders them as real time did
+  (a call acknowledged before another began has the smaller ``seq``);
+* no change is in the feed more often than calls that could have made it were invoked;
+* every instance holds the replayed policy, and all answer ``enforce`` as a reference
+  enforcer loaded with it does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from zraft.backends.base import ApplyResult, QueryResult, SnapshotWriter
+from zraft.casbin import commands as c
+from zraft.casbin.backend import CasbinBackend
+from zraft.linearizability import Operation, Status
+from zraft.session import LightSession, Rejected, ZraftError
+
+from .backend import DIGEST_FILE
+from .workloads import FINAL_CLIENT, WORKLOADS, ClientContext, Verdict, Workload, _tally
+
+log = logging.getLogger(__name__)
+
+CASBIN_CHAOS_BACKEND: Final = "zraft.chaos.casbin_workload:ChaosCasbinBackend"
+_EMPTY_DIGEST: Final = hashlib.sha256(b"zraft-chaos").hexdigest()  # as ChaosBackend's
+
+MODEL_TEXT: Final = """
+[request_definition]
+r = sub, obj, act
+
+[policy_definition]
+p = sub, obj, act
+
+[role_definition]
+g = _, _
+
+[policy_effect]
+e = some(where (p.eft == allow))
+
+[matchers]
+m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
+"""
+USERS: Final = ("alice", "bob", "carol")
+ROLES: Final = ("admin", "reader")
+OBJECTS: Final = ("data1", "data2")
+ACTIONS: Final = ("read", "write")
+REQUESTS: Final = [(sub, obj, act) for sub in USERS + ROLES for obj in OBJECTS for act in ACTIONS]
+
+Policy = dict[str, set[tuple[str, ...]]]  # "sec/ptype" -> rules
+
+
+class ChaosCasbinBackend(CasbinBackend):
+    """The Casbin backend plus the suite's running digest of applied commands (query
+    ``{"op": "digest"}``), which travels in snapshots (see :mod:`zraft.chaos.backend`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._applied = 0
+        self._digest = _EMPTY_DIGEST
+
+    def query(self, query: Any) -> QueryResult:
+        if isinstance(query, dict) and query.get("op") == "digest":
+            return QueryResult({"applied": self._applied, "digest": self._digest})
+        return super().query(query)
+
+    def apply(self, command: Any) -> ApplyResult:
+        result = super().apply(command)
+        self._fold(command, None)
+        return result
+
+    def apply_session(self, command: Any, session_id: str) -> ApplyResult:
+        result = super().apply_session(command, session_id)
+        self._fold(command, session_id)
+        return result
+
+    def expire_session(self, session_id: str) -> frozenset[str]:
+        keys = super().expire_session(session_id)
+        self._fold({"expire": session_id}, None)
+        return keys
+
+    def snapshot(self) -> SnapshotWriter:
+        inner = super().snapshot()
+        state = json.dumps({"applied": self._applied, "digest": self._digest})
+
+        def write(directory: Path) -> None:
+            inner.write(directory)
+            (Path(directory) / DIGEST_FILE).write_text(state, encoding="utf-8")
+
+        return SnapshotWriter(write, background=inner.background)
+
+    def install(self, directory: Path) -> None:
+        super().install(directory)
+        try:
+            state = json.loads((Path(directory) / DIGEST_FILE).read_text(encoding="utf-8"))
+            self._applied, self._digest = int(state["applied"]), str(state["digest"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            # Restarting the digest shows up as a divergence instead of hiding one.
+            log.error("snapshot %s has no usable chaos digest: %s", directory, error)
+            self._applied, self._digest = 0, _EMPTY_DIGEST
+
+    def _fold(self, command: Any, session_id: str | None) -> None:
+        packed = msgpack.packb([session_id, command], use_bin_type=True)
+        self._digest = hashlib.sha256(self._digest.encode("ascii") + packed).hexdigest()
+        self._applied += 1
+
+
+# --------------------------------------------------------------------------- final state
+
+
+@dataclass(slots=True)
+class InstanceState:
+    """One instance after healing: how far it applied, what it holds, what it answers."""
+
+    applied_seq: int
+    policy: Policy
+    answers: list[bool]
+
+
+@dataclass(slots=True)
+class CasbinFinal:
+    """The committed feed (from ``base``, the policy at ``base_seq``) and the instances."""
+
+    base_seq: int = 0
+    base: Policy = field(default_factory=dict)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    instances: dict[str, InstanceState | None] = field(default_factory=dict)
+
+    @property
+    def truncated(self) -> bool:
+        return self.base_seq > 0
+
+
+def policy_of(enforcer: Any) -> Policy:
+    """An enforcer's rules as sets per "sec/ptype" (order differs between instances)."""
+    out: Policy = {}
+    for sec in ("p", "g"):
+        for ptype, assertion in (enforcer.get_model()[sec] or {}).items():
+            if assertion.policy:
+                out[f"{sec}/{ptype}"] = {tuple(rule) for rule in assertion.policy}
+    return out
+
+
+def _from_listing(listing: list[Any]) -> Policy:
+    """The backend's ``[[sec, ptype, rules], ...]`` as a Policy."""
+    return {f"{sec}/{ptype}": {tuple(r) for r in rules} for sec, ptype, rules in listing if rules}
+
+
+def _to_listing(policy: Policy) -> list[list[Any]]:
+    return [
+        [*name.split("/", 1), [list(rule) for rule in sorted(rules)]]
+        for name, rules in sorted(policy.items())
+        if rules
+    ]
+
+
+def new_enforcer() -> Any:
+    """A PyCasbin enforcer on the workload's RBAC model (PyCasbin imported here only:
+    peers import this module for the backend and need no PyCasbin)."""
+    import casbin
+    from casbin.model import Model
+
+    model = Model()
+    model.load_model_from_text(MODEL_TEXT)
+    return casbin.SyncedEnforcer(model)
+
+
+def reference_answers(policy: Policy) -> list[bool]:
+    """``enforce`` on the request grid by a fresh enforcer holding ``policy``."""
+    from zraft.casbin.local_model import LocalModel
+
+    enforcer = new_enforcer()
+    LocalModel(enforcer).load(_to_listing(policy))
+    return [bool(enforcer.enforce(*request)) for request in REQUESTS]
+
+
+# --------------------------------------------------------------------------- the workload
+
+
+class CasbinWorkload(Workload):
+    """Policy and role-link changes from several Casbin instances (see the module doc)."""
+
+    name = "casbin"
+    backend = CASBIN_CHAOS_BACKEND
+    clients = 3
+    CONNECT_TIMEOUT = 20.0
+
+    def __init__(self, seed: int, history_path: Path | None = None) -> None:
+        super().__init__(seed, history_path)
+        self._lock = threading.Lock()
+        self.nodes: dict[int, Any] = {}  # client -> CasbinNode (closed by close())
+        self.enforcers: dict[int, Any] = {}
+        self._results: dict[int, dict[str, Any]] = {}  # client -> its last dispatch result
+        self.final: CasbinFinal | None = None
+        self.final_error = ""
+
+    # ------------------------------------------------------------------ clients
+
+    def run_client(self, client: int, context: ClientContext, stop: threading.Event) -> None:
+        """Connect one enforcer (retrying while the cluster cannot answer), then make
+        changes through it until ``stop``. The instance stays connected for the check."""
+        rng = random.Random(f"{self.seed}-{self.name}-{client}")
+        while not stop.is_set() and client not in self.nodes:
+            try:
+                self._connect(client, context)
+            except Exception as error:  # no leader yet, a fault: try again
+                log.warning("casbin instance %d could not connect: %s", client, error)
+                stop.wait(0.5)
+        while not stop.is_set():
+            try:
+                self.operate(client, None, rng, context.op_timeout)  # type: ignore[arg-type]
+            except Exception:  # a bug in the workload must not kill the run silently
+                log.exception("%s client %d", self.name, client)
+                stop.wait(0.1)
+
+    def _connect(self, client: int, context: ClientContext) -> None:
+        from zraft.casbin.cluster import connect
+
+        enforcer = new_enforcer()
+        node = connect(
+            enforcer, list(context.peers), cluster_id=context.cluster_id,
+            election_timeout=context.election_timeout, timeout=context.op_timeout,
+            apply_timeout=context.op_timeout, start_timeout=self.CONNECT_TIMEOUT,
+        )  # fmt: skip
+        original = node.dispatcher.dispatch
+
+        def dispatch(command: dict[str, Any]) -> dict[str, Any]:
+            # Keep the backend's answer (its seq): the enforcer's methods return a bool.
+            result: dict[str, Any] = original(command)
+            self._results[client] = result
+            return result
+
+        node.dispatcher.dispatch = dispatch
+        with self._lock:
+            self.nodes[client] = node
+            self.enforcers[client] = enforcer
+
+    def operate(
+        self, client: int, session: LightSession, rng: random.Random, timeout: float
+    ) -> None:
+        """One random change through instance ``client``'s enforcer (``session`` unused:
+        the enforcer writes through its own)."""
+        enforcer = self.enforcers[client]
+        sec = "p" if rng.random() < 0.6 else "g"
+        held = [
+            tuple(r)
+            for r in (enforcer.get_policy() if sec == "p" else enforcer.get_grouping_policy())
+        ]
+        roll = rng.random()
+        if roll < 0.45 or not held:
+            rule, old, op = _random_rule(sec, rng), None, "add"
+        elif roll < 0.8:  # mostly a rule this instance holds, sometimes one it may not
+            rule, old, op = _held_or_random(held, sec, rng), None, "remove"
+        else:
+            old, op = rng.choice(held), "update"
+            rule = _random_rule(sec, rng)
+            while rule == old:
+                rule = _random_rule(sec, rng)
+        self.change(client, op, sec, rule, old)
+
+    def change(
+        self,
+        client: int,
+        op: str,
+        sec: str,
+        rule: tuple[str, ...],
+        old: tuple[str, ...] | None = None,
+    ) -> Status:
+        """Make one change through ``client``'s enforcer and record it with its outcome."""
+        enforcer = self.enforcers[client]
+        word = "policy" if sec == "p" else "grouping_policy"
+        value: dict[str, Any] = {"sec": sec, "ptype": sec, "rules": [list(rule)]}
+        if op == "update":
+            assert old is not None
+            value["old"] = [list(old)]
+            call = lambda: getattr(enforcer, f"update_{word}")(list(old), list(rule))  # noqa: E731
+        else:
+            call = lambda: getattr(enforcer, f"{op}_{word}")(*rule)  # noqa: E731
+        handle = self.history.invoke(client, op, f"{sec}/{sec}", value=value)
+        self._results.pop(client, None)
+        try:
+            returned = call()
+        except Rejected:
+            self.history.fail(handle)
+            return Status.FAIL
+        except ZraftError:  # timeouts, no leader, committed but not applied here in time
+            self.history.unknown(handle)
+            time.sleep(0.05)
+            return Status.UNKNOWN
+        result = self._results.get(client) or {}
+        self.history.ok(
+            handle,
+            {
+                "returned": bool(returned),
+                "changed": bool(result.get("changed")),
+                "seq": int(result.get("seq", -1)),
+            },
+        )
+        return Status.OK
+
+    # ------------------------------------------------------------------ after healing
+
+    def final_read(self, session: LightSession, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        final = CasbinFinal()
+        try:
+            since = 0
+            while True:
+                answer = session.query(
+                    c.changes_since(since, limit=1000), max(0.5, deadline - time.monotonic())
+                )
+                if "full" in answer:  # the feed no longer reaches back: start from its policy
+                    final.base_seq, final.base = answer["seq"], _from_listing(answer["full"])
+                    final.changes = []
+                    since = answer["seq"]
+                    continue
+                final.changes.extend(answer["changes"])
+                since = answer["seq"]
+                if not answer.get("more"):
+                    break
+            final.seq = since
+        except ZraftError as error:
+            self.final_error = f"reading the change feed failed: {error}"
+            log.warning("%s", self.final_error)
+            return
+        for client in sorted(self.nodes):
+            node, enforcer = self.nodes[client], self.enforcers[client]
+            node.sync.wait_for(final.seq, max(0.1, deadline - time.monotonic()))
+            # No lock taken: the clients have stopped, and the enforcer's own read lock
+            # (taken by get_model and enforce) keeps out a straggling change.
+            final.instances[f"instance-{client}"] = InstanceState(
+                node.sync.applied_seq,
+                policy_of(enforcer),
+                [bool(enforcer.enforce(*request)) for request in REQUESTS],
+            )
+        for client in range(self.clients):
+            final.instances.setdefault(f"instance-{client}", None)  # never connected
+        self.final = final
+
+    def check(self, timeout: float) -> Verdict:
+        ops = self.history.operations()
+        verdict = _tally(self.name, ops)
+        if self.final is None:
+            verdict.ok = None
+            verdict.anomalies.append(self.final_error or "no final read: nothing checked")
+            return verdict
+        verdict.anomalies.extend(check_casbin(ops, self.final))
+        if verdict.anomalies:
+            verdict.ok = False
+        truncated = (
+            f" (feed truncated: replayed from the policy at {self.final.base_seq})"
+            if self.final.truncated
+            else ""
+        )
+        verdict.detail = (
+            f"casbin: {len(self.final.changes)} changes replayed{truncated}, "
+            f"{len(self.final.instances)} instances, "
+            + (
+                "no anomaly"
+                if not verdict.anomalies
+                else "anomalies:\n" + "\n".join(f"  {a}" for a in verdict.anomalies)
+            )
+        )
+        return verdict
+
+    def close(self) -> None:
+        with self._lock:
+            nodes, self.nodes = dict(self.nodes), {}
+        for node in nodes.values():
+            try:
+                node.close()
+            except Exception:  # closing one must not leave the others open
+                log.exception("closing a casbin instance")
+        super().close()
+
+
+def _held_or_random(held: list[tuple[str, ...]], sec: str, rng: random.Random) -> tuple[str, ...]:
+    return rng.choice(held) if rng.random() < 0.8 else _random_rule(sec, rng)
+
+
+def _random_rule(sec: str, rng: random.Random) -> tuple[str, ...]:
+    if sec == "g":
+        return (rng.choice(USERS), rng.choice(ROLES))
+    return (rng.choice(USERS + ROLES), rng.choice(OBJECTS), rng.choice(ACTIONS))
+
+
+# --------------------------------------------------------------------------- the checker
+
+_LISTED = 10
+
+
+def replay(final: CasbinFinal) -> tuple[Policy, list[str]]:
+    """The feed applied serially to its base, strictly: (the policy, what was impossible)."""
+    state: Policy = {name: set(rules) for name, rules in final.base.items()}
+    problems: list[str] = []
+    expected = final.base_seq + 1
+    for change in final.changes:
+        seq = change.get("seq")
+        if seq != expected:
+            problems.append(f"the feed skips from change {expected - 1} to {seq}")
+        expected = (seq if isinstance(seq, int) else expected) + 1
+        op = change.get("op")
+        if op == "message":
+            continue
+        if op == "clear":
+            state = {}
+            continue
+        rules = state.setdefault(f"{change['sec']}/{change['ptype']}", set())
+        if op == "update":
+            for rule in map(tuple, change.get("old", [])):
+                if rule not in rules:
+                    problems.append(f"change {seq} updates {list(rule)}, which is absent")
+                rules.discard(rule)
+        for rule in map(tuple, change.get("rules", [])):
+            if op == "remove":
+                if rule not in rules:
+                    problems.append(f"change {seq} removes {list(rule)} again (applied twice)")
+                rules.discard(rule)
+            else:
+                if rule in rules:
+                    problems.append(f"change {seq} adds {list(rule)} again (applied twice)")
+                rules.add(rule)
+    return {name: rules for name, rules in state.items() if rules}, problems
+
+
+def _content(op: str, sec: str, ptype: str, rules: Any, old: Any = None) -> str:
+    return json.dumps([op, sec, ptype, rules, old or []])
+
+
+def check_casbin(ops: list[Operation], final: CasbinFinal) -> list[str]:
+    """The anomalies of a casbin history given the final read (empty: none)."""
+    problems: list[str] = []
+    state, impossible = replay(final)
+    _note(problems, "changes impossible where the feed has them", impossible)
+    by_seq = {change["seq"]: change for change in final.changes if "seq" in change}
+    changes = [op for op in ops if op.client != FINAL_CLIENT]
+    acked = [
+        op for op in changes
+        if op.status is Status.OK and isinstance(op.output, dict) and op.output.get("changed")
+    ]  # fmt: skip
+    acked_ids = {op.id for op in acked}
+    missing, claims = [], Counter[int]()
+    for op in acked:
+        seq = op.output["seq"]
+        claims[seq] += 1
+        if seq <= final.base_seq:
+            continue  # before the truncated feed: only the end state vouches for it
+        change = by_seq.get(seq)
+        want = _content(
+            op.op, op.value["sec"], op.value["ptype"], op.value["rules"], op.value.get("old")
+        )
+        if (
+            change is None
+            or _content(
+                change.get("op", ""),
+                change.get("sec", ""),
+                change.get("ptype", ""),
+                change.get("rules"),
+                change.get("old"),
+            )
+            != want
+        ):
+            missing.append(f"#{op.id} {op.op} {op.value['rules']} (seq {seq})")
+    _note(problems, "acknowledged changes missing from the feed", missing)
+    _note(
+        problems,
+        "changes claimed by two acknowledged calls",
+        [f"seq {s}" for s, n in claims.items() if n > 1],
+    )
+    # Real-time order: a call acknowledged before another began holds the smaller seq.
+    by_complete = sorted(
+        (op for op in acked if op.complete is not None), key=lambda op: op.complete or 0.0
+    )
+    out_of_order, latest, position = [], (-1, -1), 0
+    for op in sorted(acked, key=lambda op: op.invoke):
+        while position < len(by_complete) and (by_complete[position].complete or 0) < op.invoke:
+            done = by_complete[position]
+            latest = max(latest, (done.output["seq"], done.id))
+            position += 1
+        if latest[0] >= op.output["seq"]:
+            out_of_order.append(
+                f"#{op.id} (seq {op.output['seq']}) after #{latest[1]} (seq {latest[0]})"
+            )
+    _note(problems, "acknowledged changes ordered against real time", out_of_order)
+    # Nothing is in the feed more often than calls that could have made it were invoked.
+    possible = Counter(
+        _content(op.op, op.value["sec"], op.value["ptype"], op.value["rules"],
+                 op.value.get("old"))
+        for op in changes
+        if op.status is Status.UNKNOWN or op.id in acked_ids
+    )  # fmt: skip
+    present = Counter(
+        _content(ch.get("op", ""), ch.get("sec", ""), ch.get("ptype", ""), ch.get("rules"),
+                 ch.get("old"))
+        for ch in final.changes if ch.get("op") in ("add", "remove", "update")
+    )  # fmt: skip
+    _note(
+        problems,
+        "changes in the feed more often than invoked (applied twice or invented)",
+        [f"{content} x{n}" for content, n in present.items() if n > possible[content]],
+    )
+    # The instances: converged, holding the replay, answering alike.
+    want_answers = reference_answers(state)
+    for name, instance in sorted(final.instances.items()):
+        if instance is None:
+            problems.append(f"{name}: never connected, so never checked")
+            continue
+        if instance.applied_seq != final.seq:
+            problems.append(
+                f"{name}: applied up to change {instance.applied_seq}, not "
+                f"{final.seq}, within the timeout (did not converge)"
+            )
+        if instance.policy != state:
+            problems.append(
+                f"{name}: its policy differs from the serial replay: "
+                + _difference(instance.policy, state)
+            )
+        if instance.answers != want_answers:
+            wrong = [
+                list(REQUESTS[i])
+                for i, (a, b) in enumerate(zip(instance.answers, want_answers, strict=False))
+                if a != b
+            ]
+            problems.append(f"{name}: enforce answers differ from the replay's on {wrong}")
+    return problems
+
+
+def _difference(have: Policy, want: Policy) -> str:
+    extra = sorted(f"{n} {list(r)}" for n in have for r in have[n] - want.get(n, set()))
+    lost = sorted(f"{n} {list(r)}" for n in want for r in want[n] - have.get(n, set()))
+    return f"extra {extra[:_LISTED]}, missing {lost[:_LISTED]}"
+
+
+def _note(problems: list[str], what: str, items: list[str]) -> None:
+    if items:
+        shown = ", ".join(items[:_LISTED]) + (" ..." if len(items) > _LISTED else "")
+        problems.append(f"{len(items)} {what}: {shown}")
+
+
+# Registered here, not in workloads.py: this module needs the base classes there, and
+# workloads.py imports this one at its end (either may be imported first).
+WORKLOADS[CasbinWorkload.name] = CasbinWorkload
+
+__all__ = [
+    "CASBIN_CHAOS_BACKEND", "CasbinFinal", "CasbinWorkload", "ChaosCasbinBackend",
+    "InstanceState", "check_casbin", "replay",
+]  # fmt: skip
