@@ -253,10 +253,17 @@ class WatchManager:
             reply = self._poller._send(
                 peer, "watch_poll", payload, self._poll_wait + self._margin, 0, 0
             )
-        except TransportTimeout as error:
-            tracker.failed(peer)
-            self._lost(peer)
-            raise TryAgain(f"{peer}: {error}") from None
+        except TransportTimeout:
+            # Ask once more without waiting before giving the table up: a client that was
+            # paused itself (SIGSTOP, a long GC) finds its poll timed out, not its leader.
+            try:
+                reply = self._poller._send(
+                    peer, "watch_poll", {**payload, "wait_ms": 0}, self._margin, 0, 0
+                )
+            except TransportTimeout as error:
+                tracker.failed(peer)
+                self._lost(peer)
+                raise TryAgain(f"{peer}: {error}") from None
         try:
             return interpret(tracker, peer, reply)
         except TryAgain:

@@ -121,10 +121,27 @@ def test_a_leader_that_stops_answering_loses_its_watches(leader: ScriptedLeader)
     watch_id = manager.begin("q", seen)
     manager.armed(watch_id, EPOCH_A)
     leader.answers.put(TransportTimeout("no answer"))
+    leader.answers.put(TransportTimeout("still no answer"))  # the quick second try
     event = seen.next()
     assert (event.watch_id, event.reason, event.key, event.index) == (
         watch_id, CHANGE_LEADER, None, 0,
     )  # fmt: skip
+    manager.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_poll_that_timed_out_once_is_asked_again_before_giving_up(
+    leader: ScriptedLeader,
+) -> None:
+    manager, seen = _manager(leader), Seen()  # e.g. this process was paused past it
+    watch_id = manager.begin("q", seen)
+    manager.armed(watch_id, EPOCH_A)
+    leader.answers.put(TransportTimeout("no answer"))
+    leader.answers.put(_events(EPOCH_A, [1, watch_id, CHANGE, "k", 3]))
+    event = seen.next()
+    assert (event.reason, event.index) == (CHANGE, 3)
+    assert leader.polls.get(timeout=5)[1]["wait_ms"] == 50
+    assert leader.polls.get(timeout=5)[1]["wait_ms"] == 0
     manager.join()
 
 
