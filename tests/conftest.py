@@ -5,3 +5,5 @@ from __future__ import annotations
 import os
 
 SOAK = os.environ.get("ZRAFT_SOAK", "") not in ("", "0")
+
+from tests.chaos_support import chaos_out  # noqa: E402,F401  (a fixture for the chaos tests)

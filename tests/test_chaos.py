@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,28 +226,6 @@ CI_RUNS: list[dict[str, Any]] = [
     {"seed": 12, "nemeses": ("partition", "membership"), "seconds": 12.0, "mixed": 1.0},
     {"seed": 13, "nemeses": ("fsync", "partition", "kill"), "seconds": 14.0, "mixed": 1.0},
 ]
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line mentions ``text`` (a run directory): leftovers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-@pytest.fixture
-def chaos_out(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "runs"
-    leftovers = _processes_mentioning(str(tmp_path))
-    assert not leftovers, f"peer processes left running: {leftovers}"
 
 
 def _assert_passed(report: RunReport, nemeses: tuple[str, ...]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from zraft.chaos.runner import RunOptions, backend_groups, run_once
 from zraft.chaos.workloads import WORKLOADS
 from zraft.linearizability import History, Operation
 
-from .test_chaos import FakeClock, _processes_mentioning
+from .test_chaos import FakeClock
 
 # (client, op, sec, rule, old, outcome, seq): seq None = no output (unknown)
 CALLS: list[tuple[int, str, str, list[str], list[str] | None, str, int | None]] = [
@@ -247,13 +246,6 @@ def test_workloads_of_different_backends_run_apart() -> None:
 
 
 # --------------------------------------------------------------------------- a real run
-
-
-@pytest.fixture
-def chaos_out(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "runs"
-    leftovers = _processes_mentioning(str(tmp_path))
-    assert not leftovers, f"peer processes left running: {leftovers}"
 
 
 @pytest.mark.timeout(300)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz.targets import (
@@ -25,17 +25,7 @@ from fuzz.targets import (
     stream_seeds,
     toml_seeds,
 )
-
-
-def fuzz(examples: int) -> settings:
-    """Bounded and derandomized for CI (the same inputs every run: not flaky)."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-        database=None,
-    )
+from tests.fuzzing import fuzz
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz.targets import (
@@ -27,18 +27,8 @@ from fuzz.targets import (
     meta_seeds,
     record_seeds,
 )
+from tests.fuzzing import fuzz
 from zraft.storage import CorruptHardStateError, CorruptSnapshotError
-
-
-def fuzz(examples: int) -> settings:
-    """Bounded and derandomized for CI (the same inputs every run: not flaky)."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-        database=None,
-    )
 
 
 @pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ import tracemalloc
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz.targets import (
@@ -23,18 +23,8 @@ from fuzz.targets import (
     check,
     codec_seeds,
 )
+from tests.fuzzing import fuzz
 from zraft.transport import PROTOCOL_VERSION, FrameError, decode_batch
-
-
-def fuzz(examples: int) -> settings:
-    """Bounded and derandomized for CI (the same inputs every run: not flaky)."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-        database=None,
-    )
 
 
 @pytest.mark.timeout(120)
