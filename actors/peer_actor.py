@@ -221,7 +221,7 @@ class PeerActor(pykka.ThreadingActor):
                 replies.append((identity, self._bootstrap(request)))
             elif op == "transfer":
                 if node.role is not Role.LEADER:  # a redirect, which sessions follow
-                    reply = ClientReply(request.request_id, False, None, "not_leader", node.leader)
+                    reply = self._not_leader(request)
                 else:
                     reason = node.transfer_leadership(str(request.payload))
                     reply = ClientReply(request.request_id, reason is None, reason, reason)
@@ -281,7 +281,7 @@ class PeerActor(pykka.ThreadingActor):
             reply = ClientReply(request.request_id, False, "[query, watch id]", "bad_request")
             return [(identity, reply)]
         if self.node.role is not Role.LEADER:
-            reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            reply = self._not_leader(request)
             return [(identity, reply)]
         context = next(self._contexts)
         watch = (request.client_id, payload[1])
@@ -305,7 +305,7 @@ class PeerActor(pykka.ThreadingActor):
             )
             return [(identity, reply)]
         if self.node.role is not Role.LEADER:
-            reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            reply = self._not_leader(request)
             return [(identity, reply)]
         if not self._caught_up():  # it would not know a session opened just before
             return [(identity, ClientReply(request.request_id, False, "catching up", "retry"))]
@@ -315,6 +315,10 @@ class PeerActor(pykka.ThreadingActor):
         self.session_actor.tell(poll)
         return []
 
+    def _not_leader(self, request: ClientRequest) -> ClientReply:
+        """The answer to a leader-only request that reached a non-leader: a redirect."""
+        return ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+
     def _caught_up(self) -> bool:
         """Our state machine has applied an entry of our term (at least our no-op), so it
         holds everything committed before we led: a session it lacks is really gone."""
@@ -322,7 +326,7 @@ class PeerActor(pykka.ThreadingActor):
 
     def _ping(self, request: ClientRequest) -> ClientReply:
         if self.node.role is not Role.LEADER:
-            return ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            return self._not_leader(request)
         if not self._caught_up():
             return ClientReply(request.request_id, False, "catching up", "retry")
         if request.client_id not in self.session_table():
@@ -367,7 +371,7 @@ class PeerActor(pykka.ThreadingActor):
                 (identity, ClientReply(request.request_id, False, "voters: list", "bad_request"))
             ]
         if self.node.role is not Role.LEADER:
-            reply = ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
+            reply = self._not_leader(request)
             return [(identity, reply)]
         target = Configuration.of(voters, learners)
         if self.node.membership_stable and self.node.config == target:

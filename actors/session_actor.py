@@ -117,8 +117,7 @@ class SessionActor(pykka.ThreadingActor):
         elif isinstance(message, LeadershipLost):
             self._refuse_waiting_watch_reads()
             self._answer_polls(self.watches.lose_leadership())
-            self.metrics["watches_fired"] = self.watches.fired
-            self.metrics["watches_armed"] = 0
+            self._count_watches()
         return None
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -230,9 +229,12 @@ class SessionActor(pykka.ThreadingActor):
                 touched.discard(applied.ended_session)
                 answers.extend(self.watches.end_session(applied.ended_session))
         answers.extend(self.watches.deliver(sorted(touched)))
+        self._count_watches()
+        return _poll_replies(answers)
+
+    def _count_watches(self) -> None:
         self.metrics["watches_fired"] = self.watches.fired
         self.metrics["watches_armed"] = len(self.watches)
-        return _poll_replies(answers)
 
     def _poll(self, poll: WatchPoll) -> None:
         if not self.state.has_session(poll.session):
@@ -278,7 +280,7 @@ class SessionActor(pykka.ThreadingActor):
         refused = self.watches.arm(session, watch_id, spec)
         if refused is not None:
             return ClientReply(read.request_id, False, refused, "rejected")
-        self.metrics["watches_armed"] = len(self.watches)
+        self._count_watches()
         return ClientReply(read.request_id, True, [data, self.watches.epoch])
 
     # ------------------------------------------------------------------ reading

@@ -135,17 +135,18 @@ class WatchManager:
     def fire_all(self, reason: str) -> None:
         """Fire every armed watch (the session ended, say)."""
         with self._lock:
-            for watch_id, armed in self._armed.items():
-                self._deliveries.put(self._event(watch_id, armed, reason))
-            self._armed.clear()
+            self._fire_all_locked(reason)
+
+    def _fire_all_locked(self, reason: str) -> None:
+        for watch_id, armed in self._armed.items():
+            self._deliveries.put(self._event(watch_id, armed, reason))
+        self._armed.clear()
 
     def expire(self) -> None:
         """The session expired: every watch fires ``session_expired``, and the event
         iterators end once they have taken what came before."""
         with self._lock:
-            for watch_id, armed in self._armed.items():
-                self._deliveries.put(self._event(watch_id, armed, SESSION_EXPIRED))
-            self._armed.clear()
+            self._fire_all_locked(SESSION_EXPIRED)
             self._closed = True
             self._changed.notify_all()
             self._deliveries.put(None)
