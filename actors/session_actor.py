@@ -150,7 +150,7 @@ class SessionActor(pykka.ThreadingActor):
                 replies.append(
                     (
                         pending.identity,
-                        reply_for(pending.request_id, applied.outcome, None, applied.index),
+                        reply_for(pending.request_id, applied.outcome, None, applied.answered_at),
                     )
                 )
         self.metrics["applied_entries"] += len(entries)

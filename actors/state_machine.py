@@ -39,7 +39,8 @@ _MAX_SESSION_TIMEOUT_MS = 86_400_000
 @dataclass(slots=True)
 class _ClientRecord:
     acked: int = 0  # results up to this seq were received by the client and forgotten
-    results: dict[int, Outcome] = field(default_factory=dict)
+    # seq -> (outcome, index of the entry that produced it): a retry is answered with both
+    results: dict[int, tuple[Outcome, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,14 @@ class Applied:
     outcome: Outcome | None
     trigger_keys: frozenset[str] = frozenset()
     ended_session: str | None = None  # a session closed or expired by this entry
+    # For a retried write, the index of the first copy, whose apply produced ``outcome``
+    # (so a retry reports the index of the write it repeats); 0: this entry's own.
+    first_index: int = 0
+
+    @property
+    def answered_at(self) -> int:
+        """The log index that answers the client: where its write took effect."""
+        return self.first_index or self.index
 
 
 def _outcome(result: ApplyResult | Failure) -> Outcome:
@@ -125,13 +134,14 @@ class ReplicatedState:
         if record is not None:
             cached = self._cached(record, command)
             if cached is not None:
-                return Applied(entry.index, entry.term, cached)
+                outcome, first_index = cached
+                return Applied(entry.index, entry.term, outcome, first_index=first_index)
         result, keys = self._execute(command)
         outcome = _outcome(result)
         if command.kind == CommandKind.SESSION_CLOSE:
             return Applied(entry.index, entry.term, outcome, keys, command.client_id)
         if record is not None:
-            self._remember(record, command.seq, outcome)
+            self._remember(record, command.seq, outcome, entry.index)
         return Applied(entry.index, entry.term, outcome, keys)
 
     def _execute(self, command: Command) -> tuple[ApplyResult | Failure, frozenset[str]]:
@@ -189,16 +199,16 @@ class ReplicatedState:
                 del results[oldest]
         return record
 
-    def _cached(self, record: _ClientRecord, command: Command) -> Outcome | None:
+    def _cached(self, record: _ClientRecord, command: Command) -> tuple[Outcome, int] | None:
         if command.seq in record.results:
             return record.results[command.seq]  # a retry: the first result, not a new apply
         if command.seq <= record.acked:
             failure = Failure("rejected", f"request {command.seq} was already acknowledged")
-            return _outcome(failure)
+            return _outcome(failure), 0
         return None
 
-    def _remember(self, record: _ClientRecord, seq: int, outcome: Outcome) -> None:
-        record.results[seq] = outcome
+    def _remember(self, record: _ClientRecord, seq: int, outcome: Outcome, index: int) -> None:
+        record.results[seq] = (outcome, index)
         while len(record.results) > self.max_results_per_client:
             oldest = next(iter(record.results))
             del record.results[oldest]
@@ -222,7 +232,7 @@ class ReplicatedState:
             [
                 client,
                 record.acked,
-                [[seq, ok, value] for seq, (ok, value) in record.results.items()],
+                [[seq, ok, value, index] for seq, ((ok, value), index) in record.results.items()],
             ]
             for client, record in self._clients.items()
         ]
@@ -251,9 +261,13 @@ def _parse_tables(raw: Any) -> OrderedDict[str, _ClientRecord]:
             raise ValueError(f"bad client row in snapshot: {row!r}")
         record = _ClientRecord(acked)
         for item in results:
-            if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int):
+            # [seq, ok, value, index]; snapshots before the index was kept have no index
+            if not (isinstance(item, list) and len(item) in (3, 4) and type(item[0]) is int):
                 raise ValueError(f"bad result in snapshot for client {client}")
-            record.results[item[0]] = (bool(item[1]), item[2])
+            index = item[3] if len(item) == 4 else 0
+            if type(index) is not int:
+                raise ValueError(f"bad result index in snapshot for client {client}")
+            record.results[item[0]] = ((bool(item[1]), item[2]), index)
         clients[client] = record
     return clients
 

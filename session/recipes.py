@@ -10,11 +10,12 @@ The lock is a temporary key created by compare-and-set, so it is held by one ses
 time and goes when the holder's session closes or expires. A waiter watches the key and
 tries again when the watch fires. **A lock alone cannot protect a resource**: a holder may
 be paused (GC, SIGSTOP, a slow disk) past its session timeout, lose the lock, and wake up
-still believing it holds it. So every acquisition comes with a *fencing token*, a log
-index inside the hold (that of the write that took the lock, or of its retry): tokens grow
-from holder to holder. A resource that remembers the highest token it has seen and
-refuses lower ones never accepts an older holder's write after a newer holder's (it cannot
-stop the older one before the newer one reaches it). Only ``Lock`` may write the key.
+still believing it holds it. So every acquisition comes with a *fencing token*: the log
+index of the write that created the lock key (a retried write reports its first copy's
+index, so the token is that of the creation): tokens grow from holder to holder. A
+resource that remembers the highest token it has seen and refuses lower ones never
+accepts an older holder's write after a newer holder's (it cannot stop the older one
+before the newer one reaches it). Only ``Lock`` may write the key.
 """
 
 from __future__ import annotations

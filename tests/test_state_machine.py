@@ -31,6 +31,8 @@ def test_a_retried_write_returns_the_first_result_and_applies_once() -> None:
     first = state.apply([write(1, kv.cas("k", None, "v1"), seq=1)])[0]
     retry = state.apply([write(2, kv.cas("k", None, "v2"), seq=1)])[0]
     assert retry.outcome == first.outcome
+    # ...and the index where the write took effect (a lock's fencing token is that index)
+    assert (first.answered_at, retry.index, retry.answered_at) == (1, 2, 1)
     assert state.query(kv.get("k")).data == {"found": True, "value": "v1"}
     # a new seq is a new write
     state.apply([write(3, kv.put("k", "v3"), seq=2)])
@@ -90,7 +92,24 @@ def test_snapshot_and_install_keep_data_and_dedupe_tables(tmp_path: Path) -> Non
     assert restored.query(kv.get("k")).data == {"found": True, "value": "v"}
     retry = restored.apply([write(3, kv.put("k", "again"), seq=1)])[0]
     assert retry.outcome == first.outcome  # the dedupe table travelled in the snapshot
+    assert retry.answered_at == 1  # with the index of the first copy
     assert restored.query(kv.get("k")).data == {"found": True, "value": "v"}
+
+
+@pytest.mark.timeout(30)
+def test_a_snapshot_from_before_result_indexes_still_installs(tmp_path: Path) -> None:
+    state = fresh()
+    (first,) = state.apply([write(1, kv.put("k", "v"), seq=1)])
+    meta, writer, extra = state.snapshot()
+    extra["clients"] = [[c, acked, [r[:3] for r in rs]] for c, acked, rs in extra["clients"]]
+    store = SnapshotStore(tmp_path)
+    store.create(meta, writer, extra)
+    restored = ReplicatedState(KeyValueBackend(), Configuration())
+    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
+    restored.install(got_meta, Path(path), got_extra)
+    retry = restored.apply([write(2, kv.put("k", "again"), seq=1)])[0]
+    assert retry.outcome == first.outcome
+    assert retry.answered_at == 2  # no index was kept: the retry's own
 
 
 def session_entry(index: int, kind: CommandKind, body: object, client: str = "s1", seq: int = 0):

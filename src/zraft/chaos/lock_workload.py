@@ -20,11 +20,11 @@ every session has ended. :func:`check_lock` then demands:
 * no overwrite of a held lock;
 * every acknowledged acquisition is a creation in the audit with its (unique) holder, no
   holder created twice, none created that was never invoked;
-* acknowledged acquisitions ordered by token (a log index inside the hold: the write that
-  took the lock, or a retry of it) follow the audit's creation order; every acknowledged
-  release is the removal (by delete) of its holder's hold, the very next event on the key
-  after its creation, and its index (that of the delete or of a retry: later) is above the
-  token of every hold the audit puts before that removal;
+* acknowledged acquisitions ordered by token (the log index of the write that created the
+  key; a retry reports its first copy's) follow the audit's creation order; every
+  acknowledged release is the removal (by delete) of its holder's hold, the very next event
+  on the key after its creation, and its index is above the token of every hold the audit
+  puts before that removal;
 * the resource's tokens never decrease, one token belongs to one holder, every
   acknowledged append is there exactly once, a refused one is absent, nothing is invented;
 * no temporary key outlives its session (presence keys and the lock, after the clients
@@ -329,9 +329,9 @@ def check_lock(
     _note(result.anomalies, "acknowledged releases that were not the removal of their hold",
           wrong_release)  # fmt: skip
     _note(result.anomalies, "releases answering 'not held' that deleted the hold", lost_release)
-    # A token is the index of the write that took the lock or of a retry of it: inside the
-    # hold, so tokens sort like the holds. A release's index may be a retry's too, later
-    # than its delete: it is only bounded below, by every token of a hold before the end.
+    # A token is the index of the write that created the key, so tokens sort like the
+    # holds. The audit has no log indexes, so a release's index is only bounded below, by
+    # every token of a hold before its removal.
     taken.sort()
     disorder = [
         f"{b[2]} (token {b[0]}, audit #{events[b[1]][0]}) before {a[2]} (token {a[0]}, "
