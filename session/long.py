@@ -84,8 +84,9 @@ class Session(LightSession):
         it on ``watch_events()``. Backends that cannot name what a query read refuse with
         ``NotSupported``."""
         self._check_open()
-        self._last_activity = time.monotonic()
+        sent = time.monotonic()
         if watch is None or watch is False:
+            # No keep-alive credit: a follower may have answered it, unheard by the leader.
             return super().query(query, timeout)
         if watch is not True and not callable(watch):
             raise TypeError("watch must be a callable, True or None")
@@ -99,6 +100,7 @@ class Session(LightSession):
                 self._mark_expired()
             raise
         watches.armed(watch_id, epoch)
+        self._last_activity = sent  # watch reads are answered by the leader only
         return data
 
     @property
@@ -192,8 +194,9 @@ class Session(LightSession):
         if not self.expired and time.monotonic() - self._last_activity > self.session_timeout:
             # Silent for longer than the timeout (a paused process, say): ask before acting.
             try:
+                sent = time.monotonic()
                 self._call("ping", None, self.session_timeout)
-                self._last_activity = time.monotonic()
+                self._last_activity = sent
             except SessionExpired:
                 self._mark_expired()
         if self.expired:
@@ -204,28 +207,38 @@ class Session(LightSession):
         with self._lock:
             self._seq += 1
             seq = self._seq
+            sent = time.monotonic()
             try:
                 result = self._call(op, payload, timeout, seq=seq, acked=self._acked)
             except SessionExpired:
                 self._mark_expired()
                 raise
             self._acked = seq
-            self._last_activity = time.monotonic()
+            # The leader heard us no earlier than we sent: counting from the answer would
+            # let a slow round trip eat into the next ping's margin.
+            self._last_activity = sent
             return result
 
     def _keep_alive(self) -> None:
-        period = self.session_timeout / 10
-        while not self._closed.wait(period):
+        """Ping when the session has been idle for half its timeout, counted from the last
+        request sent. Sleeps until exactly then (one wakeup per ping, which matters with
+        thousands of sessions in one process); a lost ping is retried after a quarter of
+        the timeout, so a retry still lands in time."""
+        half = self.session_timeout / 2
+        while not self._closed.wait(max(0.0, self._last_activity + half - time.monotonic())):
             if self.expired:
                 return
-            if time.monotonic() - self._last_activity < self.session_timeout / 2:
-                continue
+            if time.monotonic() - self._last_activity < half:
+                continue  # a write or an earlier ping meanwhile
+            sent = time.monotonic()
             try:
-                self._pinger._call("ping", None, self.session_timeout / 2)
-                self._last_activity = time.monotonic()
+                self._pinger._call("ping", None, self.session_timeout / 4)
+                self._last_activity = sent
             except SessionExpired:
                 log.warning("session %s expired", self.client_id)
                 self._mark_expired()
                 return
-            except ZraftError as error:  # no leader right now: keep trying
+            except ZraftError as error:  # no leader right now: keep trying, not spinning
                 log.debug("keep-alive of %s: %s", self.client_id, error)
+                if self._closed.wait(self.session_timeout / 20):
+                    return
