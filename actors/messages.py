@@ -103,11 +103,6 @@ class CompactLog:
 
 
 @dataclass(frozen=True, slots=True)
-class ApplyBatch:
-    entries: tuple[Entry, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class PendingWrite:
     index: int
     term: int
@@ -116,7 +111,18 @@ class PendingWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyBatch:
+    """Committed entries to apply, with the clients waiting for any of them (the peer
+    actor holds a proposal's waiters until its index commits: one message, not two)."""
+
+    entries: tuple[Entry, ...]
+    waiting: tuple[PendingWrite, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AwaitWrites:
+    """Waiters for proposals a snapshot is about to overtake (answered "retry")."""
+
     writes: tuple[PendingWrite, ...]
 
 

@@ -114,6 +114,9 @@ class PeerActor(pykka.ThreadingActor):
         self.expiring: set[str] = set()
         self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
+        self.awaiting: list[PendingWrite] = []  # proposals' waiters, by index, until committed
+        # The term and vote last handed to the log actor (the node starts from the saved ones)
+        self.queued_vote = (node.term, node.vote)
         # read context -> (request, tick it arrived, watch to arm); contexts grow, so the
         # oldest come first
         self.reads: dict[int, tuple[Identity, int, Any, int, tuple[str, int] | None]] = {}
@@ -264,7 +267,7 @@ class PeerActor(pykka.ThreadingActor):
             PendingWrite(result.index + offset, result.term, identity, request.request_id)
             for offset, (identity, request) in enumerate(writes)
         )
-        self.session_actor.tell(AwaitWrites(pending))
+        self.awaiting.extend(pending)
         return []
 
     def _watch_query(self, identity: Identity, request: ClientRequest) -> Replies:
@@ -408,7 +411,8 @@ class PeerActor(pykka.ThreadingActor):
             if ready.must_persist or ready.messages_after_persist:
                 self._persist(ready)
             if ready.committed:
-                self.session_actor.tell(ApplyBatch(tuple(ready.committed)))
+                waiting = self._waiting_up_to(ready.committed[-1].index)
+                self.session_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
         if self._wanted_peers() != self.members:
@@ -422,10 +426,39 @@ class PeerActor(pykka.ThreadingActor):
         if self.membership_waiters:
             self._answer_membership()
 
+    def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
+        """The proposals' waiters whose index is now committed (or, before a snapshot,
+        overtaken), oldest first; the session actor answers them when it applies."""
+        awaiting = self.awaiting
+        taken = 0
+        while taken < len(awaiting) and awaiting[taken].index <= index:
+            taken += 1
+        if not taken:
+            return ()
+        out = tuple(awaiting[:taken])
+        del awaiting[:taken]
+        return out
+
     def _persist(self, ready: Ready) -> None:
+        hard_state = ready.hard_state
+        if hard_state is not None:
+            vote = (hard_state.term, hard_state.vote)
+            if (
+                vote == self.queued_vote
+                and not ready.entries
+                and ready.snapshot is None
+                and not ready.messages_after_persist
+            ):
+                # Only the commit index moved: a restart hint the log actor saves only with a
+                # new term or vote, so waking it (and its Persisted back) would be two thread
+                # hand-offs in every commit's path for nothing.
+                return
+            self.queued_vote = vote
         staged = None
         if ready.snapshot is not None:
             staged = self.staged.pop(ready.snapshot.index)
+            if overtaken := self._waiting_up_to(ready.snapshot.index):
+                self.session_actor.tell(AwaitWrites(overtaken))
             self.session_actor.tell(ExpectSnapshot(ready.snapshot.index))
         self.persist_queue.append(
             PersistItem(

@@ -97,6 +97,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, ApplyBatch):
+            for write in message.waiting:
+                self.pending_writes[write.index] = write
             self._apply(list(message.entries))
         elif isinstance(message, AwaitWrites):
             for write in message.writes:
