@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from zraft.bench.cli import add_bench_command, run_bench
@@ -30,9 +31,11 @@ from zraft.bench.runner import BenchConfig, BenchRun, leader_counters, run_bench
 from zraft.bench.systems import process_cpu_seconds
 
 
-def _result(run: int, throughput_latency: float, op: str = "write", n: int = 100) -> LevelResult:
+def _result(
+    run: int, throughput_latency: float, op: str = "write", n: int = 100, system: str = "zraft"
+) -> LevelResult:
     return level_result(
-        system="zraft",
+        system=system,
         op=op,
         concurrency=16,
         client_processes=1,
@@ -100,6 +103,19 @@ def test_summary_takes_medians_and_renders() -> None:
     lines = markdown_table([write, read], notes).splitlines()
     assert len(lines) == 4 and all(line.startswith("|") for line in lines)
     assert len({line.count("|") for line in lines}) == 1
+
+
+def test_a_ceiling_measured_in_the_same_run_replaces_the_reference() -> None:
+    # zraft: 100 writes/s; the bare pipeline in the same run: 400/s (latency 4x lower)
+    results = [_result(1, 0.002), _result(1, 0.0005, n=400, system="ceiling")]
+    results.append(_result(1, 0.001, "read"))
+    zraft_write, ceiling, zraft_read = summarize(results)
+    assert zraft_write.measured_ceiling == 400.0 and zraft_write.ceiling_fraction == 0.25
+    assert ceiling.ceiling_fraction == 1.0
+    assert zraft_read.ceiling_fraction is None and zraft_read.measured_ceiling is None
+    # without it, the reference figures
+    (alone,) = summarize([_result(1, 0.002)])
+    assert alone.ceiling_fraction == pytest.approx(100 / WRITE_CEILING[16])
 
 
 def test_helpers() -> None:
@@ -186,6 +202,44 @@ def test_count_mode_and_cleanup_when_interrupted(tmp_path: Path) -> None:
     assert seen[0].completed == 60 and seen[0].throughput > 0
     assert len(bench.started_pids) == 4  # 3 peers and 1 client process
     assert not [pid for pid in bench.started_pids if _alive(pid)]
+
+
+@pytest.mark.timeout(180)
+def test_the_ceiling_pipeline_answers_only_durable_replicated_writes(tmp_path: Path) -> None:
+    args = _parse(
+        ["bench", "--ceiling", "--concurrency", "1,16", "--ops", "write,read", "--duration",
+         "1", "--warmup", "0.3", "--keys", "50", "--json", "--data-dir", str(tmp_path)]
+    )  # fmt: skip
+    out: list[str] = []
+    assert run_bench(args, out.append) == 0
+    report = json.loads("\n".join(out))
+    # It offers writes only: its reads are skipped, zraft's are not.
+    assert [(s["system"], s["op"], s["concurrency"]) for s in report["summary"]] == [
+        ("zraft", "write", 1), ("zraft", "read", 1), ("zraft", "write", 16),
+        ("zraft", "read", 16), ("ceiling", "write", 1), ("ceiling", "write", 16),
+    ]  # fmt: skip
+    by_key = {(s["system"], s["op"], s["concurrency"]): s for s in report["summary"]}
+    for level in (1, 16):
+        zraft, ceiling = by_key[("zraft", "write", level)], by_key[("ceiling", "write", level)]
+        assert ceiling["throughput"] > 0 and ceiling["errors"] == 0
+        assert zraft["ceiling_fraction"] == pytest.approx(
+            zraft["throughput"] / ceiling["throughput"]
+        )
+    # A majority of the nodes' files (the leader's and a follower's) hold every answered
+    # write, the prefill's 50 too, framed and decodable (the slower follower may lag).
+    answered = sum(r["completed"] for r in report["results"] if r["system"] == "ceiling")
+    logs = sorted(tmp_path.glob("run1-ceiling/127.0.0.1_*/log"))
+    assert len(logs) == 3
+    counts = []
+    for log in logs:
+        raw, records, at = log.read_bytes(), 0, 0
+        while at < len(raw):
+            size = int.from_bytes(raw[at : at + 4], "big")
+            records += len(msgpack.unpackb(raw[at + 4 : at + 4 + size]))
+            at += 4 + size
+        assert at == len(raw)
+        counts.append(records)
+    assert sorted(counts)[1] >= answered + 50
 
 
 if os.environ.get("ZRAFT_BENCH_PYSYNCOBJ") == "1":  # needs the `bench` extra

@@ -73,6 +73,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pysyncobj", action="store_true",
                         help="also run PySyncObj 0.3.17 through the same clients")  # fmt: skip
     parser.add_argument("--no-zraft", action="store_true", help="run PySyncObj only")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also run the bare write pipeline (no consensus) in the same run; "
+                        "'of ceiling' is then measured against it")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json-out", type=Path, default=None, metavar="PATH",
@@ -111,6 +114,8 @@ def _config(args: argparse.Namespace) -> Any:
     systems = [] if args.no_zraft else ["zraft"]
     if args.pysyncobj or args.no_zraft:
         systems.append("pysyncobj")
+    if args.ceiling:
+        systems.append("ceiling")
     duration = args.duration if args.duration is not None else (None if args.count else 5.0)
     return BenchConfig(
         concurrency=tuple(args.concurrency),
@@ -203,7 +208,8 @@ def run_bench(args: argparse.Namespace, write: Writer = _stdout) -> int:
         write(table(summaries, notes))
         write(
             "ops/s, p50, p99: medians over runs; of ceiling: write ops/s over the bare "
-            "pipeline's (shared/reference/performance.md); µs/op: CPU per answered request; "
+            "pipeline's, measured in this run with --ceiling, else its reference figures "
+            "(shared/reference/performance.md); µs/op: CPU per answered request; "
             "cores: CPU seconds per second"
         )
     if args.plot is not None:

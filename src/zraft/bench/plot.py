@@ -27,9 +27,8 @@ def plot(summaries: Sequence[Summary], path: Path, title: str = "zraft bench") -
         left.plot(xs, [p.throughput for p in points], styles.get(op, "-"), label=label)
         right.plot(xs, [p.p99_ms for p in points], styles.get(op, "-"), label=label)
     levels = sorted(WRITE_CEILING)
-    left.plot(
-        levels, [WRITE_CEILING[c] for c in levels], ":", color="grey", label="ceiling (writes)"
-    )
+    reference = [WRITE_CEILING[c] for c in levels]
+    left.plot(levels, reference, ":", color="grey", label="reference ceiling (performance.md)")
     for axis, ylabel in ((left, "requests/s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
         ticks = sorted({s.concurrency for s in summaries} | set(levels))

@@ -32,7 +32,6 @@ import collections
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -40,15 +39,10 @@ from typing import Any
 
 import zmq
 
-from zraft.transport import (
-    DEFAULT_MAX_FRAME_BYTES,
-    ClientReply,
-    ClientRequest,
-    FrameError,
-    decode_batch,
-    encode_batches,
-)
+from zraft.transport import ClientReply, ClientRequest
 from zraft.transport.zmq_transport import split_address
+
+from .front import client_requests, parse_server_args, send_replies
 
 log = logging.getLogger(__name__)
 
@@ -191,16 +185,8 @@ class FrontEnd:
             if len(parts) != 2:
                 continue
             routing_id, frame = parts
-            try:
-                batch = decode_batch(
-                    frame, cluster_id=self.cluster_id, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES
-                )
-            except FrameError as error:
-                log.warning("dropped a frame: %s", error.reason)
-                continue
-            for message in batch.messages:
-                if isinstance(message, ClientRequest):
-                    self._handle(routing_id, message)
+            for message in client_requests(frame, self.cluster_id):
+                self._handle(routing_id, message)
 
     def _send_replies(self) -> None:
         self._wake_pending = False
@@ -214,15 +200,7 @@ class FrontEnd:
         while replies:
             routing_id, reply = replies.popleft()
             by_client.setdefault(routing_id, []).append(reply)
-        for routing_id, batch in by_client.items():
-            frames = encode_batches(batch, cluster_id=self.cluster_id, sender=self.front)
-            for frame, count in frames:
-                try:
-                    self._router.send_multipart([routing_id, frame], zmq.NOBLOCK)
-                except zmq.ZMQError as error:
-                    log.warning("reply to a client dropped: %s", error)
-                else:
-                    self.served += count
+        self.served += send_replies(self._router, by_client, self.cluster_id, self.front)
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -254,14 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--front", required=True, help="this node's client (ZeroMQ) address")
     parser.add_argument("--raft-peers", required=True, help="every node's PySyncObj address")
     parser.add_argument("--front-peers", required=True, help="the matching client addresses")
-    parser.add_argument("--cluster-id", default="zraft")
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args = parse_server_args(parser, argv)
     raft_peers = args.raft_peers.split(",")
     front_peers = args.front_peers.split(",")
     if len(raft_peers) != len(front_peers) or args.raft not in raft_peers:

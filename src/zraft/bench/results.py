@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # The minimal Python write path on this machine kind: a bare 3-process pipeline (batch,
@@ -18,6 +18,7 @@ from typing import Any
 # ~2,500-3,000 writes/s at ~0.3 ms, of which we take the middle).
 WRITE_CEILING: dict[int, float] = {1: 2_750.0, 16: 22_000.0, 256: 69_000.0, 2_048: 109_000.0}
 WRITE_CEILING_P50_MS: dict[int, float] = {1: 0.3, 16: 0.65, 256: 3.3, 2_048: 4.4}
+CEILING_SYSTEM = "ceiling"  # zraft bench --ceiling: that pipeline, measured in the same run
 
 
 def ceiling_fraction(op: str, concurrency: int, throughput: float) -> float | None:
@@ -136,9 +137,14 @@ class Summary:
     server_cpu_us: float | None
     leader_cpu_cores: float | None
     errors: int  # summed over runs
+    # The bare pipeline's writes/s at this level measured in the same run (``--ceiling``),
+    # which then replaces the reference figure in ``ceiling_fraction``.
+    measured_ceiling: float | None = None
 
     @property
     def ceiling_fraction(self) -> float | None:
+        if self.op == "write" and self.measured_ceiling:
+            return self.throughput / self.measured_ceiling
         return ceiling_fraction(self.op, self.concurrency, self.throughput)
 
     def to_json(self) -> dict[str, Any]:
@@ -153,7 +159,8 @@ def _median(values: Iterable[float | None]) -> float | None:
 
 
 def summarize(results: Iterable[LevelResult]) -> list[Summary]:
-    """Group by (system, op, concurrency), in first-seen order, and take medians."""
+    """Group by (system, op, concurrency), in first-seen order, and take medians; writes
+    get the same run's ceiling at their level, if it was measured."""
     groups: dict[tuple[str, str, int], list[LevelResult]] = {}
     for result in results:
         groups.setdefault((result.system, result.op, result.concurrency), []).append(result)
@@ -179,7 +186,13 @@ def summarize(results: Iterable[LevelResult]) -> list[Summary]:
                 errors=sum(r.errors for r in group),
             )
         )
-    return out
+    measured = {s.concurrency: s.throughput for s in out if s.system == CEILING_SYSTEM}
+    return [
+        replace(s, measured_ceiling=measured[s.concurrency])
+        if s.op == "write" and s.concurrency in measured
+        else s
+        for s in out
+    ]
 
 
 # --------------------------------------------------------------------------- rendering

@@ -19,14 +19,15 @@ from typing import Any
 
 from .client import ClientPool
 from .results import LevelResult, level_result
-from .systems import PySyncObjSystem, System, ZraftSystem, sample_cpu
+from .systems import CeilingSystem, PySyncObjSystem, System, ZraftSystem, sample_cpu
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = (1, 16, 256, 2048)
-SYSTEMS: dict[str, type[ZraftSystem] | type[PySyncObjSystem]] = {
+SYSTEMS: dict[str, type[ZraftSystem] | type[PySyncObjSystem] | type[CeilingSystem]] = {
     "zraft": ZraftSystem,
     "pysyncobj": PySyncObjSystem,
+    "ceiling": CeilingSystem,
 }
 NOTES = {name: cls.note for name, cls in SYSTEMS.items()}
 
@@ -150,7 +151,7 @@ def _run_system(
         bench.started_pids += pool.pids
         pool.prefill()
         for level in config.concurrency:
-            for op in config.ops:
+            for op in (op for op in config.ops if op in system.ops):
                 result = _run_level(config, system, pool, run, op, level)
                 bench.results.append(result)
                 if on_result is not None:

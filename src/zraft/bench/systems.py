@@ -1,7 +1,8 @@
-"""The clusters the benchmark drives: zraft's ``LocalCluster`` and a PySyncObj trio.
+"""The clusters the benchmark drives: zraft's ``LocalCluster``, a PySyncObj trio and the
+bare write pipeline (the ceiling).
 
-Both are 3 local peer processes whose client ports speak zraft's request/reply protocol,
-so one client harness drives either. ``close()`` kills every process the system started.
+Each is 3 local peer processes whose client ports speak zraft's request/reply protocol,
+so one client harness drives each. ``close()`` kills every process the system started.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def process_cpu_seconds(pid: int) -> float | None:
 class System(Protocol):
     name: str
     note: str  # how it is configured, for the table
+    ops: tuple[str, ...]  # the operations it offers
 
     def start(self) -> None: ...
 
@@ -69,6 +71,7 @@ class ZraftSystem:
 
     name = "zraft"
     note = "fsync on"
+    ops = ("write", "read")
 
     def __init__(
         self,
@@ -108,50 +111,44 @@ class ZraftSystem:
         self.cluster.close()
 
 
-class PySyncObjSystem:
-    """3 PySyncObj 0.3.17 nodes (``zraft.bench.pysyncobj_node``), default config, no journal."""
+class _ProcessTrio:
+    """Three server processes started by command line, whose client ports answer
+    ``status`` with their role; the first to say "leader" is the leader."""
 
-    name = "pysyncobj"
-    note = "no journal, no fsync"
+    name = ""
+    note = ""
+    kind = ""  # for messages: what the processes are
 
     def __init__(self, root: Path, *, cluster_id: str = "zraft", log_level: str = "WARNING"):
         self.root = Path(root)
         self.cluster_id = cluster_id
         self.log_level = log_level
-        ports = free_ports(6)
-        self.raft_peers = [f"127.0.0.1:{p}" for p in ports[:3]]
-        self.front_peers = [f"127.0.0.1:{p}" for p in ports[3:]]
+        self.front_peers: list[str] = []
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._leader: str | None = None
         self._client = ClientChannel(cluster_id, f"bench-admin-{os.getpid()}")
         self._request_ids = itertools.count(1)
 
-    def start(self) -> None:
+    def _spawn(self, front: str, command: list[str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        for raft, front in zip(self.raft_peers, self.front_peers, strict=True):
-            command = [
-                sys.executable, "-m", "zraft.bench.pysyncobj_node",
-                "--raft", raft, "--front", front,
-                "--raft-peers", ",".join(self.raft_peers),
-                "--front-peers", ",".join(self.front_peers),
-                "--cluster-id", self.cluster_id, "--log-level", self.log_level,
-            ]  # fmt: skip
-            logfile = open(self.root / f"{front.replace(':', '_')}.log", "ab")  # noqa: SIM115
-            self.processes[front] = subprocess.Popen(
-                command, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            logfile.close()
+        logfile = open(self.root / f"{front.replace(':', '_')}.log", "ab")  # noqa: SIM115
+        self.processes[front] = subprocess.Popen(
+            command, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        logfile.close()
+
+    def _wait_for_leader(self) -> None:
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
             for front, process in self.processes.items():
                 if process.poll() is not None:
                     raise RuntimeError(
-                        f"PySyncObj node {front} exited with {process.returncode}; see {self.root}"
+                        f"{self.kind} {front} exited with {process.returncode}; see {self.root}"
                     )
             if self.leader() is not None:
                 return
             time.sleep(0.1)
-        raise RuntimeError("PySyncObj elected no leader within 30 s")
+        raise RuntimeError(f"no {self.kind} said it leads within 30 s")
 
     @property
     def peers(self) -> list[str]:
@@ -184,6 +181,56 @@ class PySyncObjSystem:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                log.error("PySyncObj node %s (pid %d) did not exit", front, process.pid)
+                log.error("%s %s (pid %d) did not exit", self.kind, front, process.pid)
         self.processes.clear()
         self._client.close()
+
+
+class PySyncObjSystem(_ProcessTrio):
+    """3 PySyncObj 0.3.17 nodes (``zraft.bench.pysyncobj_node``), default config, no journal."""
+
+    name = "pysyncobj"
+    note = "no journal, no fsync"
+    kind = "PySyncObj node"
+    ops = ("write", "read")
+
+    def __init__(self, root: Path, *, cluster_id: str = "zraft", log_level: str = "WARNING"):
+        super().__init__(root, cluster_id=cluster_id, log_level=log_level)
+        ports = free_ports(6)
+        self.raft_peers = [f"127.0.0.1:{p}" for p in ports[:3]]
+        self.front_peers = [f"127.0.0.1:{p}" for p in ports[3:]]
+
+    def start(self) -> None:
+        for raft, front in zip(self.raft_peers, self.front_peers, strict=True):
+            self._spawn(front, [
+                sys.executable, "-m", "zraft.bench.pysyncobj_node",
+                "--raft", raft, "--front", front,
+                "--raft-peers", ",".join(self.raft_peers),
+                "--front-peers", ",".join(self.front_peers),
+                "--cluster-id", self.cluster_id, "--log-level", self.log_level,
+            ])  # fmt: skip
+        self._wait_for_leader()
+
+
+class CeilingSystem(_ProcessTrio):
+    """The bare write pipeline (``zraft.bench.ceiling_node``): batch, msgpack, fdatasync,
+    ZeroMQ, a fixed leader, nothing else. Writes only."""
+
+    name = "ceiling"
+    note = "bare pipeline, fsync on"
+    kind = "ceiling node"
+    ops = ("write",)
+
+    def __init__(self, root: Path, *, cluster_id: str = "zraft", log_level: str = "WARNING"):
+        super().__init__(root, cluster_id=cluster_id, log_level=log_level)
+        self.front_peers = [f"127.0.0.1:{p}" for p in free_ports(3)]
+
+    def start(self) -> None:
+        for front in self.front_peers:
+            self._spawn(front, [
+                sys.executable, "-m", "zraft.bench.ceiling_node",
+                "--listen", front, "--peers", ",".join(self.front_peers),
+                "--data-dir", str(self.root / front.replace(":", "_")),
+                "--cluster-id", self.cluster_id, "--log-level", self.log_level,
+            ])  # fmt: skip
+        self._wait_for_leader()
