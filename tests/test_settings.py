@@ -55,7 +55,7 @@ def test_defaults() -> None:
     assert (s.election_ticks, s.heartbeat_ticks) == (10, 1)
     assert s.snapshot_listener_addr == "0.0.0.0" and s.snapshot_listener_port == 0
     assert s.snapshot_backup is False and s.snapshot_backups_kept == 3
-    assert s.max_segment_size == 10485760 and s.max_log_count == 1000
+    assert s.max_segment_size == 10485760 and s.max_log_count == 10_000
     assert (s.max_inflight, s.max_entries_per_message, s.max_bytes_per_message) == (
         64, 512, 1 << 20)
     assert s.fsync and s.pre_vote and s.check_quorum
