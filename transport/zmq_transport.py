@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 # Frames larger than max_frame_bytes are useless, so zmq refuses them (and drops the
 # connection) before reading them; the slack covers the ROUTER's framing.
 _MAXMSGSIZE_SLACK = 64 * 1024
+# pyzmq sends frames above 64 KiB without copying even when asked to copy, and then needs its
+# garbage-collector thread (one more wakeup and GIL hand-off per frame) to learn when libzmq
+# is done with the buffer. Copying a big append batch costs microseconds; that wakeup, under
+# load, costs more: always copy.
+_COPY_THRESHOLD = 2**31 - 1
 # Fairness: at most this many inbound frames per wakeup before the outbox is looked at.
 _MAX_FRAMES_PER_WAKEUP = 4096
 # A callback gets at most about this many messages (more would only hold memory longer).
@@ -281,6 +286,7 @@ class ZmqTransport:
         router = self._ctx.socket(zmq.ROUTER)
         try:
             router.linger = 0
+            router.copy_threshold = _COPY_THRESHOLD
             router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.sndhwm = self._send_hwm
@@ -612,6 +618,7 @@ class ZmqTransport:
                 continue
             sock = self._ctx.socket(zmq.DEALER)
             sock.linger = 0
+            sock.copy_threshold = _COPY_THRESHOLD
             sock.immediate = True
             sock.sndhwm = self._send_hwm
             # Nothing is ever sent back on this socket: refuse anything that tries.
@@ -948,6 +955,7 @@ def client_socket(
     host, port = split_address(peer)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    sock.copy_threshold = _COPY_THRESHOLD
     sock.immediate = True  # requests never queue for a peer that is not connected
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + _MAXMSGSIZE_SLACK)
     if ":" in host:
