@@ -131,7 +131,8 @@ class AsyncLightSession(SessionCore):
             return await self._attempt(op, payload, deadline, seq, acked)
         except TryAgain:
             pass
-        async for attempt in tenacity.AsyncRetrying(**retrying_kwargs(self.retry, budget)):
+        left = deadline - asyncio.get_running_loop().time()
+        async for attempt in tenacity.AsyncRetrying(**retrying_kwargs(self.retry, budget, left)):
             with attempt:
                 return await self._attempt(op, payload, deadline, seq, acked)
         raise AssertionError("unreachable: tenacity either returns or raises")

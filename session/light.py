@@ -197,7 +197,8 @@ class LightSession(SessionCore):
                 return self._attempt(op, payload, deadline, seq, acked)
             except TryAgain:
                 pass
-            for attempt in tenacity.Retrying(**retrying_kwargs(self.retry, budget)):
+            left = deadline - time.monotonic()
+            for attempt in tenacity.Retrying(**retrying_kwargs(self.retry, budget, left)):
                 with attempt:
                     return self._attempt(op, payload, deadline, seq, acked)
         raise AssertionError("unreachable: tenacity either returns or raises")

@@ -154,9 +154,11 @@ def _wait(policy: RetryPolicy) -> Any:
     return wait
 
 
-def retrying_kwargs(policy: RetryPolicy, timeout: float) -> dict[str, Any]:
+def retrying_kwargs(policy: RetryPolicy, timeout: float, left: float) -> dict[str, Any]:
+    """Retries for a call of ``timeout`` seconds with ``left`` of them still to spend (the
+    first, unretried attempt has had the rest): tenacity's clock starts now."""
     return {
-        "stop": tenacity.stop_after_delay(timeout),
+        "stop": tenacity.stop_after_delay(max(0.0, left)),
         "wait": _wait(policy),
         "retry": tenacity.retry_if_exception_type(TryAgain),
         "retry_error_callback": _timed_out(timeout),
