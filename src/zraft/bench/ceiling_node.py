@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import zmq
 from zraft.transport import ClientReply, ClientRequest
 from zraft.transport.zmq_transport import split_address
 
-from .front import client_requests, parse_server_args, send_replies
+from .front import client_requests, parse_server_args, send_replies, serve
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node = Leader(args.listen, peers, args.data_dir, args.cluster_id)
     else:
         node = Follower(args.listen, peers[0], args.data_dir, args.cluster_id)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: node.stopping.set())
-    try:
-        node.run()
-    finally:
-        node.close()
-    return 0
+    return serve(node.stopping, node.run, node.close)
 
 
 if __name__ == "__main__":

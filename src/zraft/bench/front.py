@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -69,3 +71,14 @@ def parse_server_args(
         stream=sys.stderr,
     )
     return args
+
+
+def serve(stopping: threading.Event, run: Callable[[], None], close: Callable[[], None]) -> int:
+    """Run a server's loop until it returns (SIGTERM and SIGINT set ``stopping``), then close."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        run()
+    finally:
+        close()
+    return 0

@@ -31,7 +31,6 @@ import argparse
 import collections
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ import zmq
 from zraft.transport import ClientReply, ClientRequest
 from zraft.transport.zmq_transport import split_address
 
-from .front import client_requests, parse_server_args, send_replies
+from .front import client_requests, parse_server_args, send_replies, serve
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raft_to_front=dict(zip(raft_peers, front_peers, strict=True)),
         cluster_id=args.cluster_id,
     )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: front.stopping.set())
-    try:
-        front.run()
-    finally:
+
+    def close() -> None:
         front.close()
         node.destroy()
-    return 0
+
+    return serve(front.stopping, front.run, close)
 
 
 if __name__ == "__main__":
