@@ -222,8 +222,8 @@ class Session(LightSession):
     def _keep_alive(self) -> None:
         """Ping when the session has been idle for half its timeout, counted from the last
         request sent. Sleeps until exactly then (one wakeup per ping, which matters with
-        thousands of sessions in one process); a lost ping is retried after a quarter of
-        the timeout, so a retry still lands in time."""
+        thousands of sessions in one process); a ping unanswered within a quarter of the
+        timeout is sent again a twentieth later, so the retry still lands in time."""
         half = self.session_timeout / 2
         while not self._closed.wait(max(0.0, self._last_activity + half - time.monotonic())):
             if self.expired:
