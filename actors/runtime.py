@@ -49,6 +49,7 @@ class PeerRuntime:
         self.peer: pykka.ActorRef[Any] | None = None
         self.session: pykka.ActorRef[Any] | None = None
         self._metrics_server: ThreadingHTTPServer | None = None
+        self._raft_log: SegmentedLog | None = None  # closed by stop(): frees its lock file
 
     # ------------------------------------------------------------------ life cycle
 
@@ -57,6 +58,7 @@ class PeerRuntime:
         log_dir = Path(s.log_dir or s.data_dir)
         snapshot_dir = Path(s.snapshot_dir or s.data_dir)
         raft_log = SegmentedLog(log_dir / "log", max_segment_size=s.max_segment_size, fsync=s.fsync)
+        self._raft_log = raft_log
         hard_state_file = HardStateFile(log_dir / "hard_state", fsync=s.fsync)
         snapshots = SnapshotStore(
             snapshot_dir / "snapshots",
@@ -199,6 +201,9 @@ class PeerRuntime:
                 log.exception("stopping %s", ref)
         if self.transport is not None:
             self.transport.close()
+        if self._raft_log is not None:
+            # The actors that used it have stopped: the same process may start the peer again.
+            self._raft_log.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -1,0 +1,89 @@
+"""A new leader that has not yet applied everything committed before it led must not
+answer for sessions: a session opened in the part it has not applied would look gone, and
+the leader would report a live session as expired. It asks the client to retry instead."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zraft.actors.runtime import PeerRuntime
+from zraft.backends import kv
+from zraft.backends.base import ApplyResult
+from zraft.backends.kv import KeyValueBackend
+from zraft.local import free_ports
+from zraft.settings import Settings
+from zraft.transport import ClientChannel, ClientReply, ClientRequest
+
+
+class GatedBackend(KeyValueBackend):
+    """Applies only while the gate is open: a slow replay after a restart, made to order."""
+
+    gate = threading.Event()
+
+    def apply(self, command: Any) -> ApplyResult:
+        if not GatedBackend.gate.wait(30):
+            raise RuntimeError("the test never opened the gate")
+        return super().apply(command)
+
+
+def _ask(channel: ClientChannel, peer: str, request: ClientRequest) -> ClientReply:
+    """The first answer from the leader (retrying while there is none yet)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            reply = channel.request(peer, request, 0.5)
+        except Exception:  # noqa: BLE001 - starting up: no leader, no answer yet
+            reply = None
+        if reply is not None and reply.error != "not_leader":
+            return reply
+        assert time.monotonic() < deadline, f"no answer to {request.op}: {reply}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+def test_a_new_leader_asks_pings_to_retry_until_it_has_caught_up(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    peer = f"127.0.0.1:{port}"
+    settings = Settings.load(
+        peer_id=peer,
+        peers=[peer],
+        data_dir=tmp_path,
+        backend=f"{__name__}:GatedBackend",
+        election_timeout=200,
+    )
+    GatedBackend.gate.set()
+    runtime = PeerRuntime(settings).start()
+    try:
+        with ClientChannel("zraft", "t") as channel:
+            # A plain write first, then a session: on replay the write holds up the session.
+            assert _ask(channel, peer, ClientRequest(1, "write", kv.put("k", 1), "c", 1)).ok
+            opened = _ask(channel, peer, ClientRequest(2, "session_open", 60_000, "s1", 1))
+            assert opened.ok, opened
+            assert _ask(channel, peer, ClientRequest(3, "ping", None, "s1")).ok
+    finally:
+        runtime.stop()
+
+    GatedBackend.gate.clear()  # the restarted peer leads again but cannot apply the write
+    runtime = PeerRuntime(settings).start()
+    try:
+        with ClientChannel("zraft", "t2") as channel:
+            held = _ask(channel, peer, ClientRequest(4, "ping", None, "s1"))
+            # Not "session_expired": s1 is in the part of the log not applied yet.
+            assert (held.ok, held.error) == (False, "retry"), held
+            poll = ClientRequest(5, "watch_poll", {"epoch": "", "after": 0, "wait_ms": 0}, "s1")
+            held = _ask(channel, peer, poll)
+            assert held.error != "session_expired", held
+            GatedBackend.gate.set()
+            deadline = time.monotonic() + 20
+            while not (reply := _ask(channel, peer, ClientRequest(6, "ping", None, "s1"))).ok:
+                assert reply.error == "retry", reply
+                assert time.monotonic() < deadline, "the leader never caught up"
+                time.sleep(0.05)
+    finally:
+        GatedBackend.gate.set()
+        runtime.stop()
