@@ -33,22 +33,10 @@ from zraft.casbin import commands as c
 from zraft.casbin.backend import CasbinBackend
 from zraft.casbin.cluster import BACKEND, connect
 from zraft.casbin.local_model import LocalModel
+from zraft.casbin.models import RBAC_MODEL
 from zraft.casbin.sync import PollingWaker, WatchWaker
 from zraft.local import LocalCluster
 from zraft.session import LightSession, Session
-
-MODEL = """
-[request_definition]
-r = sub, obj, act
-[policy_definition]
-p = sub, obj, act
-[role_definition]
-g = _, _
-[policy_effect]
-e = some(where (p.eft == allow))
-[matchers]
-m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
-"""
 
 
 def _say(text: str) -> None:
@@ -63,7 +51,7 @@ def _rules(count: int) -> list[list[str]]:
 def _model_file(directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "rbac_model.conf"
-    path.write_text(MODEL)
+    path.write_text(RBAC_MODEL)
     return str(path)
 
 

@@ -22,23 +22,7 @@ import casbin
 from zraft.local import LocalCluster
 
 from .cluster import BACKEND, CasbinNode, connect
-
-MODEL = """
-[request_definition]
-r = sub, obj, act
-
-[policy_definition]
-p = sub, obj, act
-
-[role_definition]
-g = _, _
-
-[policy_effect]
-e = some(where (p.eft == allow))
-
-[matchers]
-m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
-"""
+from .models import RBAC_MODEL
 
 
 def _say(text: str = "") -> None:
@@ -62,7 +46,7 @@ def run_demo() -> int:
     logging.getLogger("casbin").setLevel(logging.WARNING)  # it logs each model it loads
     root = Path(tempfile.mkdtemp(prefix="zraft-casbin-demo-"))
     model_path = root / "rbac_model.conf"
-    model_path.write_text(MODEL)
+    model_path.write_text(RBAC_MODEL)
     _say(f"zraft demo casbin: 3 peer processes with the Casbin backend, data in {root}")
     nodes: list[CasbinNode] = []
     try:

@@ -41,6 +41,7 @@ import msgpack
 from zraft.backends.base import ApplyResult, QueryResult, SnapshotWriter
 from zraft.casbin import commands as c
 from zraft.casbin.backend import CasbinBackend
+from zraft.casbin.models import RBAC_MODEL
 from zraft.linearizability import Operation, Status
 from zraft.session import LightSession, Rejected, ZraftError
 
@@ -52,22 +53,6 @@ log = logging.getLogger(__name__)
 CASBIN_CHAOS_BACKEND: Final = "zraft.chaos.casbin_workload:ChaosCasbinBackend"
 _EMPTY_DIGEST: Final = hashlib.sha256(b"zraft-chaos").hexdigest()  # as ChaosBackend's
 
-MODEL_TEXT: Final = """
-[request_definition]
-r = sub, obj, act
-
-[policy_definition]
-p = sub, obj, act
-
-[role_definition]
-g = _, _
-
-[policy_effect]
-e = some(where (p.eft == allow))
-
-[matchers]
-m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
-"""
 USERS: Final = ("alice", "bob", "carol")
 ROLES: Final = ("admin", "reader")
 OBJECTS: Final = ("data1", "data2")
@@ -189,7 +174,7 @@ def new_enforcer() -> Any:
     from casbin.model import Model
 
     model = Model()
-    model.load_model_from_text(MODEL_TEXT)
+    model.load_model_from_text(RBAC_MODEL)
     return casbin.SyncedEnforcer(model)
 
 
