@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.clocks import TickClock
 from zraft.backends import kv
 from zraft.chaos.backend import DIGEST_QUERY, ChaosBackend, count, incr
 from zraft.chaos.cli import _NEMESES, _WORKLOADS, add_chaos_command
@@ -33,23 +34,12 @@ from zraft.storage import log as storage_log
 LONG_MINUTES = float(os.environ.get("ZRAFT_CHAOS_MINUTES", "0") or 0)
 
 
-class FakeClock:
-    """A history clock the test moves by hand (nanoseconds)."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        self.now += 1_000
-        return self.now
-
-
 # --------------------------------------------------------------------------- checkers
 
 
 def _counter_history() -> list[Operation]:
     """Two acknowledged increments, then a read that saw both."""
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     a = history.invoke(0, "incr", "ctr-0", value="0-0")
     history.ok(a, 1)
     b = history.invoke(1, "incr", "ctr-0", value="1-1")
@@ -81,7 +71,7 @@ def test_counter_checker_catches_planted_anomalies(final: list[str] | None, expe
 
 @pytest.mark.timeout(30)
 def test_counter_checker_catches_stale_and_future_reads() -> None:
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     a = history.invoke(0, "incr", "c", value="a")
     history.ok(a, 1)
     stale = history.invoke(1, "read", "c")
@@ -96,7 +86,7 @@ def test_counter_checker_catches_stale_and_future_reads() -> None:
 def test_workload_checks_catch_a_lost_write_and_a_stale_read() -> None:
     """The suite's own check path (Workload.check), fed doctored histories."""
     register = RegisterWorkload(1)
-    register.history = History(clock=FakeClock())
+    register.history = History(clock=TickClock())
     register.record(0, "write", "reg-0-0", lambda: None, value=1)
     register.record(1, "read", "reg-0-0", lambda: 1)
     register.record("final", "read", "reg-0-0", lambda: None)  # the acknowledged 1 is gone
@@ -104,14 +94,14 @@ def test_workload_checks_catch_a_lost_write_and_a_stale_read() -> None:
     assert verdict.ok is False and "not linearizable" in verdict.anomalies[0], verdict
 
     clean = RegisterWorkload(1)
-    clean.history = History(clock=FakeClock())
+    clean.history = History(clock=TickClock())
     clean.record(0, "write", "k", lambda: None, value=1)
     clean.record(1, "cas", "k", lambda: True, value=2, expected=1)
     clean.record("final", "read", "k", lambda: 2)
     assert clean.check(timeout=30).ok is True
 
     counter = CounterWorkload(1)
-    counter.history = History(clock=FakeClock())
+    counter.history = History(clock=TickClock())
     counter.record(0, "incr", "ctr-0", lambda: 1, value="0-0")
     counter.record(0, "incr", "ctr-0", lambda: 2, value="0-1")
     counter.final = {"ctr-0": ["0-0"]}

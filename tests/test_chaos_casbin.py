@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.clocks import TickClock
 from zraft.casbin import commands as c
 from zraft.chaos.backend import DIGEST_QUERY
 from zraft.chaos.casbin_workload import (
@@ -29,8 +30,6 @@ from zraft.chaos.runner import RunOptions, backend_groups, run_once
 from zraft.chaos.workloads import WORKLOADS
 from zraft.linearizability import History, Operation
 
-from .test_chaos import FakeClock
-
 # (client, op, sec, rule, old, outcome, seq): seq None = no output (unknown)
 CALLS: list[tuple[int, str, str, list[str], list[str] | None, str, int | None]] = [
     (0, "add", "p", ["alice", "data1", "read"], None, "ok", 1),
@@ -44,7 +43,7 @@ CALLS: list[tuple[int, str, str, list[str], list[str] | None, str, int | None]] 
 
 
 def _history(calls: list[Any] = CALLS) -> list[Operation]:
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     for client, op, sec, rule, old, outcome, seq in calls:
         value: dict[str, Any] = {"sec": sec, "ptype": sec, "rules": [rule]}
         if old is not None:
@@ -195,7 +194,7 @@ def test_a_truncated_feed_replays_from_the_snapshot_policy() -> None:
 def test_workload_check_without_a_final_read_decides_nothing() -> None:
     workload = CasbinWorkload(1)
     try:
-        workload.history = History(clock=FakeClock())
+        workload.history = History(clock=TickClock())
         verdict = workload.check(timeout=10)
         assert verdict.ok is None and verdict.anomalies == ["no final read: nothing checked"]
         workload.final = _final()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.clocks import TickClock
 from zraft.backends import kv
 from zraft.backends.base import CommandRejected, InvalidSnapshot
 from zraft.chaos.backend import (
@@ -30,23 +31,12 @@ from zraft.linearizability import History, Operation
 L = LOCK_KEY
 
 
-class FakeClock:
-    """A history clock that moves by hand (nanoseconds)."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        self.now += 1_000
-        return self.now
-
-
 def _history(
     acquisitions: list[tuple[str, int, int | None]], appended: bool | None = True
 ) -> list[Operation]:
     """Per (holder, token, release index): an acknowledged acquisition, an append (its
     answer ``appended``; None: unknown) and an acknowledged release."""
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     for holder, token, released in acquisitions:
         client = int(holder.split("-")[0])
         handle = history.invoke(client, "acquire", L, value=holder)
@@ -176,7 +166,7 @@ def test_the_workload_verdict_follows_the_checker() -> None:
     """The suite's own path (LockWorkload.check) on doctored histories."""
     assert WORKLOADS["lock"] is LockWorkload
     workload = LockWorkload(1)
-    workload.history = History(clock=FakeClock())
+    workload.history = History(clock=TickClock())
     workload.record(0, "acquire", L, lambda: 10, value="0-0")
     workload.record(0, "append", RESOURCE, lambda: True, value=[10, "0-0"])
     workload.record(0, "release", L, lambda: 12, value="0-0")

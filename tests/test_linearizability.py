@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.clocks import TickClock
 from zraft.linearizability import (
     KV_MODEL,
     History,
@@ -81,19 +82,6 @@ def assert_rejected(history: Sequence[Operation], listed: set[int], culprit_id: 
     text = result.describe()
     assert "NOT linearizable" in text and f"#{culprit_id}" in text and "<- culprit" in text
     return result
-
-
-class FakeClock:
-    """A thread-safe clock for the recorder: every reading is one tick later."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._now = 0
-
-    def __call__(self) -> int:
-        with self._lock:
-            self._now += 1
-            return self._now
 
 
 # --------------------------------------------------------------------------- linearizable
@@ -600,7 +588,7 @@ def test_other_models_plug_in() -> None:
 
 @pytest.mark.timeout(10)
 def test_recorder_builds_operations_with_the_injected_clock() -> None:
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     a = history.invoke(1, "write", "x", value=1)
     b = history.invoke(2, "read", "x")
     history.ok(a)
@@ -625,7 +613,7 @@ def test_recorder_builds_operations_with_the_injected_clock() -> None:
 
 @pytest.mark.timeout(60)
 def test_recorder_is_thread_safe_and_a_locked_register_is_linearizable() -> None:
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     lock = threading.Lock()
     register: dict[str, Any] = {}
 
@@ -662,7 +650,7 @@ def test_recorder_is_thread_safe_and_a_locked_register_is_linearizable() -> None
 
 @pytest.mark.timeout(10)
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    history = History(clock=FakeClock())
+    history = History(clock=TickClock())
     a = history.invoke("c1", "write", "x", value={"k": [1, 2], "b": b"\x01\xff"})
     history.ok(a)
     b = history.invoke("c2", "read", "x")
@@ -697,7 +685,7 @@ def _listify(value: Any) -> Any:
 @pytest.mark.timeout(10)
 def test_streaming_to_a_file_survives_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
-    with History(clock=FakeClock(), path=path) as history:
+    with History(clock=TickClock(), path=path) as history:
         w = history.invoke(1, "write", "x", value=1)
         history.ok(w)
         history.invoke(3, "write", "x", value=2)  # never completes: the process "dies"
@@ -716,7 +704,7 @@ def test_streaming_to_a_file_survives_a_crash(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         History.load(bad)
     with pytest.raises(TypeError):
-        History(clock=FakeClock()).invoke(1, "write", "x", value={1, 2})
+        History(clock=TickClock()).invoke(1, "write", "x", value={1, 2})
 
 
 @pytest.mark.timeout(10)
