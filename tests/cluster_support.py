@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from zraft.local import LocalCluster
+from zraft.local import LocalCluster, free_ports
+from zraft.settings import Settings
 
 ELECTION_TIMEOUT_MS = 500
 
@@ -29,3 +30,12 @@ def applied_everywhere(cluster: LocalCluster, peers: list[str], index: int) -> b
         if status is None or status["applied"] < index:
             return False
     return True
+
+
+def single_peer_settings(data_dir: Path, backend: str) -> Settings:
+    """A one-peer cluster on a free port, for a ``PeerRuntime`` in the test's own process."""
+    (port,) = free_ports(1)
+    peer = f"127.0.0.1:{port}"
+    return Settings.load(
+        peer_id=peer, peers=[peer], data_dir=data_dir, backend=backend, election_timeout=200
+    )

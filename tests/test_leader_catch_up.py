@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
+from tests.cluster_support import single_peer_settings
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
 from zraft.backends.base import ApplyResult
 from zraft.backends.kv import KeyValueBackend
-from zraft.local import free_ports
-from zraft.settings import Settings
 from zraft.transport import ClientChannel, ClientReply, ClientRequest
 
 
@@ -47,15 +46,8 @@ def _ask(channel: ClientChannel, peer: str, request: ClientRequest) -> ClientRep
 
 @pytest.mark.timeout(90)
 def test_a_new_leader_asks_pings_to_retry_until_it_has_caught_up(tmp_path: Path) -> None:
-    (port,) = free_ports(1)
-    peer = f"127.0.0.1:{port}"
-    settings = Settings.load(
-        peer_id=peer,
-        peers=[peer],
-        data_dir=tmp_path,
-        backend=f"{__name__}:GatedBackend",
-        election_timeout=200,
-    )
+    settings = single_peer_settings(tmp_path, f"{__name__}:GatedBackend")
+    peer = settings.require_peer_id()
     GatedBackend.gate.set()
     runtime = PeerRuntime(settings).start()
     try:

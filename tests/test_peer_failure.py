@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.cluster_support import single_peer_settings
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
 from zraft.backends.base import ApplyResult
 from zraft.backends.kv import KeyValueBackend
-from zraft.local import free_ports
-from zraft.settings import Settings
 from zraft.transport import ClientChannel, ClientRequest
 
 
@@ -33,15 +32,8 @@ class DiskFailingBackend(KeyValueBackend):
 
 @pytest.mark.timeout(60)
 def test_an_actor_failure_stops_the_whole_peer(tmp_path: Path) -> None:
-    (port,) = free_ports(1)
-    peer = f"127.0.0.1:{port}"
-    settings = Settings.load(
-        peer_id=peer,
-        peers=[peer],
-        data_dir=tmp_path,
-        backend=f"{__name__}:DiskFailingBackend",
-        election_timeout=200,
-    )
+    settings = single_peer_settings(tmp_path, f"{__name__}:DiskFailingBackend")
+    peer = settings.require_peer_id()
     runtime = PeerRuntime(settings).start()
     try:
         with ClientChannel("zraft", "c") as channel:
