@@ -84,12 +84,12 @@ class Session(LightSession):
         it on ``watch_events()``. Backends that cannot name what a query read refuse with
         ``NotSupported``."""
         self._check_open()
-        sent = time.monotonic()
         if watch is None or watch is False:
             # No keep-alive credit: a follower may have answered it, unheard by the leader.
             return super().query(query, timeout)
         if watch is not True and not callable(watch):
             raise TypeError("watch must be a callable, True or None")
+        sent = time.monotonic()
         watches = self._watch_manager()
         watch_id = watches.begin(query, None if watch is True else watch)
         try:
