@@ -1,9 +1,13 @@
 """The log actor: makes Readys durable in groups, then releases what waited for them.
 
 The peer actor appends ``PersistItem``s to a shared queue and tells ``WAKE``; each wake
-drains everything queued into one log append (one fdatasync), so under load many Readys
-share one sync (group commit). Only then are the votes and acknowledgements they carry
-sent, and the core told ``Persisted``.
+drains everything queued into one log append (one fdatasync). Only then are the votes and
+acknowledgements they carry sent, and the core told ``Persisted``.
+
+It runs on the peer actor's thread (a ``HostedActor``), as the bare pipeline of
+performance.md does: the peer gathers everything that arrived in one turn of its loop into
+one Ready, so under load many writes share one sync (group commit), and an acknowledgement
+leaves right after its sync without waking another thread.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import pykka
 from zraft.core import Entry, HardState, Message
 from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
 
+from .loop_inbox import HostedActor
 from .messages import WAKE, CompactLog, InstallState, Persisted, PersistItem
 
 log = logging.getLogger(__name__)
 
 
-class LogActor(pykka.ThreadingActor):
+class LogActor(HostedActor):
     def __init__(
         self,
         *,

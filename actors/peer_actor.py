@@ -30,8 +30,10 @@ from zraft.core import (
 from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
 from .commands import Command, CommandKind
+from .loop_inbox import HostedLoop, HostedRef, LoopActor, LoopEnded
 from .messages import (
     LEADERSHIP_LOST,
+    TICK,
     WAKE,
     WATCH_TICK,
     ApplyBatch,
@@ -61,7 +63,9 @@ log = logging.getLogger(__name__)
 
 Replies = list[tuple[Identity, ClientReply]]
 
-PROPOSAL_SLICE = 64
+PROPOSAL_SLICE = 128
+# Inputs stepped at most before the core's output is gathered (see on_receive).
+MAX_UNDRAINED = 64
 
 # Client ops that become log entries, and the command each carries.
 _WRITE_KINDS = {
@@ -72,11 +76,17 @@ _WRITE_KINDS = {
 }
 
 
-class PeerActor(pykka.ThreadingActor):
+class PeerActor(LoopActor):
+    """Hosted on the transport's loop (``LoopActor``): peer messages and client requests
+    are stepped on the thread that received them, and what the core sends is flushed by it.
+    """
+
     def __init__(
         self,
         *,
         node: Node,
+        loop: HostedLoop,
+        flush: Callable[[], None],
         send: Callable[[Iterable[Message]], None],
         reply: Callable[[Iterable[tuple[Identity, ClientReply]]], None],
         set_peers: Callable[[Iterable[str]], None],
@@ -91,9 +101,15 @@ class PeerActor(pykka.ThreadingActor):
         on_removed: Callable[[], None] = lambda: None,
         session_table: Callable[[], dict[str, int]] = dict,
         tick_seconds: float = 0.05,
+        hosted: Iterable[HostedRef] = (),
+        on_ref: Callable[[pykka.ActorRef[Any]], None] = lambda ref: None,
     ) -> None:
         super().__init__()
+        on_ref(self.actor_ref)  # before the thread starts: others may tell us at once
+        self.actor_inbox.attach(loop, tick=TICK, tick_seconds=tick_seconds)
+        self.actor_inbox.host(*hosted)
         self.node = node
+        self.flush = flush
         self.send = send
         self.reply = reply
         self.set_peers = set_peers
@@ -121,6 +137,7 @@ class PeerActor(pykka.ThreadingActor):
         # oldest come first
         self.reads: dict[int, tuple[Identity, int, Any, int, tuple[str, int] | None]] = {}
         self.ticks = 0
+        self.undrained = 0  # inputs stepped since the output was last gathered
         self._contexts = itertools.count(1)
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
         self.members: frozenset[str] = frozenset()
@@ -168,7 +185,13 @@ class PeerActor(pykka.ThreadingActor):
             node.report_snapshot(message.peer, message.success)
         elif isinstance(message, StatusRequest):
             return self.status()  # answers an ask() from a non-actor thread (metrics)
-        self._drain()
+        elif isinstance(message, LoopEnded):
+            raise RuntimeError(message.reason)
+        # Everything already waiting is stepped before the output is gathered: one Ready,
+        # one send per peer and one log write for the lot (bounded, so output keeps flowing).
+        self.undrained += 1
+        if self.actor_inbox.empty() or self.undrained >= MAX_UNDRAINED:
+            self._drain()
         return None
 
     # ------------------------------------------------------------------ inputs
@@ -396,6 +419,7 @@ class PeerActor(pykka.ThreadingActor):
     # ------------------------------------------------------------------ the ready loop
 
     def _drain(self) -> None:
+        self.undrained = 0
         node = self.node
         while node.has_ready():
             ready = node.ready()
@@ -425,6 +449,7 @@ class PeerActor(pykka.ThreadingActor):
             self.report_removed()
         if self.membership_waiters:
             self._answer_membership()
+        self.flush()
 
     def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
         """The proposals' waiters whose index is now committed (or, before a snapshot,
@@ -460,6 +485,9 @@ class PeerActor(pykka.ThreadingActor):
             if overtaken := self._waiting_up_to(ready.snapshot.index):
                 self.session_actor.tell(AwaitWrites(overtaken))
             self.session_actor.tell(ExpectSnapshot(ready.snapshot.index))
+        # The log actor writes on this thread: what must go out first (appends to the
+        # followers, sent before our own sync) leaves now.
+        self.flush()
         self.persist_queue.append(
             PersistItem(
                 ready.snapshot,

@@ -1,4 +1,4 @@
-"""One peer, assembled: storage, backend, the four actors, the ticker and the transport.
+"""One peer, assembled: storage, backend, the four actors and the transport.
 
 ``PeerRuntime(settings).start()`` recovers from disk (latest snapshot, then the log after
 it, then the hard state) and joins the cluster; ``stop()`` takes everything down. If any
@@ -25,7 +25,8 @@ from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
 from zraft.transport import CurveSettings, ZmqTransport
 
 from .log_actor import LogActor
-from .messages import TICK, ClientBatch, PeerBatch, PersistItem, StatusRequest
+from .loop_inbox import HostedRef
+from .messages import ClientBatch, PeerBatch, PersistItem, StatusRequest
 from .metrics import serve_metrics
 from .peer_actor import PeerActor
 from .session_actor import SessionActor
@@ -44,10 +45,9 @@ class PeerRuntime:
         self.failure: str | None = None
         self.stopped = threading.Event()
         self._actors: list[pykka.ActorRef[Any]] = []
-        self._ticker: threading.Thread | None = None
         self.transport: ZmqTransport | None = None
         self.peer: pykka.ActorRef[Any] | None = None
-        self.session: pykka.ActorRef[Any] | None = None
+        self._hosted: list[HostedRef] = []
         self._metrics_server: ThreadingHTTPServer | None = None
         self._raft_log: SegmentedLog | None = None  # closed by stop(): frees its lock file
 
@@ -110,22 +110,25 @@ class PeerRuntime:
             max_client_requests=s.max_client_requests,
         )
         transport = self.transport
+        # Bound now (a busy port fails here, before any actor starts); the peer actor's
+        # thread runs its loop.
+        transport.start(hosted=True)
         lock = threading.Lock()
         queue: deque[PersistItem] = deque()
         self.metrics: dict[str, dict[str, Any]] = {"log": {}, "apply": {}, "snapshot": {}}
-        self.session = SessionActor.start(
+        peer_proxy = _SafeRef()  # filled in by the peer actor before its thread starts
+        session = SessionActor.start(
             peer_id=self.peer_id,
             state=state,
             snapshots=snapshots,
             snapshot_lock=lock,
             max_log_count=s.max_log_count,
             reply=transport.reply,
-            peer=None,
+            peer=peer_proxy,
             metrics=self.metrics["apply"],
             on_failure=self._fail,
         )
-        peer_proxy = _SafeRef()
-        log_actor = LogActor.start(
+        log_actor = LogActor(
             raft_log=raft_log,
             hard_state_file=hard_state_file,
             snapshots=snapshots,
@@ -133,7 +136,7 @@ class PeerRuntime:
             queue=queue,
             send=transport.send,
             peer=peer_proxy,
-            session=_SafeRef(self.session),
+            session=_SafeRef(session),
             saved=hard_state,
             metrics=self.metrics["log"],
             on_failure=self._fail,
@@ -153,12 +156,14 @@ class PeerRuntime:
         )
         self.peer = PeerActor.start(
             node=node,
+            loop=transport,
+            flush=transport.flush,
             send=transport.send,
             reply=transport.reply,
             set_peers=transport.set_peers,
             persist_queue=queue,
-            log_actor=_SafeRef(log_actor),
-            session_actor=_SafeRef(self.session),
+            log_actor=_SafeRef(log_actor.actor_ref),
+            session_actor=_SafeRef(session),
             snapshot_actor=_SafeRef(snapshot_actor),
             applied_index=lambda: state.applied_index,
             applied_term=lambda: state.applied_term,
@@ -170,13 +175,11 @@ class PeerRuntime:
             on_removed=self.removed.set,
             session_table=state.session_table,
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
+            hosted=(log_actor.actor_ref,),
+            on_ref=peer_proxy.set,
         )
-        peer_proxy.ref = self.peer
-        self.session.proxy().set_peer(peer_proxy).get()
-        self._actors = [self.peer, log_actor, snapshot_actor, self.session]
-        transport.start()
-        self._ticker = threading.Thread(target=self._tick_loop, name="zraft-ticker", daemon=True)
-        self._ticker.start()
+        self._actors = [self.peer, snapshot_actor, session]  # the peer's thread hosts
+        self._hosted = [log_actor.actor_ref]
         if s.metrics_port is not None:
             peer_ref = self.peer
             self._metrics_server = serve_metrics(
@@ -190,8 +193,6 @@ class PeerRuntime:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
         for ref in self._actors:
             try:
                 ref.stop(block=True, timeout=10)
@@ -199,6 +200,8 @@ class PeerRuntime:
                 pass
             except Exception:  # stopping must go on for the others
                 log.exception("stopping %s", ref)
+        for hosted in self._hosted:  # their host has stopped: nothing reaches them now
+            hosted.stop()
         if self.transport is not None:
             self.transport.close()
         if self._raft_log is not None:
@@ -214,14 +217,6 @@ class PeerRuntime:
             pass
 
     # ------------------------------------------------------------------ plumbing
-
-    def _tick_loop(self) -> None:
-        interval = self.settings.tick_interval / 1000  # type: ignore[operator]
-        while not self.stopped.wait(interval):
-            peer = self.peer
-            if peer is None or not peer.is_alive():
-                return
-            peer.tell(TICK)
 
     def _on_peer_messages(self, messages: list[Any]) -> None:
         if self.peer is not None:
@@ -243,6 +238,9 @@ class _SafeRef:
     instead of failing the sender."""
 
     def __init__(self, ref: pykka.ActorRef[Any] | None = None) -> None:
+        self.ref = ref
+
+    def set(self, ref: pykka.ActorRef[Any]) -> None:
         self.ref = ref
 
     def tell(self, message: Any) -> None:

@@ -276,12 +276,21 @@ class ZmqTransport:
         self._stop = False
         self._close_on_exit = False
         self._ctx_done = False
+        # The thread that owns the sockets while the loop is open, and the loop's parts.
+        self._loop_ident: int | None = None
+        self._poller: zmq.Poller | None = None
+        self._monitor: zmq.Socket[Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Bind the ROUTER (errors raise here) and start the I/O thread."""
-        if self._thread is not None or self._closed:
+    def start(self, *, hosted: bool = False) -> None:
+        """Bind the ROUTER (errors raise here) and start the I/O thread.
+
+        ``hosted``: start no thread; another thread runs the loop instead (``open_loop``,
+        then ``run_once`` in a loop, then ``close_loop``), so that it can handle what
+        arrives without handing it to yet another thread.
+        """
+        if self._thread is not None or self._router is not None or self._closed:
             raise TransportError("transport already started or closed")
         router = self._ctx.socket(zmq.ROUTER)
         try:
@@ -310,6 +319,8 @@ class ZmqTransport:
             where = f"{self._listen_host}:{self._port}"
             raise TransportError(f"cannot listen on {where}: {exc}") from exc
         self._router = router
+        if hosted:
+            return
         # zmq allows moving a socket to another thread across a full memory barrier, which
         # Thread.start() is; from here on only the I/O thread touches it.
         self._thread = threading.Thread(
@@ -335,6 +346,14 @@ class ZmqTransport:
                 self._thread = None
                 self._shutdown_context()
             return
+        with self._lock:
+            if self._loop_ident not in (None, threading.get_ident()):
+                # A hosted loop still owns the sockets: its host closes them on its way out
+                # (run_once now returns False), then the context.
+                self._close_on_exit = True
+                self._wake_locked()
+                return
+        self.close_loop()  # never looped, or looped on this thread
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
@@ -400,7 +419,7 @@ class ZmqTransport:
                 return
             self._peers = new
             self._outbox.append((_PEERS, new))
-            if not self._wake_pending:
+            if not self._wake_pending and threading.get_ident() != self._loop_ident:
                 self._wake_pending = True
                 self._wake_locked()
 
@@ -440,7 +459,7 @@ class ZmqTransport:
                 full = False
                 self._backlog += count
                 self._outbox.append((kind, items))
-                if not self._wake_pending:
+                if not self._wake_pending and threading.get_ident() != self._loop_ident:
                     self._wake_pending = True
                     self._wake_locked()
         if full:
@@ -468,9 +487,25 @@ class ZmqTransport:
     # ------------------------------------------------------------------ the I/O thread
 
     def _run(self) -> None:
+        self.open_loop()
+        try:
+            while self.run_once(1000):
+                pass
+        except Exception:  # noqa: BLE001 - last resort: log, then close cleanly
+            log.exception("transport I/O thread crashed")
+        finally:
+            self.close_loop()
+
+    # ------------------------------------------------------------------ the loop, hosted
+
+    def open_loop(self) -> None:
+        """Make the calling thread the one that owns the sockets (the I/O thread, or the
+        thread hosting the loop after ``start(hosted=True)``)."""
         router = self._router
-        assert router is not None
-        monitor = router.get_monitor_socket(
+        if router is None:
+            raise TransportError("transport not started")
+        self._loop_ident = threading.get_ident()
+        self._monitor = router.get_monitor_socket(
             zmq.EVENT_ACCEPTED
             | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -480,43 +515,77 @@ class ZmqTransport:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        self._poller = poller
         self._connect_peers(self._peers)
-        try:
-            while not self._stop:
-                try:
-                    events = dict(poller.poll(1000))
-                except zmq.ZMQError as exc:
-                    if exc.errno == zmq.ETERM:
-                        break
-                    log.exception("poll failed")
-                    continue
-                if self._wake_r in events:
-                    self._drain_outbox()
-                if router in events:
-                    self._drain_inbound(router)
-                if monitor in events:
-                    self._drain_monitor(monitor)
-        except Exception:  # noqa: BLE001 - last resort: log, then close cleanly
-            log.exception("transport I/O thread crashed")
-        finally:
-            router.disable_monitor()
-            monitor.close(linger=0)
-            for sock in self._dealers.values():
-                sock.close(linger=0)
-            self._dealers.clear()
-            router.close(linger=0)
-            self._router = None
-            if self._close_on_exit:
-                self._shutdown_context()
 
-    def _drain_outbox(self) -> None:
+    def run_once(self, timeout_ms: int) -> bool:
+        """One turn of the loop on the owning thread: send what is queued, wait up to
+        ``timeout_ms`` for traffic or a wakeup, and handle it (callbacks run here).
+        False once the transport is closing."""
+        if self._stop:
+            return False
+        if self._outbox:  # queued by the owning thread itself, which never wakes itself
+            self._drain_outbox()
+        router, poller, monitor = self._router, self._poller, self._monitor
+        assert router is not None and poller is not None and monitor is not None
         try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+            events = dict(poller.poll(timeout_ms))
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.ETERM:
+                return False
+            log.exception("poll failed")
+            return True
+        if self._wake_r in events:
+            self._drain_outbox(signaled=True)
+        if router in events:
+            self._drain_inbound(router)
+        if monitor in events:
+            self._drain_monitor(monitor)
+        return not self._stop
+
+    def flush(self) -> None:
+        """On the owning thread: send what is queued now rather than at the next turn."""
+        if self._outbox and threading.get_ident() == self._loop_ident:
+            self._drain_outbox()
+
+    def wake(self) -> None:
+        """From any thread: make the owning thread's current or next wait return."""
         with self._lock:
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._wake_locked()
+
+    def close_loop(self) -> None:
+        """On the owning thread, last: close every socket it owns."""
+        router = self._router
+        if router is None:
+            return
+        if self._monitor is not None:
+            router.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        self._poller = None
+        for sock in self._dealers.values():
+            sock.close(linger=0)
+        self._dealers.clear()
+        router.close(linger=0)
+        self._router = None
+        with self._lock:
+            self._loop_ident = None
+            close_context = self._close_on_exit
+        if close_context:
+            self._shutdown_context()
+
+    def _drain_outbox(self, signaled: bool = False) -> None:
+        with self._lock:
+            # Bytes are written to the pipe only under the lock, so none is left behind.
+            if signaled or self._wake_pending:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
             self._wake_pending = False
             items = self._outbox
             self._outbox = []

@@ -1,0 +1,237 @@
+"""An actor whose thread also runs its transport's event loop.
+
+A pykka ``ThreadingActor`` waits on a ``queue.Queue``, so every peer message used to cross
+two threads before the consensus core saw it: the transport's I/O thread received it and
+told the actor, which woke up to step it; its answers went back the same way. Each crossing
+costs tens of microseconds of wakeups here, several per write. ``LoopActor`` swaps the
+queue for a ``LoopInbox``: when the actor has nothing queued, its own thread turns the
+transport's loop (``ZmqTransport.run_once``), whose callbacks put what arrived into the
+inbox on that same thread; what the actor sends is flushed by that thread too. Other
+threads still ``tell`` it as any actor (a wakeup through the transport's pipe), and it
+also keeps the clock: a tick message when one is due, so no ticker thread is needed.
+
+``HostedActor``s have no thread at all: they run on a ``LoopActor``'s thread. The peer's
+log actor is one: what arrived in one turn of the loop is made durable in that turn (one
+sync for the lot) and the acknowledgements leave right after, without waking a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import pykka
+from pykka._envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+_MAX_WAIT_MS = 1000
+
+
+class HostedLoop(Protocol):
+    """What the inbox needs of a transport started with ``hosted=True``."""
+
+    def open_loop(self) -> None: ...
+
+    def run_once(self, timeout_ms: int) -> bool: ...
+
+    def wake(self) -> None: ...
+
+    def close_loop(self) -> None: ...
+
+
+class LoopEnded:
+    """Handed to the actor when its transport's loop stops (closed under it, or broken)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class HostedActor:
+    """An actor without a thread of its own: it runs on its host's loop thread.
+
+    A message told on the host's thread is handled at once (a call, not a hand-off); one
+    told from another thread travels through the host's inbox. Handling stays one message
+    at a time, in the order each sender told them. If handling raises, the actor is dead
+    from then on and ``on_failure`` is called, as pykka does for a threaded actor.
+    """
+
+    def __init__(self) -> None:
+        self.actor_ref = HostedRef(self)
+
+    def on_receive(self, message: Any) -> Any:
+        return None
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass
+
+
+class HostedRef:
+    """How others tell a ``HostedActor``; the same ``tell``/``is_alive``/``stop`` as a
+    pykka ref."""
+
+    def __init__(self, actor: HostedActor) -> None:
+        self.actor = actor
+        self.host: LoopInbox | None = None
+        self._alive = True
+
+    def is_alive(self) -> bool:
+        return self._alive
+
+    def tell(self, message: Any) -> None:
+        if not self._alive:
+            raise pykka.ActorDeadError(f"{type(self.actor).__name__} stopped")
+        host = self.host
+        if host is None or host.on_loop_thread():
+            self.deliver(message)
+        else:
+            host.put(Envelope(Delivery(self, message)))
+
+    def deliver(self, message: Any) -> None:
+        if not self._alive:
+            return
+        try:
+            self.actor.on_receive(message)
+        except Exception:
+            self._alive = False
+            log.exception("%s failed", type(self.actor).__name__)
+            self.actor.on_failure(*sys.exc_info())
+
+    def stop(self, block: bool = True, timeout: float | None = None) -> None:
+        if self._alive:
+            self._alive = False
+            self.actor.on_stop()
+
+
+class Delivery:
+    """A message for a hosted actor, told from another thread: the host hands it over."""
+
+    __slots__ = ("ref", "message")
+
+    def __init__(self, ref: HostedRef, message: Any) -> None:
+        self.ref, self.message = ref, message
+
+
+class LoopInbox:
+    """The actor's mailbox: a deque filled by any thread, drained by the actor's thread,
+    which turns the transport loop whenever the deque is empty."""
+
+    def __init__(self) -> None:
+        self._envelopes: deque[Envelope[Any]] = deque()
+        self._loop: HostedLoop | None = None
+        self._owner: int | None = None  # the actor's thread, once its loop is open
+        self._tick: Any = None
+        self._tick_seconds = 0.0
+        self._next_tick = 0.0
+        self._clock: Callable[[], float] = time.monotonic
+
+    def attach(
+        self,
+        loop: HostedLoop,
+        *,
+        tick: Any = None,
+        tick_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._loop = loop
+        self._tick, self._tick_seconds, self._clock = tick, tick_seconds, clock
+
+    def open(self) -> None:
+        """On the actor's thread, before the first ``get``."""
+        assert self._loop is not None, "attach a loop first"
+        self._loop.open_loop()
+        self._owner = threading.get_ident()
+        self._next_tick = self._clock() + self._tick_seconds
+
+    def close(self) -> None:
+        """On the actor's thread, last."""
+        if self._loop is not None and self._owner is not None:
+            self._owner = None
+            self._loop.close_loop()
+
+    # pykka's inbox interface (put from any thread; get and empty from the actor's)
+
+    def put(
+        self, envelope: Envelope[Any], block: bool = True, timeout: float | None = None
+    ) -> None:
+        self._envelopes.append(envelope)
+        if self._owner != threading.get_ident() and self._loop is not None:
+            self._loop.wake()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:
+        envelopes = self._envelopes
+        loop = self._loop
+        while True:
+            if self._tick is not None:
+                now = self._clock()
+                if now >= self._next_tick:
+                    # Late (a long step): the next tick counts from now, no burst of ticks.
+                    self._next_tick = max(self._next_tick + self._tick_seconds, now)
+                    return Envelope(self._tick)
+                wait_ms = int((self._next_tick - now) * 1000) + 1
+            else:
+                wait_ms = _MAX_WAIT_MS
+            if envelopes:
+                return envelopes.popleft()
+            if loop is None or self._owner is None:  # not open (stopping before starting)
+                return Envelope(LoopEnded("no transport loop"))
+            try:
+                running = loop.run_once(min(wait_ms, _MAX_WAIT_MS))
+            except Exception as exc:  # noqa: BLE001 - the actor fails, the peer stops
+                log.exception("transport loop failed")
+                return Envelope(LoopEnded(f"transport loop failed: {exc!r}"))
+            if not running and not envelopes:
+                return Envelope(LoopEnded("transport closed"))
+
+    def empty(self) -> bool:
+        return not self._envelopes
+
+    def on_loop_thread(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def host(self, *refs: HostedRef) -> None:
+        """Run these hosted actors on this inbox's thread (before the actor starts)."""
+        for ref in refs:
+            ref.host = self
+
+
+class LoopActor(pykka.ThreadingActor):
+    """A pykka actor hosted on its transport's loop (see the module docstring).
+
+    Subclasses call ``self.actor_inbox.attach(...)`` in ``__init__``; the loop is opened
+    on the actor's thread before ``on_start`` and closed after the actor stops or fails.
+    """
+
+    actor_inbox: LoopInbox  # type: ignore[assignment]
+
+    @staticmethod
+    def _create_actor_inbox() -> LoopInbox:  # type: ignore[override]
+        return LoopInbox()
+
+    def _handle_receive(self, message: Any) -> Any:
+        if isinstance(message, Delivery):
+            message.ref.deliver(message.message)
+            return None
+        return super()._handle_receive(message)
+
+    def _actor_loop(self) -> None:
+        try:
+            self.actor_inbox.open()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("cannot open the transport loop")
+            self._handle_failure(type(exc), exc, exc.__traceback__)
+            self.on_failure(type(exc), exc, exc.__traceback__)
+            self._actor_loop_teardown()
+            return
+        try:
+            super()._actor_loop()
+        finally:
+            self.actor_inbox.close()
