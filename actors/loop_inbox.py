@@ -111,6 +111,23 @@ class HostedRef:
             self.actor.on_stop()
 
 
+class OwnThread(pykka.ThreadingActor):
+    """Runs a ``HostedActor`` on a thread of its own instead of a host's."""
+
+    def __init__(self, actor: HostedActor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def on_receive(self, message: Any) -> Any:
+        return self.actor.on_receive(message)
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.actor.on_failure(exc_type, exc_value, traceback)
+
+    def on_stop(self) -> None:
+        self.actor.on_stop()
+
+
 class Delivery:
     """A message for a hosted actor, told from another thread: the host hands it over."""
 

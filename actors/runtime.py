@@ -25,7 +25,7 @@ from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
 from zraft.transport import CurveSettings, ZmqTransport
 
 from .log_actor import LogActor
-from .loop_inbox import HostedRef
+from .loop_inbox import HostedRef, OwnThread
 from .messages import ClientBatch, PeerBatch, PersistItem, StatusRequest
 from .metrics import serve_metrics
 from .peer_actor import PeerActor
@@ -141,6 +141,8 @@ class PeerRuntime:
             metrics=self.metrics["log"],
             on_failure=self._fail,
         )
+        # On the peer actor's thread unless the settings give it one of its own.
+        log_ref: Any = OwnThread.start(log_actor) if s.log_thread else log_actor.actor_ref
         snapshot_actor = SnapshotActor.start(
             peer_id=self.peer_id,
             cluster_id=s.cluster_id,
@@ -162,7 +164,7 @@ class PeerRuntime:
             reply=transport.reply,
             set_peers=transport.set_peers,
             persist_queue=queue,
-            log_actor=_SafeRef(log_actor.actor_ref),
+            log_actor=_SafeRef(log_ref),
             session_actor=_SafeRef(session),
             snapshot_actor=_SafeRef(snapshot_actor),
             applied_index=lambda: state.applied_index,
@@ -175,11 +177,14 @@ class PeerRuntime:
             on_removed=self.removed.set,
             session_table=state.session_table,
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
-            hosted=(log_actor.actor_ref,),
+            hosted=() if s.log_thread else (log_ref,),
             on_ref=peer_proxy.set,
         )
         self._actors = [self.peer, snapshot_actor, session]  # the peer's thread hosts
-        self._hosted = [log_actor.actor_ref]
+        if s.log_thread:
+            self._actors.append(log_ref)
+        else:
+            self._hosted = [log_ref]
         if s.metrics_port is not None:
             peer_ref = self.peer
             self._metrics_server = serve_metrics(
