@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from zraft.backends.base import (
     ApplyResult,
@@ -43,9 +43,11 @@ class _ClientRecord:
     results: dict[int, tuple[Outcome, int]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """What applying one entry produced; ``outcome`` is None for no-op and config entries."""
+class Applied(NamedTuple):
+    """What applying one entry produced; ``outcome`` is None for no-op and config entries.
+
+    A tuple: one is made per applied entry on every peer, and a tuple is made faster than
+    a frozen dataclass."""
 
     index: int
     term: int
