@@ -28,6 +28,10 @@ from .messages import WAKE, CompactLog, InstallState, Persisted, PersistItem
 
 log = logging.getLogger(__name__)
 
+# A write this slow is worth a warning: on the peer's thread it also held up heartbeats.
+SLOW_PERSIST_S = 0.1
+SLOW_WARNING_INTERVAL_S = 10.0
+
 
 class LogActor(HostedActor):
     def __init__(
@@ -44,6 +48,7 @@ class LogActor(HostedActor):
         saved: HardState,
         metrics: dict[str, Any],
         on_failure: Callable[[str], None],
+        own_thread: bool = False,
     ) -> None:
         super().__init__()
         self.raft_log = raft_log
@@ -58,6 +63,8 @@ class LogActor(HostedActor):
         self.report_failure = on_failure
         self.metrics = metrics  # shared with the status view; only this actor writes it
         self.metrics.update(fsyncs=0, persisted_readys=0, persist_seconds_total=0.0)
+        self.own_thread = own_thread
+        self.slow_warned_at = float("-inf")
 
     def on_receive(self, message: Any) -> None:
         if message is WAKE:
@@ -94,8 +101,16 @@ class LogActor(HostedActor):
             self.hard_state_file.save(hard_state)
             self.saved = hard_state
             self.metrics["fsyncs"] += 1
-        self.metrics["persist_seconds_total"] += time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.metrics["persist_seconds_total"] += took
         self.metrics["persisted_readys"] += len(items)
+        if took >= SLOW_PERSIST_S and started - self.slow_warned_at >= SLOW_WARNING_INTERVAL_S:
+            self.slow_warned_at = started
+            log.warning(
+                "writing the log took %.0f ms%s",
+                took * 1000,
+                "" if self.own_thread else " on the peer's thread (see the log_thread setting)",
+            )
         after = [m for item in items for m in item.messages]
         if after:
             self.send(after)

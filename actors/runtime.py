@@ -140,6 +140,7 @@ class PeerRuntime:
             saved=hard_state,
             metrics=self.metrics["log"],
             on_failure=self._fail,
+            own_thread=s.log_thread,
         )
         # On the peer actor's thread unless the settings give it one of its own.
         log_ref: Any = OwnThread.start(log_actor) if s.log_thread else log_actor.actor_ref

@@ -1,18 +1,24 @@
 """Both places the log can be written: on the peer actor's thread (the default) and, with
 ``log_thread``, on a thread of its own. Either way a write is durable before it is answered
-and survives a restart."""
+and survives a restart; a slow write is reported, pointing at ``log_thread`` when it held up
+the peer's thread."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
 
 from tests.cluster_support import single_peer_settings
+from zraft.actors.log_actor import SLOW_PERSIST_S, LogActor
+from zraft.actors.messages import WAKE, PersistItem
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
+from zraft.core import Entry, HardState
 from zraft.transport import ClientChannel, ClientReply, ClientRequest
 
 
@@ -62,3 +68,53 @@ def test_writes_are_durable_whichever_thread_writes_the_log(
                 assert reply.ok and reply.result == {"found": True, "value": seq}, reply
     finally:
         runtime.stop()
+
+
+class _SlowLog:
+    """A log whose every append takes longer than a write should."""
+
+    last_index = 0
+    last_term = 0
+
+    def append(self, entries: list[Entry]) -> None:
+        time.sleep(SLOW_PERSIST_S * 1.5)
+        self.last_index, self.last_term = entries[-1].index, entries[-1].term
+
+
+class _Peer:
+    def __init__(self) -> None:
+        self.told: list[object] = []
+
+    def tell(self, message: object) -> None:
+        self.told.append(message)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("own_thread", [False, True])
+def test_a_slow_write_is_reported_once_per_interval(
+    own_thread: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue: deque[PersistItem] = deque()
+    peer, sent = _Peer(), []
+    actor = LogActor(
+        raft_log=_SlowLog(),  # type: ignore[arg-type]
+        hard_state_file=None,  # type: ignore[arg-type]
+        snapshots=None,  # type: ignore[arg-type]
+        snapshot_lock=threading.Lock(),
+        queue=queue,
+        send=sent.extend,
+        peer=peer,  # type: ignore[arg-type]
+        session=None,  # type: ignore[arg-type]
+        saved=HardState(),
+        metrics={},
+        on_failure=lambda reason: None,
+        own_thread=own_thread,
+    )
+    with caplog.at_level(logging.WARNING, logger="zraft.actors.log_actor"):
+        for index in (1, 2):
+            queue.append(PersistItem(None, None, (Entry(index, 1, data=b"x"),), None, ()))
+            actor.on_receive(WAKE)
+    warnings = [r.getMessage() for r in caplog.records if "writing the log took" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # the second, within the interval, is not repeated
+    assert ("log_thread" in warnings[0]) is not own_thread
+    assert [m.index for m in peer.told] == [1, 2]  # both made durable and reported
