@@ -92,6 +92,9 @@ class HostedRef:
         host = self.host
         if host is None or host.on_loop_thread():
             self.deliver(message)
+        elif host.closed.is_set():  # the host is gone: as pykka's ref would, say so
+            self._alive = False
+            raise pykka.ActorDeadError(f"{type(self.actor).__name__}'s host stopped")
         else:
             host.put(Envelope(Delivery(self, message)))
 
@@ -103,7 +106,10 @@ class HostedRef:
         except Exception:
             self._alive = False
             log.exception("%s failed", type(self.actor).__name__)
-            self.actor.on_failure(*sys.exc_info())
+            try:
+                self.actor.on_failure(*sys.exc_info())
+            except Exception:  # noqa: BLE001 - must not take the host down with it
+                log.exception("%s.on_failure raised", type(self.actor).__name__)
 
     def stop(self, block: bool = True, timeout: float | None = None) -> None:
         if self._alive:
@@ -149,6 +155,9 @@ class LoopInbox:
         self._tick_seconds = 0.0
         self._next_tick = 0.0
         self._clock: Callable[[], float] = time.monotonic
+        # Set once the loop is closed for good: the sockets are released, nothing told to
+        # the actor or to actors it hosts will be handled any more.
+        self.closed = threading.Event()
 
     def attach(
         self,
@@ -169,10 +178,13 @@ class LoopInbox:
         self._next_tick = self._clock() + self._tick_seconds
 
     def close(self) -> None:
-        """On the actor's thread, last."""
-        if self._loop is not None and self._owner is not None:
-            self._owner = None
-            self._loop.close_loop()
+        """On the actor's thread, last (also when the loop never opened)."""
+        try:
+            if self._loop is not None and self._owner is not None:
+                self._owner = None
+                self._loop.close_loop()
+        finally:
+            self.closed.set()
 
     # pykka's inbox interface (put from any thread; get and empty from the actor's)
 
@@ -190,8 +202,11 @@ class LoopInbox:
             if self._tick is not None:
                 now = self._clock()
                 if now >= self._next_tick:
-                    # Late (a long step): the next tick counts from now, no burst of ticks.
-                    self._next_tick = max(self._next_tick + self._tick_seconds, now)
+                    self._next_tick += self._tick_seconds
+                    if self._next_tick <= now:
+                        # Late by a period or more (a long step): the next tick counts from
+                        # now, rather than a burst of ticks to catch up.
+                        self._next_tick = now + self._tick_seconds
                     return Envelope(self._tick)
                 wait_ms = int((self._next_tick - now) * 1000) + 1
             else:
@@ -247,6 +262,7 @@ class LoopActor(pykka.ThreadingActor):
             self._handle_failure(type(exc), exc, exc.__traceback__)
             self.on_failure(type(exc), exc, exc.__traceback__)
             self._actor_loop_teardown()
+            self.actor_inbox.close()
             return
         try:
             super()._actor_loop()

@@ -206,6 +206,11 @@ class PeerRuntime:
                 pass
             except Exception:  # stopping must go on for the others
                 log.exception("stopping %s", ref)
+        # pykka answers the stop before the actor's thread closes the loop's sockets: wait
+        # for that, or the transport's close below would only ask for it.
+        closed = self.peer.actor_inbox.closed if self.peer is not None else None
+        if closed is not None and not closed.wait(10):
+            log.error("%s: the peer actor's loop did not close", self.peer_id)
         for hosted in self._hosted:  # their host has stopped: nothing reaches them now
             hosted.stop()
         if self.transport is not None:

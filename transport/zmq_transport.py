@@ -278,6 +278,7 @@ class ZmqTransport:
         self._ctx_done = False
         # The thread that owns the sockets while the loop is open, and the loop's parts.
         self._loop_ident: int | None = None
+        self._in_turn = False  # the owning thread is inside run_once
         self._poller: zmq.Poller | None = None
         self._monitor: zmq.Socket[Any] | None = None
 
@@ -347,9 +348,11 @@ class ZmqTransport:
                 self._shutdown_context()
             return
         with self._lock:
-            if self._loop_ident not in (None, threading.get_ident()):
-                # A hosted loop still owns the sockets: its host closes them on its way out
-                # (run_once now returns False), then the context.
+            owner = self._loop_ident
+            if owner is not None and (owner != threading.get_ident() or self._in_turn):
+                # A hosted loop still owns the sockets (another thread's, or this thread's
+                # turn is under way: a callback closed us): the host closes them on its way
+                # out (run_once now returns False), then the context.
                 self._close_on_exit = True
                 self._wake_locked()
                 return
@@ -501,10 +504,11 @@ class ZmqTransport:
     def open_loop(self) -> None:
         """Make the calling thread the one that owns the sockets (the I/O thread, or the
         thread hosting the loop after ``start(hosted=True)``)."""
-        router = self._router
-        if router is None:
-            raise TransportError("transport not started")
-        self._loop_ident = threading.get_ident()
+        with self._lock:
+            router = self._router
+            if router is None or self._closed:
+                raise TransportError("transport not started, or closed")
+            self._loop_ident = threading.get_ident()  # close() now leaves the sockets to us
         self._monitor = router.get_monitor_socket(
             zmq.EVENT_ACCEPTED
             | zmq.EVENT_DISCONNECTED
@@ -525,6 +529,13 @@ class ZmqTransport:
         False once the transport is closing."""
         if self._stop:
             return False
+        self._in_turn = True
+        try:
+            return self._turn(timeout_ms)
+        finally:
+            self._in_turn = False
+
+    def _turn(self, timeout_ms: int) -> bool:
         if self._outbox:  # queued by the owning thread itself, which never wakes itself
             self._drain_outbox()
         router, poller, monitor = self._router, self._poller, self._monitor
@@ -538,9 +549,9 @@ class ZmqTransport:
             return True
         if self._wake_r in events:
             self._drain_outbox(signaled=True)
-        if router in events:
+        if router in events and not self._stop:
             self._drain_inbound(router)
-        if monitor in events:
+        if monitor in events and not self._stop:
             self._drain_monitor(monitor)
         return not self._stop
 
@@ -580,13 +591,16 @@ class ZmqTransport:
     def _drain_outbox(self, signaled: bool = False) -> None:
         with self._lock:
             # Bytes are written to the pipe only under the lock, so none is left behind.
-            if signaled or self._wake_pending:
+            # Only a turn whose poll saw the pipe readable takes the wakeup: a drain of what
+            # the owning thread queued itself must leave it for the poll, or a message put
+            # in the host's inbox meanwhile would wait out the poll's timeout.
+            if signaled:
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
                 except BlockingIOError:
                     pass
-            self._wake_pending = False
+                self._wake_pending = False
             items = self._outbox
             self._outbox = []
             self._backlog = 0
