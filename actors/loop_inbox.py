@@ -17,6 +17,7 @@ sync for the lot) and the acknowledgements leave right after, without waking a t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -31,6 +32,10 @@ from pykka._envelope import Envelope
 log = logging.getLogger(__name__)
 
 _MAX_WAIT_MS = 1000
+# An inline turn slower than this held up the host's loop (heartbeats among it): the actor
+# is then not run inline for a while.
+INLINE_SLOW_S = 0.05
+INLINE_PAUSE_S = 10.0
 
 
 class HostedLoop(Protocol):
@@ -134,6 +139,152 @@ class OwnThread(pykka.ThreadingActor):
         self.actor.on_stop()
 
 
+class Counted:
+    """A message told to an ``InlineCapable`` actor's own thread (see ``InlineRef``)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+class InlineCapable(pykka.ThreadingActor):
+    """An actor with a thread of its own that its host may also run inline.
+
+    Some work is usually quick but may not be (user code): on the actor's own thread it can
+    never hold up the host's loop, but every message then costs two thread hand-offs (in,
+    and the host woken for what it sends back). ``InlineRef`` handles a message right on the
+    host's thread when the actor says it may (``may_inline``) and it is idle: nothing told to
+    its thread is unhandled, so order is kept. A lock makes the two places take turns.
+    Subclasses implement ``receive`` instead of ``on_receive``; ``self.inline`` says where a
+    message is being handled.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn = threading.Lock()  # held while a message is handled, either place
+        self.count_lock = threading.Lock()
+        self.unhandled = 0  # messages told to our own thread and not handled yet
+        self.inline = False
+        self.failed = False
+        self.inline_paused_until = float("-inf")  # after a slow inline turn, for a while
+        self.inline_pauses = 0
+
+    def receive(self, message: Any) -> Any:
+        return None
+
+    def may_inline(self, message: Any) -> bool:
+        """Whether ``message`` is cheap enough to handle on the host's thread."""
+        return False
+
+    def on_receive(self, message: Any) -> Any:
+        counted = isinstance(message, Counted)
+        if counted:
+            message = message.message
+        try:
+            if self.failed:
+                return None
+            with self.turn:
+                try:
+                    return self.receive(message)
+                except Exception:
+                    # Before the turn is released: the host must not run the next message
+                    # inline on an actor that pykka is about to stop.
+                    self.failed = True
+                    raise
+        finally:
+            if counted:
+                with self.count_lock:
+                    self.unhandled -= 1
+
+    def handle_inline(self, message: Any) -> None:
+        """On the host's thread, holding ``turn``, nothing unhandled. A failure is the
+        actor's, reported as pykka would; the host goes on."""
+        self.inline = True
+        started = time.monotonic()
+        try:
+            self.receive(message)
+            took = time.monotonic() - started
+            if took > INLINE_SLOW_S:
+                # Slower than its estimate: the host's loop waited. Stay off it for a while.
+                self.inline_paused_until = started + took + INLINE_PAUSE_S
+                self.inline_pauses += 1
+                self.on_inline_pause()
+                log.info(
+                    "%s: %s took %.0f ms on the host's thread; not inline for %.0f s",
+                    type(self).__name__,
+                    type(message).__name__,
+                    took * 1000,
+                    INLINE_PAUSE_S,
+                )
+        except Exception:
+            self.failed = True
+            log.exception("%s failed", type(self).__name__)
+            try:
+                self.on_failure(*sys.exc_info())
+            except Exception:  # noqa: BLE001
+                log.exception("%s.on_failure raised", type(self).__name__)
+            with contextlib.suppress(pykka.ActorDeadError):  # its thread goes too
+                self.actor_ref.stop(block=False)
+        finally:
+            self.inline = False
+
+    def on_inline_pause(self) -> None:
+        """Called when a slow inline turn pauses inlining (for metrics)."""
+
+
+class InlineRef:
+    """How others tell an ``InlineCapable`` actor (``tell``/``is_alive``/``stop``).
+
+    Made before the actor (``bind`` it in the actor's ``__init__``), hosted like a
+    ``HostedRef`` (``LoopInbox.host``)."""
+
+    def __init__(self) -> None:
+        self.actor: InlineCapable | None = None
+        self.host: LoopInbox | None = None
+
+    def bind(self, actor: InlineCapable) -> None:
+        self.actor = actor
+
+    def is_alive(self) -> bool:
+        actor = self.actor
+        return actor is not None and not actor.failed and actor.actor_ref.is_alive()
+
+    def tell(self, message: Any) -> None:
+        actor = self.actor
+        if actor is None or actor.failed or not actor.actor_ref.is_alive():
+            raise pykka.ActorDeadError("not running")
+        host = self.host
+        if (
+            host is not None
+            and host.on_loop_thread()
+            and time.monotonic() >= actor.inline_paused_until
+            and actor.turn.acquire(blocking=False)
+        ):
+            try:
+                with actor.count_lock:
+                    idle = actor.unhandled == 0
+                # Asked only now: with the turn held and nothing unhandled, the actor's
+                # state cannot change under the answer.
+                if idle and actor.may_inline(message):
+                    actor.handle_inline(message)
+                    return
+            finally:
+                actor.turn.release()
+        with actor.count_lock:
+            actor.unhandled += 1
+        try:
+            actor.actor_ref.tell(Counted(message))
+        except pykka.ActorDeadError:
+            with actor.count_lock:
+                actor.unhandled -= 1
+            raise
+
+    def stop(self, block: bool = True, timeout: float | None = None) -> None:
+        if self.actor is not None:
+            self.actor.actor_ref.stop(block=block, timeout=timeout)
+
+
 class Delivery:
     """A message for a hosted actor, told from another thread: the host hands it over."""
 
@@ -229,7 +380,7 @@ class LoopInbox:
     def on_loop_thread(self) -> bool:
         return self._owner == threading.get_ident()
 
-    def host(self, *refs: HostedRef) -> None:
+    def host(self, *refs: HostedRef | InlineRef) -> None:
         """Run these hosted actors on this inbox's thread (before the actor starts)."""
         for ref in refs:
             ref.host = self

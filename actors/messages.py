@@ -168,6 +168,13 @@ class WatchTick:
 WATCH_TICK = WatchTick()
 
 
+class SnapshotDue:
+    """To the session actor's own thread: a snapshot is due (found while applying inline)."""
+
+
+SNAPSHOT_DUE = SnapshotDue()
+
+
 @dataclass(frozen=True, slots=True)
 class ExpectSnapshot:
     """Entries after ``index`` wait until the snapshot at ``index`` is installed."""

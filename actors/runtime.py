@@ -25,7 +25,7 @@ from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
 from zraft.transport import CurveSettings, ZmqTransport
 
 from .log_actor import LogActor
-from .loop_inbox import HostedRef, OwnThread
+from .loop_inbox import HostedRef, InlineRef, OwnThread
 from .messages import ClientBatch, PeerBatch, PersistItem, StatusRequest
 from .metrics import serve_metrics
 from .peer_actor import PeerActor
@@ -117,6 +117,7 @@ class PeerRuntime:
         queue: deque[PersistItem] = deque()
         self.metrics: dict[str, dict[str, Any]] = {"log": {}, "apply": {}, "snapshot": {}}
         peer_proxy = _SafeRef()  # filled in by the peer actor before its thread starts
+        session_ref = InlineRef()  # the peer actor runs the session actor inline when it can
         session = SessionActor.start(
             peer_id=self.peer_id,
             state=state,
@@ -127,6 +128,7 @@ class PeerRuntime:
             peer=peer_proxy,
             metrics=self.metrics["apply"],
             on_failure=self._fail,
+            inline_ref=session_ref,
         )
         log_actor = LogActor(
             raft_log=raft_log,
@@ -136,7 +138,7 @@ class PeerRuntime:
             queue=queue,
             send=transport.send,
             peer=peer_proxy,
-            session=_SafeRef(session),
+            session=_SafeRef(session_ref),
             saved=hard_state,
             metrics=self.metrics["log"],
             on_failure=self._fail,
@@ -166,7 +168,7 @@ class PeerRuntime:
             set_peers=transport.set_peers,
             persist_queue=queue,
             log_actor=_SafeRef(log_ref),
-            session_actor=_SafeRef(session),
+            session_actor=_SafeRef(session_ref),
             snapshot_actor=_SafeRef(snapshot_actor),
             applied_index=lambda: state.applied_index,
             applied_term=lambda: state.applied_term,
@@ -178,7 +180,7 @@ class PeerRuntime:
             on_removed=self.removed.set,
             session_table=state.session_table,
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
-            hosted=() if s.log_thread else (log_ref,),
+            hosted=(session_ref,) if s.log_thread else (log_ref, session_ref),
             on_ref=peer_proxy.set,
         )
         self._actors = [self.peer, snapshot_actor, session]  # the peer's thread hosts

@@ -19,7 +19,9 @@ from zraft.core import Entry
 from zraft.storage import SnapshotStore
 from zraft.transport import ClientReply
 
+from .loop_inbox import InlineCapable, InlineRef
 from .messages import (
+    SNAPSHOT_DUE,
     ApplyBatch,
     AwaitWrites,
     ExpectSnapshot,
@@ -29,6 +31,7 @@ from .messages import (
     PendingRead,
     PendingWrite,
     ServeReads,
+    SnapshotDue,
     SnapshotTaken,
     SnapshotWritten,
     WatchPoll,
@@ -38,6 +41,12 @@ from .state_machine import Applied, ReplicatedState
 from .watches import PollAnswer, WatchTable
 
 log = logging.getLogger(__name__)
+
+# A committed batch is applied on the peer's thread only if it should take at most this
+# long by the measured cost per entry, and carries at most this many bytes (a big command,
+# a bulk policy load say, may be slow however quick the others were).
+INLINE_APPLY_BUDGET_S = 0.01
+INLINE_APPLY_MAX_BYTES = 256 * 1024
 
 Replier = Callable[[Iterable[tuple[Identity, ClientReply]]], None]
 
@@ -52,7 +61,11 @@ def reply_for(
     return ClientReply(request_id, False, failure.reason, error=failure.code, leader=leader)
 
 
-class SessionActor(pykka.ThreadingActor):
+class SessionActor(InlineCapable):
+    """Has a thread of its own, so a long apply never holds up the peer's loop; the peer
+    runs it inline instead when it is idle and the work is known to be quick (see
+    ``may_inline``): a write is then applied and answered in the turn that committed it."""
+
     def __init__(
         self,
         *,
@@ -65,8 +78,15 @@ class SessionActor(pykka.ThreadingActor):
         peer: pykka.ActorRef[Any] | None,
         metrics: dict[str, Any],
         on_failure: Callable[[str], None],
+        inline_ref: InlineRef | None = None,
     ) -> None:
         super().__init__()
+        if inline_ref is not None:
+            inline_ref.bind(self)
+        self.me: Any = inline_ref if inline_ref is not None else self.actor_ref
+        # Seconds per applied entry, a moving average (None until measured): whether a batch
+        # is quick enough to apply on the peer's thread.
+        self.apply_cost: float | None = None
         self.peer_id = peer_id
         self.state = state
         self.snapshots = snapshots
@@ -86,6 +106,9 @@ class SessionActor(pykka.ThreadingActor):
         self.metrics = metrics  # shared with the status view; only this actor writes it
         self.metrics.update(
             applied_entries=0,
+            batches_inline=0,  # committed batches applied on the peer's thread
+            batches_on_thread=0,  # and on the session actor's own
+            inline_pauses=0,
             snapshots_taken=0,
             snapshots_installed=0,
             watches_fired=0,
@@ -95,7 +118,22 @@ class SessionActor(pykka.ThreadingActor):
     def set_peer(self, peer: pykka.ActorRef[Any]) -> None:
         self.peer = peer
 
-    def on_receive(self, message: Any) -> None:
+    def may_inline(self, message: Any) -> bool:
+        if isinstance(message, ApplyBatch):
+            entries = message.entries
+            return (
+                self.apply_cost is not None
+                and self.expecting_snapshot is None
+                and len(entries) * self.apply_cost <= INLINE_APPLY_BUDGET_S
+                and sum(len(e.data) for e in entries if type(e.data) is bytes)
+                <= INLINE_APPLY_MAX_BYTES
+            )
+        return isinstance(message, AwaitWrites | ExpectSnapshot | WatchTick)
+
+    def on_inline_pause(self) -> None:
+        self.metrics["inline_pauses"] = self.inline_pauses
+
+    def receive(self, message: Any) -> None:
         if isinstance(message, ApplyBatch):
             for write in message.waiting:
                 self.pending_writes[write.index] = write
@@ -120,6 +158,8 @@ class SessionActor(pykka.ThreadingActor):
             self._refuse_waiting_watch_reads()
             self._answer_polls(self.watches.lose_leadership())
             self._count_watches()
+        elif isinstance(message, SnapshotDue) and not self.snapshotting and self._snapshot_due():
+            self._take_snapshot()
         return None
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -135,7 +175,11 @@ class SessionActor(pykka.ThreadingActor):
         if not entries:
             return
         replies: list[tuple[Identity, ClientReply]] = []
+        started = time.perf_counter()
         applied_entries = self.state.apply(entries)
+        cost = (time.perf_counter() - started) / len(entries)
+        previous = self.apply_cost
+        self.apply_cost = cost if previous is None else 0.8 * previous + 0.2 * cost
         for applied in applied_entries:
             pending = self.pending_writes.pop(applied.index, None)
             if pending is None:
@@ -156,14 +200,20 @@ class SessionActor(pykka.ThreadingActor):
                     )
                 )
         self.metrics["applied_entries"] += len(entries)
+        self.metrics["batches_inline" if self.inline else "batches_on_thread"] += 1
         if not self.watches.idle:
             replies.extend(self._fire_watches(applied_entries))
         replies.extend(self._due_reads())
         if replies:
             self.reply(replies)
-        due = self.state.applied_index - self.last_snapshot >= self.max_log_count
-        if due and not self.snapshotting:
-            self._take_snapshot()
+        if self._snapshot_due() and not self.snapshotting:
+            if self.inline:  # copying the state may take long: not on the peer's thread
+                self.me.tell(SNAPSHOT_DUE)
+            else:
+                self._take_snapshot()
+
+    def _snapshot_due(self) -> bool:
+        return self.state.applied_index - self.last_snapshot >= self.max_log_count
 
     def _take_snapshot(self) -> None:
         """Snapshot the applied state; a backend that copied its state writes it meanwhile
@@ -175,7 +225,7 @@ class SessionActor(pykka.ThreadingActor):
                 SnapshotWritten(meta.index, self._write_snapshot(meta, writer, extra))
             )
             return
-        me = self.actor_ref
+        me = self.me
 
         def write() -> None:
             done = SnapshotWritten(meta.index, self._write_snapshot(meta, writer, extra))
