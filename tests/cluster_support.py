@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from zraft.local import LocalCluster, free_ports
 from zraft.settings import Settings
+from zraft.transport import ClientChannel, ClientReply, ClientRequest
 
 ELECTION_TIMEOUT_MS = 500
 
@@ -39,3 +41,18 @@ def single_peer_settings(data_dir: Path, backend: str) -> Settings:
     return Settings.load(
         peer_id=peer, peers=[peer], data_dir=data_dir, backend=backend, election_timeout=200
     )
+
+
+def ask_leader(channel: ClientChannel, peer: str, request: ClientRequest) -> ClientReply:
+    """The first answer from ``peer`` as leader (retrying while it has none, or is not
+    leading yet: a peer just started)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            reply = channel.request(peer, request, 0.5)
+        except Exception:  # noqa: BLE001 - starting up: no leader, no answer yet
+            reply = None
+        if reply is not None and reply.error != "not_leader":
+            return reply
+        assert time.monotonic() < deadline, f"no answer to {request.op}: {reply}"
+        time.sleep(0.05)

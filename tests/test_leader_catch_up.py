@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_support import single_peer_settings
+from tests.cluster_support import ask_leader, single_peer_settings
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
 from zraft.backends.base import ApplyResult
 from zraft.backends.kv import KeyValueBackend
-from zraft.transport import ClientChannel, ClientReply, ClientRequest
+from zraft.transport import ClientChannel, ClientRequest
 
 
 class GatedBackend(KeyValueBackend):
@@ -30,18 +30,6 @@ class GatedBackend(KeyValueBackend):
         return super().apply(command)
 
 
-def _ask(channel: ClientChannel, peer: str, request: ClientRequest) -> ClientReply:
-    """The first answer from the leader (retrying while there is none yet)."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            reply = channel.request(peer, request, 0.5)
-        except Exception:  # noqa: BLE001 - starting up: no leader, no answer yet
-            reply = None
-        if reply is not None and reply.error != "not_leader":
-            return reply
-        assert time.monotonic() < deadline, f"no answer to {request.op}: {reply}"
-        time.sleep(0.05)
 
 
 @pytest.mark.timeout(90)
@@ -53,10 +41,10 @@ def test_a_new_leader_asks_pings_to_retry_until_it_has_caught_up(tmp_path: Path)
     try:
         with ClientChannel("zraft", "t") as channel:
             # A plain write first, then a session: on replay the write holds up the session.
-            assert _ask(channel, peer, ClientRequest(1, "write", kv.put("k", 1), "c", 1)).ok
-            opened = _ask(channel, peer, ClientRequest(2, "session_open", 60_000, "s1", 1))
+            assert ask_leader(channel, peer, ClientRequest(1, "write", kv.put("k", 1), "c", 1)).ok
+            opened = ask_leader(channel, peer, ClientRequest(2, "session_open", 60_000, "s1", 1))
             assert opened.ok, opened
-            assert _ask(channel, peer, ClientRequest(3, "ping", None, "s1")).ok
+            assert ask_leader(channel, peer, ClientRequest(3, "ping", None, "s1")).ok
     finally:
         runtime.stop()
 
@@ -64,15 +52,15 @@ def test_a_new_leader_asks_pings_to_retry_until_it_has_caught_up(tmp_path: Path)
     runtime = PeerRuntime(settings).start()
     try:
         with ClientChannel("zraft", "t2") as channel:
-            held = _ask(channel, peer, ClientRequest(4, "ping", None, "s1"))
+            held = ask_leader(channel, peer, ClientRequest(4, "ping", None, "s1"))
             # Not "session_expired": s1 is in the part of the log not applied yet.
             assert (held.ok, held.error) == (False, "retry"), held
             poll = ClientRequest(5, "watch_poll", {"epoch": "", "after": 0, "wait_ms": 0}, "s1")
-            held = _ask(channel, peer, poll)
+            held = ask_leader(channel, peer, poll)
             assert held.error != "session_expired", held
             GatedBackend.gate.set()
             deadline = time.monotonic() + 20
-            while not (reply := _ask(channel, peer, ClientRequest(6, "ping", None, "s1"))).ok:
+            while not (reply := ask_leader(channel, peer, ClientRequest(6, "ping", None, "s1"))).ok:
                 assert reply.error == "retry", reply
                 assert time.monotonic() < deadline, "the leader never caught up"
                 time.sleep(0.05)

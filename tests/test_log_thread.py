@@ -13,26 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_support import single_peer_settings
+from tests.cluster_support import ask_leader, single_peer_settings
 from zraft.actors.log_actor import SLOW_PERSIST_S, LogActor
 from zraft.actors.messages import WAKE, PersistItem
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
 from zraft.core import Entry, HardState
-from zraft.transport import ClientChannel, ClientReply, ClientRequest
-
-
-def _ask(channel: ClientChannel, peer: str, request: ClientRequest) -> ClientReply:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            reply = channel.request(peer, request, 0.5)
-        except Exception:  # noqa: BLE001 - starting up: no leader, no answer yet
-            reply = None
-        if reply is not None and reply.error != "not_leader":
-            return reply
-        assert time.monotonic() < deadline, f"no answer to {request.op}: {reply}"
-        time.sleep(0.05)
+from zraft.transport import ClientChannel, ClientRequest
 
 
 def _log_threads() -> set[str]:
@@ -54,7 +41,7 @@ def test_writes_are_durable_whichever_thread_writes_the_log(
         with ClientChannel("zraft", "w") as channel:
             for seq in range(1, 51):
                 request = ClientRequest(seq, "write", kv.put(f"k{seq}", seq), "c", seq)
-                assert _ask(channel, peer, request).ok
+                assert ask_leader(channel, peer, request).ok
         assert runtime.metrics["log"]["fsyncs"] > 0
     finally:
         runtime.stop()
@@ -64,7 +51,7 @@ def test_writes_are_durable_whichever_thread_writes_the_log(
     try:
         with ClientChannel("zraft", "r") as channel:
             for seq in (1, 25, 50):
-                reply = _ask(channel, peer, ClientRequest(seq, "query", kv.get(f"k{seq}")))
+                reply = ask_leader(channel, peer, ClientRequest(seq, "query", kv.get(f"k{seq}")))
                 assert reply.ok and reply.result == {"found": True, "value": seq}, reply
     finally:
         runtime.stop()

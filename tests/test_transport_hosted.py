@@ -76,6 +76,21 @@ class Pair:
         pytest.fail("the hosted transport never went quiet")
 
 
+def turn_ended_by(pair: Pair, action: Callable[[], object]) -> bool:
+    """Run ``action`` on another thread 0.2 s into a 5 s turn of the hosted loop; the turn
+    must end quickly (the action woke it). Returns what run_once returned."""
+    timer = threading.Timer(0.2, action)
+    timer.start()
+    try:
+        started = time.monotonic()
+        running = pair.hosted.run_once(5000)
+        assert time.monotonic() - started < QUICK
+    finally:
+        timer.join(10)
+    assert not timer.is_alive()  # the action itself returned without waiting for us
+    return running
+
+
 def ping(src: str, dst: str) -> Heartbeat:
     return Heartbeat(0, src, dst, 0, 0)
 
@@ -189,14 +204,7 @@ def test_send_on_the_owning_thread_only_queues_and_flush_sends_at_once(pair: Pai
 
     # From another thread, send does wake the loop: a blocked wait ends at once.
     third = batch_of(b, a, 200)
-    timer = threading.Timer(0.2, pair.hosted.send, args=(third,))
-    timer.start()
-    try:
-        started = time.monotonic()
-        assert pair.hosted.run_once(5000)
-        assert time.monotonic() - started < QUICK
-    finally:
-        timer.join(10)
+    assert turn_ended_by(pair, lambda: pair.hosted.send(third)) is True
     assert wait_until(lambda: len(received_by_a(pair)) >= 300)
     assert received_by_a(pair) == first + second + third
 
@@ -204,14 +212,7 @@ def test_send_on_the_owning_thread_only_queues_and_flush_sends_at_once(pair: Pai
 @pytest.mark.timeout(60)
 def test_wake_from_another_thread_ends_a_blocking_run_once(pair: Pair) -> None:
     connect(pair)  # no connection events left to end a wait early
-    timer = threading.Timer(0.2, pair.hosted.wake)
-    timer.start()
-    try:
-        started = time.monotonic()
-        assert pair.hosted.run_once(5000)
-        assert time.monotonic() - started < QUICK
-    finally:
-        timer.join(10)
+    assert turn_ended_by(pair, pair.hosted.wake) is True
 
     # The wakeup was used up: the next turn waits its whole timeout.
     started = time.monotonic()
@@ -247,15 +248,7 @@ def test_close_from_another_thread_ends_the_loop_and_close_loop_releases_it(
 ) -> None:
     connect(pair)
     b = pair.b
-    timer = threading.Timer(0.2, pair.hosted.close)
-    timer.start()
-    try:
-        started = time.monotonic()
-        assert pair.hosted.run_once(5000) is False
-        assert time.monotonic() - started < QUICK
-    finally:
-        timer.join(10)
-    assert not timer.is_alive()  # close() did not wait for this thread: it cannot
+    assert turn_ended_by(pair, pair.hosted.close) is False  # close() did not wait for us
     assert pair.hosted.run_once(5000) is False  # and stays ended
 
     # The sockets are still the loop's to close: the port is still taken.
