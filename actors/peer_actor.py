@@ -30,7 +30,7 @@ from zraft.core import (
 from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
 from .commands import Command, CommandKind
-from .loop_inbox import HostedLoop, HostedRef, LoopActor, LoopEnded
+from .loop_inbox import HostedLoop, HostedRef, InlineRef, LoopActor, LoopEnded
 from .messages import (
     LEADERSHIP_LOST,
     TICK,
@@ -101,7 +101,7 @@ class PeerActor(LoopActor):
         on_removed: Callable[[], None] = lambda: None,
         session_table: Callable[[], dict[str, int]] = dict,
         tick_seconds: float = 0.05,
-        hosted: Iterable[HostedRef] = (),
+        hosted: Iterable[HostedRef | InlineRef] = (),
         on_ref: Callable[[pykka.ActorRef[Any]], None] = lambda ref: None,
     ) -> None:
         super().__init__()
