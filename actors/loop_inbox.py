@@ -13,6 +13,10 @@ also keeps the clock: a tick message when one is due, so no ticker thread is nee
 ``HostedActor``s have no thread at all: they run on a ``LoopActor``'s thread. The peer's
 log actor is one: what arrived in one turn of the loop is made durable in that turn (one
 sync for the lot) and the acknowledgements leave right after, without waking a thread.
+
+``InlineCapable`` actors have a thread of their own, for work that may be slow (user code),
+but their host runs a message inline when they are idle and the message is known to be
+quick (``InlineRef``). The peer's session actor is one.
 """
 
 from __future__ import annotations
