@@ -86,7 +86,6 @@ class PeerActor(LoopActor):
         *,
         node: Node,
         loop: HostedLoop,
-        flush: Callable[[], None],
         send: Callable[[Iterable[Message]], None],
         reply: Callable[[Iterable[tuple[Identity, ClientReply]]], None],
         set_peers: Callable[[Iterable[str]], None],
@@ -109,7 +108,7 @@ class PeerActor(LoopActor):
         self.actor_inbox.attach(loop, tick=TICK, tick_seconds=tick_seconds)
         self.actor_inbox.host(*hosted)
         self.node = node
-        self.flush = flush
+        self.flush = loop.flush  # sends what this thread queued, now
         self.send = send
         self.reply = reply
         self.set_peers = set_peers

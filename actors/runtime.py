@@ -162,7 +162,6 @@ class PeerRuntime:
         self.peer = PeerActor.start(
             node=node,
             loop=transport,
-            flush=transport.flush,
             send=transport.send,
             reply=transport.reply,
             set_peers=transport.set_peers,

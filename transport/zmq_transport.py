@@ -422,9 +422,8 @@ class ZmqTransport:
                 return
             self._peers = new
             self._outbox.append((_PEERS, new))
-            if not self._wake_pending and threading.get_ident() != self._loop_ident:
-                self._wake_pending = True
-                self._wake_locked()
+            if threading.get_ident() != self._loop_ident:
+                self._wake_once_locked()
 
     def stats(self) -> dict[str, int]:
         """Counters: sent, received (messages), frames, ``dropped_<reason>`` (outbound,
@@ -462,14 +461,19 @@ class ZmqTransport:
                 full = False
                 self._backlog += count
                 self._outbox.append((kind, items))
-                if not self._wake_pending and threading.get_ident() != self._loop_ident:
-                    self._wake_pending = True
-                    self._wake_locked()
+                if threading.get_ident() != self._loop_ident:  # it never waits on itself
+                    self._wake_once_locked()
         if full:
             self._ratelog.warning("backlog", "send backlog full (%d); dropping", self._max_backlog)
 
     def _wake(self) -> None:
         with self._lock:
+            self._wake_locked()
+
+    def _wake_once_locked(self) -> None:
+        # One byte until the owning thread drains: thousands of sends share one wakeup.
+        if not self._wake_pending:
+            self._wake_pending = True
             self._wake_locked()
 
     def _wake_locked(self) -> None:
@@ -563,9 +567,7 @@ class ZmqTransport:
     def wake(self) -> None:
         """From any thread: make the owning thread's current or next wait return."""
         with self._lock:
-            if not self._wake_pending:
-                self._wake_pending = True
-                self._wake_locked()
+            self._wake_once_locked()
 
     def close_loop(self) -> None:
         """On the owning thread, last: close every socket it owns."""
