@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from ..packing import pack
+
 
 class CommandKind(IntEnum):
     WRITE = 0
@@ -36,9 +38,7 @@ class Command(NamedTuple):
     body: Any
 
     def encode(self) -> bytes:
-        return msgpack.packb(
-            [int(self.kind), self.client_id, self.seq, self.acked, self.body], use_bin_type=True
-        )
+        return pack([int(self.kind), self.client_id, self.seq, self.acked, self.body])
 
     @staticmethod
     def decode(data: bytes) -> Command:

@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import msgpack
 
+from ..packing import pack
 from .base import (
     ApplyResult,
     Backend,
@@ -97,7 +98,7 @@ _MISSING: Final[Any] = object()
 def _encode_value(value: Any, field: str) -> bytes:
     """The msgpack encoding of ``value``, if it survives a round trip unchanged in kind."""
     try:
-        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        packed = pack(value)
         if type(value) not in _SCALARS:  # only containers can change kind on the way back
             msgpack.unpackb(packed, raw=False, strict_map_key=False)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -309,6 +310,26 @@ class KeyValueBackend(Backend):
         return QueryResult(self._list(cmd), frozenset(), frozenset({cmd.prefix}))
 
     def apply(self, command: Any) -> ApplyResult:
+        # The usual write, a put of a short ASCII key to a scalar, skips the general parser
+        # (it is most of the apply cost on every peer); anything else, and anything that
+        # fails here, takes the full path, which gives the errors.
+        if type(command) is dict and len(command) == 3 and command.get("op") == "put":
+            key = command.get("key")
+            value = command.get("value", _MISSING)
+            if (
+                type(key) is str
+                and 0 < len(key) <= MAX_KEY_BYTES
+                and key.isascii()
+                and type(value) in _SCALARS
+            ):
+                try:
+                    packed = pack(value)
+                except (TypeError, ValueError, OverflowError):
+                    pass
+                else:
+                    current = self._data.get(key)
+                    self._store(key, packed, current, None)
+                    return ApplyResult({"created": current is None}, frozenset({key}))
         cmd = _Parsed.parse(command, _ALL_OPS)
         return self._write(cmd, None)
 
@@ -399,22 +420,27 @@ class KeyValueBackend(Backend):
         if cmd.op == "cas" and cmd.expected != current:
             value = None if current is None else _decode(current)
             return ApplyResult({"swapped": False, "found": current is not None, "value": value})
+        self._store(key, cmd.value, current, session)
+        if cmd.op == "cas":
+            result = {"swapped": True, "found": True, "value": _decode(cmd.value)}
+        else:
+            result = {"created": current is None}
+        return ApplyResult(result, frozenset({key}))
+
+    def _store(self, key: str, packed: bytes, current: bytes | None, session: str | None) -> None:
+        """Set ``key`` (whose value is ``current``) to ``packed``; a new key made through a
+        session belongs to it."""
         if session is not None and current is not None and self._owner.get(key) != session:
             owner = self._owner.get(key)
             whose = "is persistent" if owner is None else "belongs to another session"
             raise CommandRejected(f"key {key[:200]!r} exists and {whose}")
-        self._data[key] = cmd.value
+        self._data[key] = packed
         if current is None:
             if self._sorted is not None:
                 bisect.insort(self._sorted, key)
             if session is not None:
                 self._owner[key] = session
                 self._owned.setdefault(session, set()).add(key)
-        if cmd.op == "cas":
-            result = {"swapped": True, "found": True, "value": _decode(cmd.value)}
-        else:
-            result = {"created": current is None}
-        return ApplyResult(result, frozenset({key}))
 
     def _remove(self, key: str) -> None:
         del self._data[key]

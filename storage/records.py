@@ -30,6 +30,7 @@ from typing import NamedTuple
 import msgpack
 
 from ..core.types import Configuration, Entry, EntryKind
+from ..packing import pack
 from .errors import CorruptRecordError, TornRecordError
 
 HEADER = struct.Struct("<IIQQBI")
@@ -63,7 +64,7 @@ def _payload(entry: Entry) -> bytes:
             f"entry {entry.index}: {entry.kind.name} data must be bytes, "
             f"got {type(entry.data).__name__}"
         )
-    return msgpack.packb(bytes(entry.data))
+    return pack(bytes(entry.data))
 
 
 def encode_record(entry: Entry, batch_pos: int = 0) -> bytes:

@@ -168,6 +168,8 @@ BAD_COMMANDS: list[tuple[Any, str]] = [
     ({"op": "put", "key": "k", "value": object()}, "value is not msgpack-able"),
     ({"op": "put", "key": "k", "value": 2**64}, "does not fit in 64 bits"),
     ({"op": "put", "key": "k", "value": ["\udfff"]}, "not valid UTF-8"),
+    ({"op": "put", "key": "k", "value": "\udfff"}, "not valid UTF-8"),
+    ({"op": "put", "key": "k", "value": -(2**63) - 1}, "does not fit in 64 bits"),
     ({"op": "put", "key": "k", "value": {(1, 2): 3}}, "a map key is a list or map"),
     ({"op": "cas", "key": "k", "value": 1}, "needs field(s) 'expected'"),
     ({"op": "cas", "key": "k", "expected": {3j}, "value": 1}, "expected is not msgpack-able"),
@@ -278,6 +280,36 @@ def test_random_input_only_ever_rejects(commands: list[Any]) -> None:
             assert isinstance(outcome, ApplyResult | QueryResult)
             msgpack.packb(outcome.data if isinstance(outcome, QueryResult) else outcome.result,
                           use_bin_type=True)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    puts=st.lists(
+        st.fixed_dictionaries({
+            "op": st.just("put"),
+            "key": st.text(max_size=3)
+            | st.sampled_from(["k", "é", "\ud800", "x" * MAX_KEY_BYTES, "y" * (MAX_KEY_BYTES + 1)]),
+            "value": _values(),
+        }),
+        min_size=1, max_size=10,
+    )
+)
+def test_put_fast_path_matches_the_general_path(puts: list[dict[str, Any]]) -> None:
+    """apply() takes a shortcut for plain puts; it must answer, change and refuse exactly
+    as the general parser does."""
+    fast, general = make(), make()
+    for command in puts:
+        try:
+            expected: Any = general._write(kv._Parsed.parse(command, kv._ALL_OPS), None)
+        except CommandRejected as exc:
+            expected = ("rejected", exc.reason)
+        try:
+            got: Any = fast.apply(command)
+        except CommandRejected as exc:
+            got = ("rejected", exc.reason)
+        assert got == expected
+        assert everything(fast) == everything(general)
 
 
 # --------------------------------------------------------------------------- sessions

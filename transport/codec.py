@@ -35,6 +35,7 @@ from ..core.messages import (
     VoteResponse,
 )
 from ..core.types import Configuration, Entry, EntryKind, SnapshotMeta
+from ..packing import pack
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
 PROTOCOL_VERSION = 2  # 2: ClientReply carries the log index
@@ -163,19 +164,15 @@ def _body(msg: WireMessage) -> list[Any]:  # noqa: C901 - one flat dispatch is c
     raise TypeError(f"cannot encode {t.__name__}")
 
 
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
 def encode(message: WireMessage, *, cluster_id: str, sender: str) -> bytes:
     """One message as one frame. Raises TypeError/ValueError for what cannot be encoded."""
-    return _pack([PROTOCOL_VERSION, cluster_id, sender, TYPE_CODES[type(message)], _body(message)])
+    return pack([PROTOCOL_VERSION, cluster_id, sender, TYPE_CODES[type(message)], _body(message)])
 
 
 def encode_batch(messages: Sequence[WireMessage], *, cluster_id: str, sender: str) -> bytes:
     """Many messages in one frame (type code 0). Raises like ``encode``."""
     items = [[TYPE_CODES[type(m)], _body(m)] for m in messages]
-    return _pack([PROTOCOL_VERSION, cluster_id, sender, BATCH, items])
+    return pack([PROTOCOL_VERSION, cluster_id, sender, BATCH, items])
 
 
 def encode_batches(
