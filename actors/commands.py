@@ -24,6 +24,7 @@ class CommandKind(IntEnum):
 
 
 _KINDS = frozenset(int(kind) for kind in CommandKind)
+_new_command = tuple.__new__
 
 
 class MalformedCommand(ValueError):
@@ -46,13 +47,13 @@ class Command(NamedTuple):
             raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
         except Exception as error:  # msgpack raises several unrelated types
             raise MalformedCommand(f"not msgpack: {error}") from None
-        if not isinstance(raw, list) or len(raw) != 5:
+        if type(raw) is not list or len(raw) != 5:
             raise MalformedCommand("a command is a 5-element array")
-        kind, client_id, seq, acked, body = raw
-        if kind not in _KINDS:
+        kind, client_id, seq, acked, _ = raw
+        if type(kind) is not int or kind not in _KINDS:
             raise MalformedCommand(f"unknown command kind {kind!r}")
         if type(client_id) is not str or len(client_id) > 256:
             raise MalformedCommand("client id must be a string of at most 256 characters")
         if type(seq) is not int or type(acked) is not int or seq < 0 or acked < 0:
             raise MalformedCommand("seq and acked must be non-negative integers")
-        return Command(kind, client_id, seq, acked, body)
+        return _new_command(Command, raw)  # one is decoded per entry on every peer

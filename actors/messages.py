@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from zraft.core import Entry, HardState, InstallSnapshot, Message, SnapshotMeta
 from zraft.transport import ClientRequest, SnapshotOffer, SnapshotReady
@@ -102,8 +102,9 @@ class CompactLog:
 # ----------------------------------------------------------------------- to the session actor
 
 
-@dataclass(frozen=True, slots=True)
-class PendingWrite:
+class PendingWrite(NamedTuple):
+    """A client waiting for the write proposed at ``index`` in ``term``; one per write."""
+
     index: int
     term: int
     identity: Identity

@@ -56,7 +56,7 @@ def reply_for(
 ) -> ClientReply:
     ok, value = outcome
     if ok:
-        return ClientReply(request_id, True, value, leader=leader, index=index)
+        return ClientReply(request_id, True, value, None, leader, index)
     failure = Failure.from_wire(value)
     return ClientReply(request_id, False, failure.reason, error=failure.code, leader=leader)
 

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 Outcome = tuple[bool, Any]  # (ok, result) or (False, failure wire form)
 
-_KNOWN_KINDS = frozenset(int(kind) for kind in CommandKind)
+_WRITE = int(CommandKind.WRITE)
+_EXPIRE = int(CommandKind.SESSION_EXPIRE)
+_CLOSE = int(CommandKind.SESSION_CLOSE)
+_NO_KEYS: frozenset[str] = frozenset()
+_new = tuple.__new__
 _MAX_SESSION_TIMEOUT_MS = 86_400_000
 
 
@@ -114,41 +118,39 @@ class ReplicatedState:
         return out
 
     def _apply_one(self, entry: Entry) -> Applied:
-        if entry.kind is EntryKind.CONFIG:
-            self.config = entry.data
-            return Applied(entry.index, entry.term, None)
-        if entry.kind is EntryKind.NOOP:
-            return Applied(entry.index, entry.term, None)
+        # The hot path (a client's write) builds tuples with tuple.__new__ and skips helper
+        # calls: this runs once per entry on every peer.
+        index, term, kind, data = entry
+        if kind is not EntryKind.NORMAL:
+            if kind is EntryKind.CONFIG:
+                self.config = data
+            return _new(Applied, (index, term, None, _NO_KEYS, None, 0))
         try:
-            command = Command.decode(entry.data)
+            command = Command.decode(data)
         except MalformedCommand as error:
-            log.warning("entry %d is not a command: %s", entry.index, error)
+            log.warning("entry %d is not a command: %s", index, error)
             failure = Failure("rejected", f"malformed command: {error}")
-            return Applied(entry.index, entry.term, _outcome(failure))
-        if command.kind not in _KNOWN_KINDS:
-            failure = Failure("rejected", f"unsupported command kind {command.kind}")
-            return Applied(entry.index, entry.term, _outcome(failure))
-        if command.kind == CommandKind.SESSION_EXPIRE:
+            return Applied(index, term, _outcome(failure))
+        command_kind = command.kind
+        if command_kind == _EXPIRE:
             keys = self._end_session(command.body)  # the leader's decision: no client
             ended = command.body if isinstance(command.body, str) else None
-            return Applied(entry.index, entry.term, (True, None), keys, ended)
+            return Applied(index, term, (True, None), keys, ended)
         record = self._record(command) if command.client_id else None
-        if record is not None:
-            cached = self._cached(record, command)
-            if cached is not None:
-                outcome, first_index = cached
-                return Applied(entry.index, entry.term, outcome, first_index=first_index)
+        if record is not None and (command.seq in record.results or command.seq <= record.acked):
+            outcome, first_index = self._cached(record, command)
+            return Applied(index, term, outcome, first_index=first_index)
         result, keys = self._execute(command)
-        outcome = _outcome(result)
-        if command.kind == CommandKind.SESSION_CLOSE:
-            return Applied(entry.index, entry.term, outcome, keys, command.client_id)
+        outcome = (False, result.to_wire()) if type(result) is Failure else (True, result.result)
+        if command_kind == _CLOSE:
+            return Applied(index, term, outcome, keys, command.client_id)
         if record is not None:
-            self._remember(record, command.seq, outcome, entry.index)
-        return Applied(entry.index, entry.term, outcome, keys)
+            self._remember(record, command.seq, outcome, index)
+        return _new(Applied, (index, term, outcome, keys, None, 0))
 
     def _execute(self, command: Command) -> tuple[ApplyResult | Failure, frozenset[str]]:
         kind, session = command.kind, command.client_id
-        if kind == CommandKind.WRITE:
+        if kind == _WRITE:
             result = checked_apply(self.backend, command.body)
         elif kind == CommandKind.SESSION_OPEN:
             timeout = command.body
@@ -168,7 +170,7 @@ class ReplicatedState:
             result = checked_apply(self.backend, backend_command, owner)
         else:  # SESSION_CLOSE
             return ApplyResult({"closed": True}), self._end_session(session)
-        keys = result.trigger_keys if isinstance(result, ApplyResult) else frozenset()
+        keys = result.trigger_keys if isinstance(result, ApplyResult) else _NO_KEYS
         return result, keys
 
     def _end_session(self, session: Any) -> frozenset[str]:
@@ -201,13 +203,13 @@ class ReplicatedState:
                 del results[oldest]
         return record
 
-    def _cached(self, record: _ClientRecord, command: Command) -> tuple[Outcome, int] | None:
-        if command.seq in record.results:
-            return record.results[command.seq]  # a retry: the first result, not a new apply
-        if command.seq <= record.acked:
-            failure = Failure("rejected", f"request {command.seq} was already acknowledged")
-            return _outcome(failure), 0
-        return None
+    def _cached(self, record: _ClientRecord, command: Command) -> tuple[Outcome, int]:
+        """The answer to a write whose seq was seen before (see ``_apply_one``)."""
+        cached = record.results.get(command.seq)
+        if cached is not None:
+            return cached  # a retry: the first result, not a new apply
+        failure = Failure("rejected", f"request {command.seq} was already acknowledged")
+        return _outcome(failure), 0
 
     def _remember(self, record: _ClientRecord, seq: int, outcome: Outcome, index: int) -> None:
         record.results[seq] = (outcome, index)

@@ -190,15 +190,22 @@ class QueryResult:
         return WatchSpec(self.watch_keys, self.watch_prefixes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ApplyResult:
     """The result of one applied command, and the keys it changed (which fire watches)."""
 
     result: Any = None
     trigger_keys: frozenset[str] = frozenset()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "trigger_keys", _key_set(self.trigger_keys, "trigger_keys"))
+    def __init__(self, result: Any = None, trigger_keys: Iterable[str] = frozenset()) -> None:
+        # One is made per write on every peer: set the slots directly rather than through
+        # the frozen dataclass's generated __init__ and a __post_init__ (a third of the cost).
+        _set_result(self, result)
+        _set_trigger_keys(self, _key_set(trigger_keys, "trigger_keys"))
+
+
+_set_result = ApplyResult.result.__set__  # type: ignore[attr-defined]
+_set_trigger_keys = ApplyResult.trigger_keys.__set__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)

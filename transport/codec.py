@@ -274,6 +274,7 @@ def _context(value: Any) -> Any:
 
 
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+_new = tuple.__new__
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -442,33 +443,46 @@ def _d_ready(body: Any) -> SnapshotReady:
     return SnapshotReady(term, src, dst, _uint(b[3], "index"), host, port)
 
 
+def _counters(values: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    """Check unsigned counters: one pass for the usual case, named errors otherwise."""
+    for value in values:
+        if type(value) is not int or not 0 <= value <= MAX_INT:
+            for item, name in zip(values, names, strict=True):
+                _uint(item, name)
+
+
+_REQUEST_COUNTERS = ("request_id", "seq", "acked", "timeout_ms")
+
+
+# Client requests and replies are decoded one per write: fields are checked inline and the
+# tuple is built from the decoded list itself.
 def _d_client_request(body: Any) -> ClientRequest:
-    b = _fields(body, 7, "ClientRequest")
-    op = b[1]
+    if type(body) is not list or len(body) != 7:
+        raise FrameError("bad-body:ClientRequest")
+    request_id, op, payload, client_id, seq, acked, timeout_ms = body
     if type(op) is not str or not op or len(op) > MAX_OP_LEN:
         raise _bad("op")
-    if not _plain(b[2]):
+    if type(payload) not in _SCALARS and not _plain(payload):
         raise _bad("payload")
-    client_id = b[3]
     if type(client_id) is not str or len(client_id) > MAX_PEER_ID_LEN:
         raise _bad("client_id")
-    return ClientRequest(
-        _uint(b[0], "request_id"), op, b[2], client_id, _uint(b[4], "seq"),
-        _uint(b[5], "acked"), _uint(b[6], "timeout_ms"),
-    )  # fmt: skip
+    _counters((request_id, seq, acked, timeout_ms), _REQUEST_COUNTERS)
+    return _new(ClientRequest, body)  # type: ignore[no-any-return]
 
 
 def _d_client_reply(body: Any) -> ClientReply:
-    b = _fields(body, 6, "ClientReply")
-    if not _plain(b[2]):
+    if type(body) is not list or len(body) != 6:
+        raise FrameError("bad-body:ClientReply")
+    request_id, ok, result, error, leader, index = body
+    if type(result) not in _SCALARS and not _plain(result):
         raise _bad("result")
-    leader = b[4]
     if leader is not None:
         _peer(leader, "leader")
-    return ClientReply(
-        _uint(b[0], "request_id"), _bool(b[1], "ok"), b[2],
-        _opt_str(b[3], "error", MAX_ERROR_LEN), leader, _uint(b[5], "index"),
-    )  # fmt: skip
+    _uint(request_id, "request_id")
+    _bool(ok, "ok")
+    _opt_str(error, "error", MAX_ERROR_LEN)
+    _uint(index, "index")
+    return _new(ClientReply, body)  # type: ignore[no-any-return]
 
 
 _DECODERS: dict[int, Callable[[Any], WireMessage]] = {
