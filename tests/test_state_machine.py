@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from zraft.actors.commands import Command, CommandKind
@@ -67,13 +68,24 @@ def test_bad_entries_become_deterministic_failures() -> None:
             Entry(1, 1, EntryKind.NORMAL, b"\xc1 not msgpack"),
             write(2, {"op": "explode"}),
             Entry(3, 1, EntryKind.NOOP, b""),
+            # envelopes with the wrong shape or field types, an unhashable kind among them
+            Entry(4, 1, EntryKind.NORMAL, msgpack.packb([[0], "c1", 1, 0, None])),
+            Entry(5, 1, EntryKind.NORMAL, msgpack.packb([True, "c1", 1, 0, None])),
+            Entry(6, 1, EntryKind.NORMAL, msgpack.packb([9, "c1", 1, 0, None])),
+            Entry(7, 1, EntryKind.NORMAL, msgpack.packb([0, 7, 1, 0, None])),
+            Entry(8, 1, EntryKind.NORMAL, msgpack.packb([0, "c1", -1, 0, None])),
+            Entry(9, 1, EntryKind.NORMAL, msgpack.packb({"kind": 0})),
         ]
     )
     assert results[0].outcome is not None and results[0].outcome[0] is False
     assert results[1].outcome is not None and results[1].outcome[0] is False
     assert results[2].outcome is None
+    for bad in results[3:]:
+        assert bad.outcome is not None and bad.outcome[0] is False
+        assert "malformed command" in bad.outcome[1]["reason"]
+    assert state.applied_index == 9 and len(state.backend) == 0
     with pytest.raises(ValueError):
-        state.apply([write(9, kv.put("k", 1))])  # a gap is a bug in the caller, not input
+        state.apply([write(19, kv.put("k", 1))])  # a gap is a bug in the caller, not input
 
 
 @pytest.mark.timeout(30)
