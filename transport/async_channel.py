@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 
 import zmq
@@ -22,6 +24,9 @@ from .zmq_transport import CurveSettings, TransportError, TransportTimeout, clie
 log = logging.getLogger(__name__)
 
 _RETRY_SEND_S = 0.001  # while a connection is being set up
+
+# (loop time due, tie-breaker, the request's future, peer, timeout)
+_Deadline = tuple[float, int, "asyncio.Future[ClientReply]", str, float]
 
 
 class AsyncClientChannel:
@@ -46,6 +51,12 @@ class AsyncClientChannel:
         # Per peer: requests not sent yet, with the loop time by which a connection must exist.
         self._outbox: dict[str, list[tuple[ClientRequest, float]]] = {}
         self._flush_scheduled = False
+        # Request deadlines: a heap served by one timer for the earliest, rather than a timer
+        # per request (asyncio's TimerHandle was the biggest part of a request's client CPU).
+        # Answered requests are skipped when they come up, or pruned once they are most of it.
+        self._deadlines: list[_Deadline] = []
+        self._deadline_order = itertools.count()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.ignored = 0
 
@@ -65,20 +76,39 @@ class AsyncClientChannel:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ClientReply] = loop.create_future()
         self._waiting[req.request_id] = future
-        connect_by = loop.time() + min(timeout, connect_timeout or timeout)
+        now = loop.time()
+        connect_by = now + min(timeout, connect_timeout or timeout)
         self._outbox.setdefault(peer, []).append((req, connect_by))
         self._schedule_flush(loop, 0.0)
-        expiry = loop.call_later(timeout, self._expire, req.request_id, peer, timeout)
+        self._add_deadline(loop, (now + timeout, next(self._deadline_order), future, peer, timeout))
         try:
             return await future
         finally:
-            expiry.cancel()
-            self._waiting.pop(req.request_id, None)
+            if self._waiting.get(req.request_id) is future:
+                del self._waiting[req.request_id]
 
-    def _expire(self, request_id: int, peer: str, timeout: float) -> None:
-        future = self._waiting.get(request_id)
-        if future is not None and not future.done():
-            future.set_exception(TransportTimeout(f"no reply from {peer} within {timeout}s"))
+    def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: _Deadline) -> None:
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self._waiting) + 1024:
+            deadlines[:] = [d for d in deadlines if not d[2].done()]  # amortised O(1)
+            heapq.heapify(deadlines)
+        heapq.heappush(deadlines, deadline)
+        if deadlines[0] is deadline:  # the new earliest: (re)arm the one timer
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_timer = loop.call_at(deadline[0], self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, future, peer, timeout = heapq.heappop(deadlines)
+            if not future.done():
+                future.set_exception(TransportTimeout(f"no reply from {peer} within {timeout}s"))
+        if deadlines:
+            self._deadline_timer = loop.call_at(deadlines[0][0], self._expire_due)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
         if self._flush_scheduled:
@@ -142,6 +172,9 @@ class AsyncClientChannel:
         if self._closed:
             return
         self._closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         for task in self._readers.values():
             task.cancel()
         for task in self._readers.values():

@@ -35,7 +35,8 @@ class ClientRequest(NamedTuple):
 
     ``client_id``/``seq``/``acked`` identify the request for exactly-once bookkeeping (the
     session layer's job); ``timeout_ms`` is how long the client will wait (0: unspecified).
-    ``payload`` is any msgpack-able value; tuples come back as lists.
+    ``payload`` is any msgpack-able value; tuples come back as lists. The fields, in this
+    order, are the wire form (the codec packs and unpacks the tuple as it is).
     """
 
     request_id: int
@@ -50,7 +51,7 @@ class ClientRequest(NamedTuple):
 class ClientReply(NamedTuple):
     """The answer to ``ClientRequest`` ``request_id``; ``leader`` is a redirect hint;
     ``index`` the log index of the entry that produced a write's answer (0 otherwise): a
-    fencing token that grows with every write."""
+    fencing token that grows with every write. The fields, in this order, are the wire form."""
 
     request_id: int
     ok: bool
