@@ -103,8 +103,9 @@ class Entry(NamedTuple):
 
     def size(self) -> int:
         """Approximate encoded size, for batching limits."""
-        if isinstance(self.data, bytes | bytearray | memoryview):
-            return 16 + len(self.data)
+        data = self.data
+        if type(data) is bytes or isinstance(data, bytearray | memoryview):  # bytes: usual
+            return 16 + len(data)
         return 64
 
 

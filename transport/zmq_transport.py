@@ -765,12 +765,7 @@ class ZmqTransport:
                 self._reject(counts, "unauthenticated-peer", routing_id)
                 continue
             for msg in decoded.messages:
-                if isinstance(msg, Message):
-                    if msg.dst != me:
-                        self._reject(counts, "wrong-dst", routing_id)
-                        continue
-                    peer_msgs.append(msg)
-                elif isinstance(msg, ClientRequest):
+                if type(msg) is ClientRequest:  # first: a leader gets one per write
                     verdict = self._admit(routing_id, msg.request_id, now)
                     if verdict == _ADMIT:
                         client_reqs.append((routing_id, msg))
@@ -778,6 +773,11 @@ class ZmqTransport:
                         shed[routing_id].append(self._overloaded(msg))
                     else:  # the answer to the copy in flight answers this one too
                         counts["client_duplicates"] += 1
+                elif isinstance(msg, Message):
+                    if msg.dst != me:
+                        self._reject(counts, "wrong-dst", routing_id)
+                        continue
+                    peer_msgs.append(msg)
                 else:
                     self._reject(counts, "unexpected-type", routing_id)
             if len(peer_msgs) + len(client_reqs) >= _MAX_MESSAGES_PER_CALLBACK:
