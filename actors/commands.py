@@ -50,7 +50,11 @@ class Command(NamedTuple):
         if type(raw) is not list or len(raw) != 5:
             raise MalformedCommand("a command is a 5-element array")
         kind, client_id, seq, acked, _ = raw
-        if type(kind) is not int or kind not in _KINDS:
+        try:
+            known = kind in _KINDS
+        except TypeError:  # unhashable
+            known = False
+        if not known:
             raise MalformedCommand(f"unknown command kind {kind!r}")
         if type(client_id) is not str or len(client_id) > 256:
             raise MalformedCommand("client id must be a string of at most 256 characters")

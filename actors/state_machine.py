@@ -121,9 +121,10 @@ class ReplicatedState:
         # The hot path (a client's write) builds tuples with tuple.__new__ and skips helper
         # calls: this runs once per entry on every peer.
         index, term, kind, data = entry
-        if kind is not EntryKind.NORMAL:
-            if kind is EntryKind.CONFIG:
-                self.config = data
+        if kind is EntryKind.CONFIG:
+            self.config = data
+            return _new(Applied, (index, term, None, _NO_KEYS, None, 0))
+        if kind is EntryKind.NOOP:
             return _new(Applied, (index, term, None, _NO_KEYS, None, 0))
         try:
             command = Command.decode(data)

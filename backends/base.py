@@ -203,6 +203,11 @@ class ApplyResult:
         _set_result(self, result)
         _set_trigger_keys(self, _key_set(trigger_keys, "trigger_keys"))
 
+    def __post_init__(self) -> None:
+        # Not called by the __init__ above; a dataclass subclass's generated __init__ calls
+        # it, so a subclass's trigger keys are checked too.
+        _set_trigger_keys(self, _key_set(self.trigger_keys, "trigger_keys"))
+
 
 _set_result = ApplyResult.result.__set__  # type: ignore[attr-defined]
 _set_trigger_keys = ApplyResult.trigger_keys.__set__  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ import zmq
 from zraft.transport import codec
 from zraft.transport.async_channel import AsyncClientChannel
 from zraft.transport.messages import ClientReply, ClientRequest
-from zraft.transport.zmq_transport import TransportTimeout
+from zraft.transport.zmq_transport import TransportError, TransportTimeout
 
 CLUSTER = "test-cluster"
 
@@ -102,6 +102,8 @@ def test_answered_requests_neither_time_out_nor_pile_up(peer: str) -> None:
 
             for _ in range(20):
                 assert set(await asyncio.gather(*(one() for _ in range(500)))) == {"done"}
+            # The heap keeps no answered request's future (nor, through it, its reply).
+            assert all(entry[2] is None for entry in channel._deadlines)
             # 10,000 answered requests with 30 s deadlines: the heap is pruned, not kept.
             assert len(channel._deadlines) <= 2 * 500 + 1024 + 1
             # A request cancelled by its caller leaves nothing waiting.
@@ -117,3 +119,18 @@ def test_answered_requests_neither_time_out_nor_pile_up(peer: str) -> None:
     started = time.monotonic()
     asyncio.run(scenario())
     assert time.monotonic() - started < 30  # nothing waited for a 30 s deadline
+
+
+@pytest.mark.timeout(30)
+def test_close_ends_the_requests_in_flight(peer: str) -> None:
+    async def scenario() -> None:
+        channel = AsyncClientChannel(CLUSTER, "client-3")
+        waiting = asyncio.ensure_future(
+            channel.request(peer, ClientRequest(1, "w", "ignore"), 0.3)
+        )
+        await asyncio.sleep(0.05)
+        await channel.close()
+        with pytest.raises(TransportError, match="channel closed"):
+            await asyncio.wait_for(waiting, 2)
+
+    asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import sys
@@ -294,3 +295,19 @@ def test_the_documented_example_backend_works(tmp_path: Path) -> None:
     two = counter_cls()
     two.install(tmp_path)
     assert two.query({"read": "a"}) == QueryResult(2, frozenset({"a"}))
+
+
+@pytest.mark.timeout(10)
+def test_apply_result_checks_trigger_keys_in_dataclass_subclasses_too() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Tagged(ApplyResult):
+        tag: str = ""
+
+    assert Tagged(1, ["a"], "t").trigger_keys == frozenset({"a"})
+    with pytest.raises(TypeError):
+        Tagged(1, [7], "t")  # type: ignore[list-item]
+    plain = ApplyResult({"x": 1}, ["k"])
+    assert plain.trigger_keys == frozenset({"k"}) and plain == ApplyResult({"x": 1}, {"k"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.result = 2  # type: ignore[misc]
+    assert dataclasses.replace(plain, result=3) == ApplyResult(3, frozenset({"k"}))

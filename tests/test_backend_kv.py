@@ -308,8 +308,9 @@ def test_put_fast_path_matches_the_general_path(puts: list[dict[str, Any]]) -> N
             got: Any = fast.apply(command)
         except CommandRejected as exc:
             got = ("rejected", exc.reason)
-        assert got == expected
-        assert everything(fast) == everything(general)
+        assert repr(got) == repr(expected)  # repr: NaN equals itself there
+        assert fast._data == general._data  # the stored values are their encodings
+        assert fast._owner == general._owner and fast._keys() == general._keys()
 
 
 # --------------------------------------------------------------------------- sessions

@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from zraft import packing
 from zraft.packing import pack
 
 SAMPLES: list[Any] = [
@@ -46,3 +47,29 @@ def test_threads_do_not_share_a_buffer() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+@pytest.mark.timeout(10)
+def test_a_big_value_does_not_leave_its_buffer_behind() -> None:
+    pack([1])
+    small = packing._local.packer
+    pack(b"x" * (2 << 20))
+    assert packing._local.packer is not small and packing._local.packer is None
+    assert pack([1]) == msgpack.packb([1])
+    assert packing._local.packer is not None
+
+
+class _PackingMapping(dict):  # type: ignore[type-arg]
+    """A mapping whose items() packs something itself, as user code might."""
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self.inner = pack(["nested", 1])
+        return super().items()
+
+
+@pytest.mark.timeout(10)
+def test_a_nested_pack_on_the_same_thread_gets_its_own_packer() -> None:
+    mapping = _PackingMapping(a=1, b=[2, 3])
+    outer = pack(["outer", mapping])
+    assert msgpack.unpackb(outer) == ["outer", {"a": 1, "b": [2, 3]}]
+    assert msgpack.unpackb(mapping.inner) == ["nested", 1]

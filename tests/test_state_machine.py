@@ -70,7 +70,7 @@ def test_bad_entries_become_deterministic_failures() -> None:
             Entry(3, 1, EntryKind.NOOP, b""),
             # envelopes with the wrong shape or field types, an unhashable kind among them
             Entry(4, 1, EntryKind.NORMAL, msgpack.packb([[0], "c1", 1, 0, None])),
-            Entry(5, 1, EntryKind.NORMAL, msgpack.packb([True, "c1", 1, 0, None])),
+            Entry(5, 1, EntryKind.NORMAL, msgpack.packb([{}, "c1", 1, 0, None])),
             Entry(6, 1, EntryKind.NORMAL, msgpack.packb([9, "c1", 1, 0, None])),
             Entry(7, 1, EntryKind.NORMAL, msgpack.packb([0, 7, 1, 0, None])),
             Entry(8, 1, EntryKind.NORMAL, msgpack.packb([0, "c1", -1, 0, None])),

@@ -13,6 +13,8 @@ import contextlib
 import heapq
 import itertools
 import logging
+import time
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -25,8 +27,9 @@ log = logging.getLogger(__name__)
 
 _RETRY_SEND_S = 0.001  # while a connection is being set up
 
-# (loop time due, tie-breaker, the request's future, peer, timeout)
-_Deadline = tuple[float, int, "asyncio.Future[ClientReply]", str, float]
+# [loop time due, tie-breaker, the request's future (None once answered), peer, timeout]
+_Deadline = list[Any]
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 class AsyncClientChannel:
@@ -53,7 +56,8 @@ class AsyncClientChannel:
         self._flush_scheduled = False
         # Request deadlines: a heap served by one timer for the earliest, rather than a timer
         # per request (asyncio's TimerHandle was the biggest part of a request's client CPU).
-        # Answered requests are skipped when they come up, or pruned once they are most of it.
+        # An answered request clears its entry's future (so the heap holds no replies); cleared
+        # entries are skipped when they come up, or pruned once they are most of the heap.
         self._deadlines: list[_Deadline] = []
         self._deadline_order = itertools.count()
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -80,17 +84,19 @@ class AsyncClientChannel:
         connect_by = now + min(timeout, connect_timeout or timeout)
         self._outbox.setdefault(peer, []).append((req, connect_by))
         self._schedule_flush(loop, 0.0)
-        self._add_deadline(loop, (now + timeout, next(self._deadline_order), future, peer, timeout))
+        deadline: _Deadline = [now + timeout, next(self._deadline_order), future, peer, timeout]
+        self._add_deadline(loop, deadline)
         try:
             return await future
         finally:
+            deadline[2] = None
             if self._waiting.get(req.request_id) is future:
                 del self._waiting[req.request_id]
 
     def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: _Deadline) -> None:
         deadlines = self._deadlines
         if len(deadlines) > 2 * len(self._waiting) + 1024:
-            deadlines[:] = [d for d in deadlines if not d[2].done()]  # amortised O(1)
+            deadlines[:] = [d for d in deadlines if d[2] is not None]  # amortised O(1)
             heapq.heapify(deadlines)
         heapq.heappush(deadlines, deadline)
         if deadlines[0] is deadline:  # the new earliest: (re)arm the one timer
@@ -101,11 +107,13 @@ class AsyncClientChannel:
     def _expire_due(self) -> None:
         self._deadline_timer = None
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        # asyncio runs a timer up to its clock's resolution early: count that as due, or the
+        # timer would re-arm for the same instant until the clock moves.
+        now = loop.time() + _CLOCK_RESOLUTION
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, future, peer, timeout = heapq.heappop(deadlines)
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(TransportTimeout(f"no reply from {peer} within {timeout}s"))
         if deadlines:
             self._deadline_timer = loop.call_at(deadlines[0][0], self._expire_due)
@@ -175,6 +183,10 @@ class AsyncClientChannel:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        self._deadlines.clear()
+        for future in self._waiting.values():  # no timer will end them now
+            if not future.done():
+                future.set_exception(TransportError("channel closed"))
         for task in self._readers.values():
             task.cancel()
         for task in self._readers.values():
