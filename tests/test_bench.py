@@ -11,6 +11,8 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgpack
@@ -265,3 +267,16 @@ if os.environ.get("ZRAFT_BENCH_PYSYNCOBJ") == "1":  # needs the `bench` extra
         pso = [r for r in report["results"] if r["system"] == "pysyncobj"]
         assert all(r["leader_counters"] == {} for r in pso)
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_write_path_stage_benchmark_runs() -> None:
+    """benchmarks/write_path_bench.py (per-stage CPU, docs/benchmarks.md) keeps working."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "write_path_bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--runs", "1", "--json"],
+        capture_output=True, text=True, timeout=100, check=True,
+    )
+    stages = json.loads(done.stdout)
+    assert {"apply", "client frame decode", "append encode", "replies decode"} <= set(stages)
+    assert all(0 < value < 1000 for value in stages.values())
