@@ -20,13 +20,14 @@ import tenacity
 from zraft.core import Configuration
 from zraft.transport import (
     AsyncClientChannel,
+    ChannelClosed,
     ClientReply,
     ClientRequest,
     CurveSettings,
     TransportTimeout,
 )
 
-from .errors import UnreachablePeer
+from .errors import SessionClosed, UnreachablePeer
 from .light import DEFAULT_ELECTION_TIMEOUT
 from .requests import (
     RetryPolicy,
@@ -150,9 +151,10 @@ class AsyncLightSession(SessionCore):
     async def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int
     ) -> ClientReply:
-        request = ClientRequest(
-            next(self._request_ids), op, payload, client_id=self.client_id, seq=seq, acked=acked
-        )
-        return await self._channel.request(
-            peer, request, timeout, connect_timeout=self.retry.connect_timeout
-        )
+        request = ClientRequest(next(self._request_ids), op, payload, self.client_id, seq, acked)
+        try:
+            return await self._channel.request(
+                peer, request, timeout, connect_timeout=self.retry.connect_timeout
+            )
+        except ChannelClosed:
+            raise SessionClosed("the session is closed") from None

@@ -60,6 +60,11 @@ class SessionExpired(ClientError):
     its temporary data is gone. Open a new session."""
 
 
+class SessionClosed(ClientError):
+    """The session was closed: a call made after ``close()``, or still waiting when it
+    closed."""
+
+
 class MembershipError(ClientError):
     """A configuration change was refused."""
 

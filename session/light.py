@@ -22,6 +22,7 @@ import tenacity
 
 from zraft.core import Configuration
 from zraft.transport import (
+    ChannelClosed,
     ClientChannel,
     ClientReply,
     ClientRequest,
@@ -29,7 +30,7 @@ from zraft.transport import (
     TransportTimeout,
 )
 
-from .errors import NotLeader, UnreachablePeer
+from .errors import NotLeader, SessionClosed, UnreachablePeer
 from .requests import (
     RetryPolicy,
     SessionCore,
@@ -218,12 +219,13 @@ class LightSession(SessionCore):
     def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int
     ) -> ClientReply:
-        request = ClientRequest(
-            next(self._request_ids), op, payload, client_id=self.client_id, seq=seq, acked=acked
-        )
-        return self._channel.request(
-            peer, request, timeout, connect_timeout=self.retry.connect_timeout
-        )
+        request = ClientRequest(next(self._request_ids), op, payload, self.client_id, seq, acked)
+        try:
+            return self._channel.request(
+                peer, request, timeout, connect_timeout=self.retry.connect_timeout
+            )
+        except ChannelClosed:
+            raise SessionClosed("the session is closed") from None
 
     def _read_configuration(self, peer: str) -> list[str]:
         try:

@@ -22,6 +22,7 @@ from .codec import (
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 from .snapshot_stream import SnapshotReceiver, SnapshotTransferError, send_snapshot
 from .zmq_transport import (
+    ChannelClosed,
     ClientChannel,
     CurveSettings,
     TransportError,
@@ -34,6 +35,7 @@ from .zmq_transport import (
 
 __all__ = [
     "AsyncClientChannel",
+    "ChannelClosed",
     "DEFAULT_MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "TYPE_CODES",

@@ -21,7 +21,12 @@ import zmq.asyncio
 
 from .codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_batch, encode_batches
 from .messages import ClientReply, ClientRequest
-from .zmq_transport import CurveSettings, TransportError, TransportTimeout, client_socket
+from .zmq_transport import (
+    ChannelClosed,
+    CurveSettings,
+    TransportTimeout,
+    client_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ class AsyncClientChannel:
     ) -> ClientReply:
         """Send ``req`` and await its reply; raises ``TransportTimeout``."""
         if self._closed:
-            raise TransportError("channel closed")
+            raise ChannelClosed("channel closed")
         if req.request_id in self._waiting:
             raise ValueError(f"request id {req.request_id} is already in flight")
         self._socket(peer)
@@ -186,7 +191,7 @@ class AsyncClientChannel:
         self._deadlines.clear()
         for future in self._waiting.values():  # no timer will end them now
             if not future.done():
-                future.set_exception(TransportError("channel closed"))
+                future.set_exception(ChannelClosed("channel closed"))
         for task in self._readers.values():
             task.cancel()
         for task in self._readers.values():

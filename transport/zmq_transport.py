@@ -89,6 +89,10 @@ class TransportTimeout(TransportError):
     """No (matching) reply arrived in time."""
 
 
+class ChannelClosed(TransportError):
+    """The client channel was closed: before the request, or while it waited."""
+
+
 # --------------------------------------------------------------------------- addresses/keys
 
 
@@ -975,7 +979,7 @@ class ClientChannel:
         peer that is down is given up on sooner than one that is merely slow to answer.
         """
         if self._closed:
-            raise TransportError("channel closed")
+            raise ChannelClosed("channel closed")
         deadline = time.monotonic() + timeout
         connect_by = min(deadline, time.monotonic() + (connect_timeout or timeout))
         sock = self._socket(peer)
