@@ -217,8 +217,9 @@ class PeerActor(LoopActor):
         node = self.node
         writes: list[tuple[Identity, ClientRequest]] = []
         replies: Replies = []
+        count = 0
         for identity, request in requests:
-            self.metrics["client_requests"] += 1
+            count += 1
             op = request.op
             if request.client_id and self.role is Role.LEADER:
                 self.last_heard[request.client_id] = self.ticks  # any request keeps it alive
@@ -254,6 +255,7 @@ class PeerActor(LoopActor):
             else:
                 error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
                 replies.append((identity, error))
+        self.metrics["client_requests"] += count
         # Propose in slices, each sent on before the next is built, so followers persist and
         # the state machine applies one slice while the next is on its way: a big batch
         # would otherwise go through every stage in lockstep.

@@ -115,9 +115,6 @@ class SessionActor(InlineCapable):
             watches_armed=0,
         )
 
-    def set_peer(self, peer: pykka.ActorRef[Any]) -> None:
-        self.peer = peer
-
     def may_inline(self, message: Any) -> bool:
         if isinstance(message, ApplyBatch):
             entries = message.entries
