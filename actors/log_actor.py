@@ -7,7 +7,8 @@ acknowledgements they carry sent, and the core told ``Persisted``.
 It runs on the peer actor's thread (a ``HostedActor``), as the bare pipeline of
 performance.md does: the peer gathers everything that arrived in one turn of its loop into
 one Ready, so under load many writes share one sync (group commit), and an acknowledgement
-leaves right after its sync without waking another thread.
+leaves right after its sync, before anything else the turn does, without waking another
+thread.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class LogActor(HostedActor):
         snapshot_lock: Any,
         queue: deque[PersistItem],
         send: Callable[[Iterable[Message]], None],
+        flush: Callable[[], None] = lambda: None,
         peer: pykka.ActorRef[Any],
         session: pykka.ActorRef[Any],
         saved: HardState,
@@ -57,6 +59,7 @@ class LogActor(HostedActor):
         self.snapshot_lock = snapshot_lock
         self.queue = queue
         self.send = send
+        self.flush = flush  # on the peer's thread: sends what is queued now
         self.peer = peer
         self.session = session
         self.saved = saved  # the hard state last made durable
@@ -69,7 +72,10 @@ class LogActor(HostedActor):
     def on_receive(self, message: Any) -> None:
         if message is WAKE:
             self._drain()
-        elif isinstance(message, CompactLog):
+        elif isinstance(message, CompactLog) and self.raft_log.frees_segment(message.index):
+            # The base on disk may lag the snapshot (the core skips stored entries that a
+            # snapshot covers): moving it costs syncs on this thread, so it moves only when
+            # a whole segment can go, not at every snapshot.
             self.raft_log.compact(message.index, message.term)
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -114,6 +120,9 @@ class LogActor(HostedActor):
         after = [m for item in items for m in item.messages]
         if after:
             self.send(after)
+            # Now, not at the end of the peer's turn: the leader is waiting for these
+            # acknowledgements, and the peer may yet apply a batch in this turn.
+            self.flush()
         self.peer.tell(Persisted(self.raft_log.last_index, self.raft_log.last_term))
 
     def _must_save(self, hard_state: HardState) -> bool:

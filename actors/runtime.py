@@ -57,7 +57,12 @@ class PeerRuntime:
         s = self.settings
         log_dir = Path(s.log_dir or s.data_dir)
         snapshot_dir = Path(s.snapshot_dir or s.data_dir)
-        raft_log = SegmentedLog(log_dir / "log", max_segment_size=s.max_segment_size, fsync=s.fsync)
+        raft_log = SegmentedLog(
+            log_dir / "log",
+            max_segment_size=s.max_segment_size,
+            fsync=s.fsync,
+            remove_in_background=True,
+        )
         self._raft_log = raft_log
         hard_state_file = HardStateFile(log_dir / "hard_state", fsync=s.fsync)
         snapshots = SnapshotStore(
@@ -137,6 +142,7 @@ class PeerRuntime:
             snapshot_lock=lock,
             queue=queue,
             send=transport.send,
+            flush=transport.flush,
             peer=peer_proxy,
             session=_SafeRef(session_ref),
             saved=hard_state,

@@ -61,6 +61,21 @@ def reply_for(
     return ClientReply(request_id, False, failure.reason, error=failure.code, leader=leader)
 
 
+def snapshot_point(after: int, every: int, rank: int, peers: int) -> int:
+    """The applied index at which a peer's next snapshot falls due, given its last at
+    ``after``: about ``every`` entries later, at a point of its own among the ``peers``
+    (``rank``: its place among them). Peers apply the same entries at about the same time;
+    a snapshot, and the compaction after it, holds its peer up for a moment, and if every
+    peer did it at the same index the whole cluster would stall together. So peer ``rank``
+    snapshots where ``index % every == rank * every // peers``: the first such index more
+    than half an interval after ``after``, then every ``every`` entries."""
+    if every < 2 or peers < 2:
+        return after + every
+    phase = rank * every // peers
+    earliest = after + every // 2 + 1
+    return earliest + (phase - earliest) % every
+
+
 class SessionActor(InlineCapable):
     """Has a thread of its own, so a long apply never holds up the peer's loop; the peer
     runs it inline instead when it is idle and the work is known to be quick (see
@@ -95,7 +110,7 @@ class SessionActor(InlineCapable):
         self.reply = reply
         self.peer = peer
         self.report_failure = on_failure
-        self.last_snapshot = state.applied_index
+        self.next_snapshot_at = self._snapshot_point(state.applied_index)
         self.pending_writes: dict[int, PendingWrite] = {}
         self.waiting_reads: list[tuple[int, int, PendingRead]] = []  # heap by index
         self._read_sequence = 0
@@ -210,7 +225,12 @@ class SessionActor(InlineCapable):
                 self._take_snapshot()
 
     def _snapshot_due(self) -> bool:
-        return self.state.applied_index - self.last_snapshot >= self.max_log_count
+        return self.state.applied_index >= self.next_snapshot_at
+
+    def _snapshot_point(self, after: int) -> int:
+        members = self.state.config.members
+        rank = sorted(members).index(self.peer_id) if self.peer_id in members else 0
+        return snapshot_point(after, self.max_log_count, rank, len(members))
 
     def _take_snapshot(self) -> None:
         """Snapshot the applied state; a backend that copied its state writes it meanwhile
@@ -247,14 +267,14 @@ class SessionActor(InlineCapable):
             backend.snapshot_failed(RuntimeError(done.error))
             return
         backend.snapshot_done()
-        self.last_snapshot = done.index
+        self.next_snapshot_at = self._snapshot_point(done.index)
         self.metrics["snapshots_taken"] += 1
         if self.peer is not None:
             self.peer.tell(SnapshotTaken(done.index))
 
     def _install(self, message: InstallState) -> None:
         self.state.install(message.meta, Path(message.path), message.extra)
-        self.last_snapshot = message.meta.index
+        self.next_snapshot_at = self._snapshot_point(message.meta.index)
         self.expecting_snapshot = None
         self.metrics["snapshots_installed"] += 1
         held, self.held = self.held, []

@@ -39,6 +39,7 @@ from zraft.actors.session_actor import (
     INLINE_APPLY_BUDGET_S,
     INLINE_APPLY_MAX_BYTES,
     SessionActor,
+    snapshot_point,
 )
 from zraft.actors.state_machine import ReplicatedState
 from zraft.backends import kv
@@ -849,3 +850,20 @@ def test_session_actor_may_inline_rules(tmp_path: Path) -> None:
     assert not actor.may_inline(SNAPSHOT_DUE)
     assert not actor.may_inline(SnapshotWritten(3, None))
     assert not actor.may_inline(LEADERSHIP_LOST)
+
+
+@pytest.mark.parametrize("every", [2, 3, 10, 50, 10_000])
+@pytest.mark.parametrize("peers", [2, 3, 5])
+def test_peers_take_their_snapshots_at_points_of_their_own(every: int, peers: int) -> None:
+    """Each peer snapshots every ``every`` entries, at a point of its own: peers of one
+    cluster never all stall for a snapshot and its compaction at once."""
+    for rank in range(peers):
+        for after in (0, 1, every - 1, every, 7 * every + 3):
+            point = snapshot_point(after, every, rank, peers)
+            assert after + every // 2 < point <= after + every + every // 2
+            assert point % every == rank * every // peers
+            assert snapshot_point(point, every, rank, peers) == point + every  # steady
+    phases = {rank * every // peers for rank in range(peers)}
+    if every >= peers:
+        assert len(phases) == peers  # no two peers share a point
+    assert snapshot_point(5, 1, 0, 3) == 6 and snapshot_point(5, 10, 0, 1) == 15

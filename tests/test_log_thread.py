@@ -15,10 +15,10 @@ import pytest
 
 from tests.cluster_support import ask_leader, single_peer_settings
 from zraft.actors.log_actor import SLOW_PERSIST_S, LogActor
-from zraft.actors.messages import WAKE, PersistItem
+from zraft.actors.messages import WAKE, CompactLog, PersistItem
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
-from zraft.core import Entry, HardState
+from zraft.core import AppendResponse, Entry, HardState
 from zraft.transport import ClientChannel, ClientRequest
 
 
@@ -105,3 +105,69 @@ def test_a_slow_write_is_reported_once_per_interval(
     assert len(warnings) == 1, warnings  # the second, within the interval, is not repeated
     assert ("log_thread" in warnings[0]) is not own_thread
     assert [m.index for m in peer.told] == [1, 2]  # both made durable and reported
+
+
+class _RecordingLog:
+    """A log that records what the actor asked of it."""
+
+    last_index = 0
+    last_term = 0
+
+    def __init__(self, frees: bool = False) -> None:
+        self.frees = frees
+        self.compacted: list[tuple[int, int]] = []
+
+    def append(self, entries: list[Entry]) -> None:
+        self.last_index, self.last_term = entries[-1].index, entries[-1].term
+
+    def frees_segment(self, upto_index: int) -> bool:
+        return self.frees
+
+    def compact(self, upto_index: int, upto_term: int) -> None:
+        self.compacted.append((upto_index, upto_term))
+
+
+def _log_actor(raft_log: object, events: list[object], peer: _Peer) -> LogActor:
+    return LogActor(
+        raft_log=raft_log,  # type: ignore[arg-type]
+        hard_state_file=None,  # type: ignore[arg-type]
+        snapshots=None,  # type: ignore[arg-type]
+        snapshot_lock=threading.Lock(),
+        queue=deque(),
+        send=lambda messages: events.append(("send", list(messages))),
+        flush=lambda: events.append("flush"),
+        peer=peer,  # type: ignore[arg-type]
+        session=None,  # type: ignore[arg-type]
+        saved=HardState(),
+        metrics={},
+        on_failure=lambda reason: None,
+    )
+
+
+@pytest.mark.timeout(30)
+def test_acknowledgements_leave_right_after_the_sync() -> None:
+    """A follower's acknowledgement is flushed as soon as its entries are durable, not at
+    the end of the peer's turn (which may still apply a batch): the leader waits for it."""
+    events: list[object] = []
+    peer = _Peer()
+    actor = _log_actor(_RecordingLog(), events, peer)
+    ack = AppendResponse(term=1, src="b", dst="a", success=True, index=1)
+    actor.queue.append(PersistItem(None, None, (Entry(1, 1, data=b"x"),), None, (ack,)))
+    actor.on_receive(WAKE)
+    assert events == [("send", [ack]), "flush"]
+    assert [m.index for m in peer.told] == [1]
+    events.clear()
+    actor.queue.append(PersistItem(None, None, (Entry(2, 1, data=b"x"),), None, ()))
+    actor.on_receive(WAKE)
+    assert events == []  # nothing to send: nothing flushed
+
+
+@pytest.mark.timeout(30)
+def test_the_log_is_compacted_on_disk_only_when_a_segment_can_go() -> None:
+    events: list[object] = []
+    kept = _RecordingLog(frees=False)
+    _log_actor(kept, events, _Peer()).on_receive(CompactLog(100, 2))
+    assert kept.compacted == []  # a snapshot alone does not move the base on disk
+    freed = _RecordingLog(frees=True)
+    _log_actor(freed, events, _Peer()).on_receive(CompactLog(200, 3))
+    assert freed.compacted == [(200, 3)]

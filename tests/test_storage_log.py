@@ -152,12 +152,16 @@ def test_truncate_at_segment_start(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_compaction_drops_whole_segments(tmp_path: Path) -> None:
-    with SegmentedLog(tmp_path, max_segment_size=1500) as log:
+@pytest.mark.parametrize("in_background", [False, True])
+def test_compaction_drops_whole_segments(tmp_path: Path, in_background: bool) -> None:
+    with SegmentedLog(tmp_path, max_segment_size=1500, remove_in_background=in_background) as log:
         for i in range(1, 300, 10):
             log.append(batch(i, i + 10))
         count = len(segment_files(tmp_path))
+        assert log.frees_segment(150) and not log.frees_segment(log.first_index)
         log.compact(150, make_entry(150).term)
+        log.wait_for_removals()
+        assert not log.frees_segment(150)
         assert log.first_index == 151 and log.base_index == 150
         assert log.term(150) == make_entry(150).term
         assert log.term(149) is None and log.entry(150) is None
@@ -177,6 +181,53 @@ def test_compaction_drops_whole_segments(tmp_path: Path) -> None:
         for name in segment_files(tmp_path):
             if name.endswith(".seg"):
                 assert int(name[:-4].split("-")[1]) > 150
+
+
+@pytest.mark.timeout(30)
+def test_segments_a_crash_left_behind_a_background_compaction_go_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SegmentedLog(tmp_path, max_segment_size=1500, remove_in_background=True) as log:
+        for i in range(1, 300, 10):
+            log.append(batch(i, i + 10))
+        count = len(segment_files(tmp_path))
+        # The process dies after the base is durable, before the helper unlinks anything.
+        monkeypatch.setattr("zraft.storage.log._SegmentRemover._remove", lambda self, paths: None)
+        log.compact(150, make_entry(150).term)
+        log.wait_for_removals()
+        assert len(segment_files(tmp_path)) == count  # all still there
+        assert log.entries(1, 160) == batch(151, 160)
+    monkeypatch.undo()
+    with SegmentedLog(tmp_path, max_segment_size=1500) as log:
+        assert (log.first_index, log.last_index) == (151, 300)
+        assert log.entries(0, 1000) == batch(151, 301)
+        names = segment_files(tmp_path)
+        assert len(names) < count
+        assert all(int(n[:-4].split("-")[1]) > 150 for n in names if n.endswith(".seg"))
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_background_removal_is_logged_and_the_log_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(path: str) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    with SegmentedLog(tmp_path, max_segment_size=1500, remove_in_background=True) as log:
+        for i in range(1, 300, 10):
+            log.append(batch(i, i + 10))
+        monkeypatch.setattr("zraft.storage.log.os.unlink", refuse)
+        log.compact(150, make_entry(150).term)
+        log.wait_for_removals()
+        monkeypatch.undo()
+        assert "removing compacted segments" in caplog.text
+        log.append(batch(300, 310))
+        assert log.entries(1, 1000) == batch(151, 310)
+    with SegmentedLog(tmp_path, max_segment_size=1500) as log:  # the leftovers go now
+        assert (log.first_index, log.last_index) == (151, 309)
+        assert all(
+            int(n[:-4].split("-")[1]) > 150 for n in segment_files(tmp_path) if n.endswith(".seg")
+        )
 
 
 @pytest.mark.timeout(30)
