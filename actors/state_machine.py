@@ -43,8 +43,11 @@ _MAX_SESSION_TIMEOUT_MS = 86_400_000
 @dataclass(slots=True)
 class _ClientRecord:
     acked: int = 0  # results up to this seq were received by the client and forgotten
-    # seq -> (outcome, index of the entry that produced it): a retry is answered with both
-    results: dict[int, tuple[Outcome, int]] = field(default_factory=dict)
+    # seq -> (outcome, index of the entry that produced it): a retry is answered with both.
+    # Forgotten from the front as the client acknowledges: an OrderedDict finds its oldest
+    # at once, where a dict scans past the slots of every key deleted before it (~1 µs a
+    # write with 2,048 in flight).
+    results: OrderedDict[int, tuple[Outcome, int]] = field(default_factory=OrderedDict)
 
 
 class Applied(NamedTuple):

@@ -49,6 +49,36 @@ def test_acknowledged_results_are_forgotten_and_their_retries_refused() -> None:
     assert state.query(kv.get("k")).data == {"found": True, "value": 2}
 
 
+def _kept_seqs(state: ReplicatedState, client: str = "c1") -> list[int]:
+    rows = {row[0]: row for row in state.snapshot()[2]["clients"]}
+    return [item[0] for item in rows[client][2]]
+
+
+@pytest.mark.timeout(30)
+def test_results_are_forgotten_oldest_first_also_after_a_snapshot(tmp_path: Path) -> None:
+    # A client's concurrent writes reach the log in any order; an acknowledgement forgets
+    # results from the oldest applied until one it does not cover (a later straggler waits
+    # there until the acknowledgements pass it).
+    state = fresh()
+    state.apply([write(i + 1, kv.put("k", s), seq=s) for i, s in enumerate([3, 1, 2, 5, 4, 6])])
+    state.apply([write(7, kv.put("k", 7), seq=7, acked=3)])
+    assert _kept_seqs(state) == [5, 4, 6, 7]
+    store = SnapshotStore(tmp_path)
+    meta, writer, extra = state.snapshot()
+    store.create(meta, writer, extra)
+    restored = ReplicatedState(KeyValueBackend(), Configuration())
+    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
+    restored.install(got_meta, Path(path), got_extra)
+    for table in (state, restored):
+        table.apply([write(8, kv.put("k", 8), seq=8, acked=5)])
+        assert _kept_seqs(table) == [6, 7, 8]
+        again = table.apply([write(9, kv.put("k", 99), seq=6, acked=5)])[0]
+        assert again.answered_at == 6  # still remembered: answered from the table
+        refused = table.apply([write(10, kv.put("k", 99), seq=4, acked=5)])[0]
+        assert refused.outcome is not None and refused.outcome[0] is False
+        assert table.query(kv.get("k")).data == {"found": True, "value": 8}
+
+
 @pytest.mark.timeout(30)
 def test_idle_clients_are_evicted_in_entry_order_the_same_on_every_peer() -> None:
     peers = [fresh(), fresh()]
