@@ -28,6 +28,7 @@ import msgpack
 
 from ..core.types import Configuration, HardState
 from .errors import CorruptHardStateError, translate_os_error
+from .syncs import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,6 @@ class HardStateFile:
                     os.close(fd)
                 os.replace(tmp, path)
             if self._fsync:
-                dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(self._dir)
         except OSError as exc:
             raise translate_os_error(exc, self._dir, "create hard state files in") from exc

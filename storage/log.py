@@ -50,6 +50,7 @@ from .errors import (
     translate_os_error,
 )
 from .records import _KINDS, HEADER, HEADER_SIZE, decode_record, encode_batch, scan_record
+from .syncs import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +195,7 @@ class _SegmentRemover:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             if self._fsync:
-                fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(self._dir)
         except OSError as exc:  # harmless: the next open removes what is left
             log.warning("removing compacted segments of %s: %s", self._dir, exc)
 
@@ -663,13 +660,8 @@ class SegmentedLog:
             raise translate_os_error(exc, self._dir, "sync directory") from exc
 
     def _sync_dir(self) -> None:
-        if not self._fsync:
-            return
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self._fsync:
+            fsync_dir(self._dir)
 
     # ------------------------------------------------------------------ reading
 
