@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -49,6 +51,22 @@ def test_acknowledged_results_are_forgotten_and_their_retries_refused() -> None:
     assert state.query(kv.get("k")).data == {"found": True, "value": 2}
 
 
+def through_a_snapshot(
+    state: ReplicatedState, directory: Path, edit: Callable[[dict[str, Any]], None] | None = None
+) -> ReplicatedState:
+    """A fresh state installed from a snapshot of ``state`` written to ``directory``
+    (``edit`` changes the snapshot's tables first)."""
+    store = SnapshotStore(directory)
+    meta, writer, extra = state.snapshot()
+    if edit is not None:
+        edit(extra)
+    store.create(meta, writer, extra)
+    restored = ReplicatedState(KeyValueBackend(), Configuration())
+    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
+    restored.install(got_meta, Path(path), got_extra)
+    return restored
+
+
 def _kept_seqs(state: ReplicatedState, client: str = "c1") -> list[int]:
     rows = {row[0]: row for row in state.snapshot()[2]["clients"]}
     return [item[0] for item in rows[client][2]]
@@ -63,12 +81,7 @@ def test_results_are_forgotten_oldest_first_also_after_a_snapshot(tmp_path: Path
     state.apply([write(i + 1, kv.put("k", s), seq=s) for i, s in enumerate([3, 1, 2, 5, 4, 6])])
     state.apply([write(7, kv.put("k", 7), seq=7, acked=3)])
     assert _kept_seqs(state) == [5, 4, 6, 7]
-    store = SnapshotStore(tmp_path)
-    meta, writer, extra = state.snapshot()
-    store.create(meta, writer, extra)
-    restored = ReplicatedState(KeyValueBackend(), Configuration())
-    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
-    restored.install(got_meta, Path(path), got_extra)
+    restored = through_a_snapshot(state, tmp_path)
     for table in (state, restored):
         table.apply([write(8, kv.put("k", 8), seq=8, acked=5)])
         assert _kept_seqs(table) == [6, 7, 8]
@@ -124,12 +137,7 @@ def test_snapshot_and_install_keep_data_and_dedupe_tables(tmp_path: Path) -> Non
     first, _ = state.apply(
         [write(1, kv.put("k", "v"), seq=1), write(2, kv.put("j", 1), client="c2", seq=5)]
     )
-    store = SnapshotStore(tmp_path)
-    meta, writer, extra = state.snapshot()
-    store.create(meta, writer, extra)
-    restored = ReplicatedState(KeyValueBackend(), Configuration())
-    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
-    restored.install(got_meta, Path(path), got_extra)
+    restored = through_a_snapshot(state, tmp_path)
     assert restored.applied_index == 2 and restored.config == CONFIG
     assert restored.query(kv.get("k")).data == {"found": True, "value": "v"}
     retry = restored.apply([write(3, kv.put("k", "again"), seq=1)])[0]
@@ -142,13 +150,11 @@ def test_snapshot_and_install_keep_data_and_dedupe_tables(tmp_path: Path) -> Non
 def test_a_snapshot_from_before_result_indexes_still_installs(tmp_path: Path) -> None:
     state = fresh()
     (first,) = state.apply([write(1, kv.put("k", "v"), seq=1)])
-    meta, writer, extra = state.snapshot()
-    extra["clients"] = [[c, acked, [r[:3] for r in rs]] for c, acked, rs in extra["clients"]]
-    store = SnapshotStore(tmp_path)
-    store.create(meta, writer, extra)
-    restored = ReplicatedState(KeyValueBackend(), Configuration())
-    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
-    restored.install(got_meta, Path(path), got_extra)
+
+    def without_indexes(extra: dict[str, Any]) -> None:
+        extra["clients"] = [[c, acked, [r[:3] for r in rs]] for c, acked, rs in extra["clients"]]
+
+    restored = through_a_snapshot(state, tmp_path, without_indexes)
     retry = restored.apply([write(2, kv.put("k", "again"), seq=1)])[0]
     assert retry.outcome == first.outcome
     assert retry.answered_at == 2  # no index was kept: the retry's own
@@ -172,12 +178,7 @@ def test_sessions_own_temporary_data_until_they_close_or_expire(tmp_path: Path) 
     )
     assert state.session_table() == {"s1": 1500}
     assert results[3].outcome is not None and results[3].outcome[0] is False  # not open
-    store = SnapshotStore(tmp_path)
-    meta, writer, extra = state.snapshot()
-    store.create(meta, writer, extra)
-    restored = ReplicatedState(KeyValueBackend(), Configuration())
-    got_meta, path, got_extra = store.latest()  # type: ignore[misc]
-    restored.install(got_meta, Path(path), got_extra)
+    restored = through_a_snapshot(state, tmp_path)
     assert restored.session_table() == {"s1": 1500}
     for replica in (state, restored):
         expiry = replica.apply([session_entry(5, CommandKind.SESSION_EXPIRE, "s1", client="")])
