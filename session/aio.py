@@ -22,7 +22,6 @@ from zraft.transport import (
     AsyncClientChannel,
     ChannelClosed,
     ClientReply,
-    ClientRequest,
     CurveSettings,
     TransportTimeout,
 )
@@ -151,8 +150,8 @@ class AsyncLightSession(SessionCore):
     async def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int
     ) -> ClientReply:
-        request = ClientRequest(next(self._request_ids), op, payload, self.client_id, seq, acked)
-        try:
+        request = self._request(op, payload, seq, acked)
+        try:  # per request: a plain try costs nothing, a context manager would
             return await self._channel.request(
                 peer, request, timeout, connect_timeout=self.retry.connect_timeout
             )

@@ -25,7 +25,6 @@ from zraft.transport import (
     ChannelClosed,
     ClientChannel,
     ClientReply,
-    ClientRequest,
     CurveSettings,
     TransportTimeout,
 )
@@ -219,8 +218,8 @@ class LightSession(SessionCore):
     def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int
     ) -> ClientReply:
-        request = ClientRequest(next(self._request_ids), op, payload, self.client_id, seq, acked)
-        try:
+        request = self._request(op, payload, seq, acked)
+        try:  # per request: a plain try costs nothing, a context manager would
             return self._channel.request(
                 peer, request, timeout, connect_timeout=self.retry.connect_timeout
             )

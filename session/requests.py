@@ -16,7 +16,7 @@ from typing import Any
 import tenacity
 
 from zraft.core import Configuration
-from zraft.transport import ClientReply
+from zraft.transport import ClientReply, ClientRequest
 
 from .errors import (
     AllPeersFailed,
@@ -77,6 +77,10 @@ class SessionCore:
     def leader(self) -> str:
         """The peer this session believes leads (confirmed by the last successful call)."""
         return self.tracker.leader
+
+    def _request(self, op: str, payload: Any, seq: int, acked: int) -> ClientRequest:
+        """The next request of this session (a fresh request id)."""
+        return ClientRequest(next(self._request_ids), op, payload, self.client_id, seq, acked)
 
     def _try_timeout(self, remaining: float) -> float:
         """How long one try at one peer may take."""

@@ -432,7 +432,7 @@ class SegmentedLog:
         return (
             bool(self._segments)
             and self._segments[0].closed
-            and (self._segments[0].last <= upto_index)
+            and self._segments[0].last <= upto_index
         )
 
     def wait_for_removals(self) -> None:
