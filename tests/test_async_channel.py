@@ -125,6 +125,26 @@ def test_answered_requests_neither_time_out_nor_pile_up(peer: str) -> None:
     assert time.monotonic() - started < 30  # nothing waited for a 30 s deadline
 
 
+@pytest.mark.timeout(60)
+def test_replies_in_many_frames_are_all_read(peer: str) -> None:
+    """Requests sent one per loop turn get one reply frame each: far more frames than one
+    reader callback takes, arriving while the channel keeps sending (a send may consume
+    the edge of the socket's ZMQ_FD). Every request must still get its answer."""
+
+    async def scenario() -> None:
+        async with AsyncClientChannel(CLUSTER, "client-4") as channel:
+            tasks = []
+            for request_id in range(1, 2_001):
+                request = ClientRequest(request_id, "w", "answer")
+                tasks.append(asyncio.ensure_future(channel.request(peer, request, 20)))
+                await asyncio.sleep(0)  # a turn of the loop: one frame per request
+            replies = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+            assert [r.request_id for r in replies] == list(range(1, 2_001))
+            assert channel._waiting == {}
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.timeout(30)
 def test_close_ends_the_requests_in_flight(peer: str) -> None:
     async def scenario() -> None:
