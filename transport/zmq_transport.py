@@ -742,7 +742,11 @@ class ZmqTransport:
         limit = self._max_frame_bytes
         # With CURVE, frames are received as zmq Frames to read the key that sent them.
         copy = self._curve is None
-        for _ in range(_MAX_FRAMES_PER_WAKEUP):
+        for count in range(_MAX_FRAMES_PER_WAKEUP):
+            # The poll said the first frame is there; for the rest, asking is cheaper than
+            # the zmq.Again a receive raises on an empty socket (~1 µs against ~4).
+            if count and not router.get(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
                 parts = router.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
