@@ -320,7 +320,7 @@ class Node:
             or self._snapshot_out is not None
             or self._unsaved_from <= self.log.last_index
             or self.commit > self.applied_out
-            or self._hard_state() != self._saved_hard_state
+            or self._hard_state_changed()
         )
 
     def ready(self) -> Ready:
@@ -328,10 +328,8 @@ class Node:
         if self._read_round_wanted:
             self._broadcast_read_round()
         ready = Ready(self.role, self.leader, self.term)
-        hard_state = self._hard_state()
-        if hard_state != self._saved_hard_state:
-            ready.hard_state = hard_state
-            self._saved_hard_state = hard_state
+        if self._hard_state_changed():
+            ready.hard_state = self._saved_hard_state = self._hard_state()
         if self._snapshot_out is not None:
             ready.snapshot, self._snapshot_out = self._snapshot_out, None
         if self._unsaved_from <= self.log.last_index:
@@ -369,6 +367,12 @@ class Node:
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit)
+
+    def _hard_state_changed(self) -> bool:
+        # Field by field: asked several times per message, and building a HardState to
+        # compare would cost more than the answer.
+        saved = self._saved_hard_state
+        return self.commit != saved.commit or self.term != saved.term or self.vote != saved.vote
 
     # ------------------------------------------------------------------ validation
 
@@ -806,6 +810,8 @@ class Node:
                 break
 
     def _send_append(self, peer: str, progress: Progress, allow_empty: bool) -> bool:
+        if progress.next == self.log.last_index + 1 and not allow_empty:
+            return False  # the usual answer after an acknowledgement: nothing new to send
         prev_index = progress.next - 1
         prev_term = self.log.term(prev_index)
         if prev_term is None:

@@ -14,7 +14,7 @@ def majority_value(voters: frozenset[str], values: Mapping[str, int]) -> int:
     """The largest value that a majority of ``voters`` has reached (missing counts as 0)."""
     if not voters:
         return _UNBOUNDED
-    ranked = sorted((values.get(peer, 0) for peer in voters), reverse=True)
+    ranked = sorted([values.get(peer, 0) for peer in voters], reverse=True)
     return ranked[len(ranked) // 2]
 
 

@@ -14,7 +14,9 @@ class RaftLog:
     memory and fetch older entries from storage without the core noticing.
     """
 
-    __slots__ = ("snap_index", "snap_term", "_entries")
+    # ``last_index`` is kept as a plain attribute, not computed: the core reads it several
+    # times per message.
+    __slots__ = ("snap_index", "snap_term", "_entries", "last_index")
 
     def __init__(self, snapshot: SnapshotMeta, entries: Sequence[Entry] = ()) -> None:
         self.snap_index = snapshot.index
@@ -28,14 +30,11 @@ class RaftLog:
                 raise ValueError(f"log gap: expected index {expected}, got {entry.index}")
             self._entries.append(entry)
             expected += 1
+        self.last_index = self.snap_index + len(self._entries)
 
     @property
     def first_index(self) -> int:
         return self.snap_index + 1
-
-    @property
-    def last_index(self) -> int:
-        return self.snap_index + len(self._entries)
 
     @property
     def last_term(self) -> int:
@@ -102,12 +101,14 @@ class RaftLog:
                 f"append at {entries[0].index} does not follow last index {self.last_index}"
             )
         self._entries.extend(entries)
+        self.last_index += len(entries)
 
     def truncate_from(self, index: int) -> None:
         """Drop ``index`` and everything after it."""
         if index <= self.snap_index:
             raise ValueError(f"cannot truncate at {index}: covered by snapshot {self.snap_index}")
         del self._entries[index - self.snap_index - 1 :]
+        self.last_index = self.snap_index + len(self._entries)
 
     def compact(self, index: int) -> None:
         """Forget entries up to ``index``, which a snapshot now covers."""
@@ -121,3 +122,4 @@ class RaftLog:
         """Replace the whole log by a snapshot (a follower far behind its leader)."""
         self._entries = []
         self.snap_index, self.snap_term = snapshot.index, snapshot.term
+        self.last_index = snapshot.index
