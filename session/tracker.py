@@ -48,6 +48,8 @@ class LeaderTracker:
 
     def choose(self) -> str | None:
         """The peer to ask now, or None if every peer is to be skipped for a while."""
+        if not self.failed_until and not self.not_leader_until:
+            return self.peers[0]  # the usual case, once per request: no clock needed
         now = self.clock()
         for peer in self.peers:
             if not self._failed(peer, now) and not self._not_leader(peer, now):
@@ -68,9 +70,12 @@ class LeaderTracker:
         return max(0.0, soonest - now)
 
     def succeeded(self, peer: str) -> None:
-        self.failed_until.pop(peer, None)
-        self.not_leader_until.pop(peer, None)
-        self._to_head(peer)
+        if self.failed_until:
+            self.failed_until.pop(peer, None)
+        if self.not_leader_until:
+            self.not_leader_until.pop(peer, None)
+        if self.peers[0] != peer:  # once per request: usually the head already
+            self._to_head(peer)
 
     def failed(self, peer: str) -> None:
         self.failed_until[peer] = self.clock() + self.fail_timeout
