@@ -140,6 +140,7 @@ class PeerActor(LoopActor):
         self._contexts = itertools.count(1)
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
         self.members: frozenset[str] = frozenset()
+        self.peers_key: tuple[Any, ...] = ()
         self.role = node.role
         self.leader = node.leader
         self.leader_since: float | None = None  # wall clock, comparable across processes
@@ -440,11 +441,16 @@ class PeerActor(LoopActor):
                 self.session_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
-        if self._wanted_peers() != self.members:
-            self._config_changed()
-            if self.node.id in self.members:
-                self.was_member = True
-        if self.was_member and node.membership_stable and node.id not in node.config.members:
+        # Whom to reach changes only with the configuration (a new object), the leader or the
+        # peers the leader tracks (removed ones are dropped): recomputed only then.
+        peers_key = (node.config, node.leader, len(node.progress))
+        if peers_key != self.peers_key:
+            self.peers_key = peers_key
+            if self._wanted_peers() != self.members:
+                self._config_changed()
+                if self.node.id in self.members:
+                    self.was_member = True
+        if self.was_member and node.id not in node.config.members and node.membership_stable:
             log.warning("%s: removed from the cluster by %s; stopping", node.id, node.config)
             self.was_member = False
             self.report_removed()
