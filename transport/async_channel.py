@@ -25,6 +25,8 @@ import zmq
 from .codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_batch, encode_batches
 from .messages import ClientReply, ClientRequest
 from .zmq_transport import (
+    ZMQ_EVENTS,
+    ZMQ_POLLIN,
     ChannelClosed,
     CurveSettings,
     TransportTimeout,
@@ -169,7 +171,7 @@ class AsyncClientChannel:
                 sent += count
             # ZMQ_FD is edge-triggered and a send can consume its edge: replies that came
             # meanwhile would wait for the next one unless read now.
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                 loop.call_soon(self._on_readable, sock)
             if sent == len(live):
                 self._outbox.pop(peer)
@@ -237,7 +239,7 @@ class AsyncClientChannel:
         for _ in range(_MAX_READS_PER_CALLBACK):
             # EVENTS, not a receive until zmq.Again: it also re-arms the FD, and costs far
             # less than the exception.
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                 return
             try:
                 raw = sock.recv(zmq.NOBLOCK)

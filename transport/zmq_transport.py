@@ -64,6 +64,8 @@ _MAXMSGSIZE_SLACK = 64 * 1024
 # is done with the buffer. Copying a big append batch costs microseconds; that wakeup, under
 # load, costs more: always copy.
 _COPY_THRESHOLD = 2**31 - 1
+# As plain ints: pyzmq answers an enum key with an enum, whose arithmetic is slow.
+ZMQ_EVENTS, ZMQ_POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 # Fairness: at most this many inbound frames per wakeup before the outbox is looked at.
 _MAX_FRAMES_PER_WAKEUP = 4096
 # A callback gets at most about this many messages (more would only hold memory longer).
@@ -745,7 +747,7 @@ class ZmqTransport:
         for count in range(_MAX_FRAMES_PER_WAKEUP):
             # The poll said the first frame is there; for the rest, asking is cheaper than
             # the zmq.Again a receive raises on an empty socket (~1 µs against ~4).
-            if count and not router.get(zmq.EVENTS) & zmq.POLLIN:
+            if count and not router.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                 break
             try:
                 parts = router.recv_multipart(zmq.NOBLOCK, copy=copy)
