@@ -20,6 +20,7 @@ import pytest
 
 from zraft.bench.cli import add_bench_command, run_bench
 from zraft.bench.client import bench_value, sessions_for
+from zraft.bench.plot import _tick_labels
 from zraft.bench.results import (
     WRITE_CEILING,
     LevelResult,
@@ -118,6 +119,11 @@ def test_a_ceiling_measured_in_the_same_run_replaces_the_reference() -> None:
     # without it, the reference figures
     (alone,) = summarize([_result(1, 0.002)])
     assert alone.ceiling_fraction == pytest.approx(100 / WRITE_CEILING[16])
+
+
+def test_plot_leaves_out_labels_that_would_run_into_each_other() -> None:
+    levels = [1, 16, 128, 256, 384, 512, 1024, 2048]
+    assert _tick_labels(levels) == ["1", "16", "128", "256", "", "512", "1,024", "2,048"]
 
 
 def test_helpers() -> None:

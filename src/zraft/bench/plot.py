@@ -32,7 +32,8 @@ def plot(summaries: Sequence[Summary], path: Path, title: str = "zraft bench") -
     for axis, ylabel in ((left, "requests/s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
         ticks = sorted({s.concurrency for s in summaries} | set(levels))
-        axis.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        axis.set_xticks(ticks, _tick_labels(ticks))
+        axis.tick_params(axis="x", labelrotation=30)
         axis.set_yscale("log")
         axis.set_xlabel("requests in flight")
         axis.set_ylabel(ylabel)
@@ -45,3 +46,16 @@ def plot(summaries: Sequence[Summary], path: Path, title: str = "zraft bench") -
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _tick_labels(ticks: Sequence[int]) -> list[str]:
+    """Labels for the levels, leaving out one too close to the last labelled (256, 384 and
+    512 side by side on a log axis run into each other)."""
+    labels, last = [], 0
+    for tick in ticks:
+        if tick >= 1.6 * last:
+            labels.append(f"{tick:,}")
+            last = tick
+        else:
+            labels.append("")
+    return labels
