@@ -96,7 +96,10 @@ class AsyncClientChannel:
         now = loop.time()
         connect_by = now + min(timeout, connect_timeout or timeout)
         self._outbox.setdefault(peer, []).append((req, connect_by))
-        self._schedule_flush(loop, 0.0)
+        if len(self._waiting) == 1 and not self._flush_scheduled:
+            self._flush()  # alone in flight: nothing to batch it with, so no loop turn first
+        else:
+            self._schedule_flush(loop, 0.0)
         deadline: _Deadline = [now + timeout, next(self._deadline_order), future, peer, timeout]
         self._add_deadline(loop, deadline)
         try:
