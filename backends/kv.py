@@ -46,6 +46,7 @@ from typing import Any, Final
 import msgpack
 
 from ..packing import pack
+from ..storage.syncs import fsync_dir
 from .base import (
     ApplyResult,
     Backend,
@@ -486,11 +487,7 @@ def _write_snapshot(directory: Path, data: dict[str, bytes], owners: dict[str, s
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
     log.debug("wrote key-value snapshot %s: %d keys, %d bytes", path, len(data), length)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 
 from zraft.backends.base import InvalidSnapshot
+from zraft.storage.syncs import fsync_dir
 
 _HEADER = struct.Struct("<4sHHIQ")
 
@@ -40,11 +41,7 @@ def write_objects(path: Path, magic: bytes, version: int, objects: Iterable[Any]
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
     return length
 
 

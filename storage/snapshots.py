@@ -28,6 +28,7 @@ import msgpack
 
 from ..core.types import Configuration, SnapshotMeta
 from .errors import CorruptSnapshotError, translate_os_error
+from .syncs import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,8 @@ def _snap_key(name: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _fsync_path(path: str, directory: bool = False) -> None:
-    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
-    fd = os.open(path, flags)
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -314,8 +314,8 @@ class SnapshotStore:
         if self._fsync:
             for dirpath, _, filenames in os.walk(tmp, topdown=False):
                 for name in filenames:
-                    _fsync_path(os.path.join(dirpath, name))
-                _fsync_path(dirpath, directory=True)
+                    _fsync_file(os.path.join(dirpath, name))
+                fsync_dir(dirpath)
         final = os.path.join(self._dir, _snap_name(meta.index, meta.term))
         if os.path.exists(final):
             # Same index and term means the same state (the state machine is deterministic).
@@ -396,4 +396,4 @@ class SnapshotStore:
 
     def _sync_dir(self, path: str) -> None:
         if self._fsync:
-            _fsync_path(path, directory=True)
+            fsync_dir(path)
