@@ -242,6 +242,8 @@ class PeerActor(LoopActor):
                 self.session_actor.tell(ServeReads((read,)))
             elif op == "status":
                 replies.append((identity, ClientReply(request.request_id, True, self.status())))
+            elif op == "members":
+                replies.append((identity, self._members(request)))
             elif op == "set_members":
                 replies.extend(self._set_members(identity, request))
             elif op == "bootstrap":
@@ -389,6 +391,16 @@ class PeerActor(LoopActor):
             return ClientReply(request.request_id, False, reason, code)
         log.info("%s: founded a cluster of %s", self.node.id, sorted(voters))
         return ClientReply(request.request_id, True, self.node.config.to_wire())
+
+    def _members(self, request: ClientRequest) -> ClientReply:
+        """The leader's configuration, which is in force from the moment it is appended, and
+        whether it is settled (committed and not joint). Only the leader answers: a
+        follower's copy may lag a change or hold one that never commits."""
+        node = self.node
+        if node.role is not Role.LEADER:
+            return self._not_leader(request)
+        answer = {"config": node.config.to_wire(), "settled": node.membership_stable}
+        return ClientReply(request.request_id, True, answer)
 
     def _set_members(self, identity: Identity, request: ClientRequest) -> Replies:
         payload = request.payload if isinstance(request.payload, dict) else {}

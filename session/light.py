@@ -29,12 +29,13 @@ from zraft.transport import (
     TransportTimeout,
 )
 
-from .errors import NotLeader, SessionClosed, UnreachablePeer
+from .errors import NotLeader, NotStable, SessionClosed, UnreachablePeer
 from .requests import (
     RetryPolicy,
     SessionCore,
     TryAgain,
     interpret,
+    members_from_reply,
     membership_payload,
     peers_from_status,
     pick_peer,
@@ -140,9 +141,24 @@ class LightSession(SessionCore):
         self.tracker.set_peers(sorted(config.voters))
         return config
 
-    def members(self) -> Configuration:
-        """The configuration as the leader sees it."""
-        return Configuration.from_wire(self._call("status", None, None)["config"])
+    def members(self, timeout: float | None = None, *, settled: bool = False) -> Configuration:
+        """The leader's configuration: the one in force, which applies from the moment it
+        is appended, before it commits (a follower's copy may lag, so only the leader is
+        asked).
+
+        With ``settled``, waits until no change is under way (the configuration is
+        committed and not joint) and raises ``NotStable`` if one still is at the timeout.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            config, is_settled = members_from_reply(self._call("members", None, max(left, 0.0)))
+            if is_settled or not settled:
+                return config
+            pause = min(0.05, self.election_timeout / 4)
+            if deadline - time.monotonic() <= pause:
+                raise NotStable(f"a configuration change is still under way: {config}")
+            time.sleep(pause)
 
     def add_learner(self, peer: str, timeout: float | None = None) -> Configuration:
         config = self.members()

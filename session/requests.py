@@ -105,6 +105,13 @@ def peers_from_status(status: dict[str, Any], asked: str) -> list[str]:
     return ([leader] if leader in voters else []) + [v for v in voters if v != leader]
 
 
+def members_from_reply(result: Any) -> tuple[Configuration, bool]:
+    """The configuration and its ``settled`` flag from a ``members`` reply."""
+    if not isinstance(result, dict) or not isinstance(result.get("settled"), bool):
+        raise ValueError(f"malformed members reply: {result!r:.200}")
+    return Configuration.from_wire(result.get("config")), result["settled"]
+
+
 def pick_peer(tracker: LeaderTracker) -> str:
     peer = tracker.choose()
     if peer is not None:

@@ -21,8 +21,10 @@ from zraft.session import (
     BadBackend,
     ClusterExists,
     LightSession,
+    NotStable,
     PeersChanged,
     UnreachablePeer,
+    ZraftError,
     create,
 )
 
@@ -78,6 +80,41 @@ def test_a_transfer_asked_of_a_follower_follows_the_redirect(tmp_path: Path) -> 
         with LightSession([first, target, leader]) as session:  # believes `first` leads
             assert session.transfer_leadership(target, timeout=10) == target
         assert cluster.wait_for_leader() == target
+
+
+@pytest.mark.timeout(120)
+def test_members_come_from_the_leader_and_settled_waits_out_a_change(tmp_path: Path) -> None:
+    # A long election timeout: with its followers paused, the leader leads on for seconds
+    # (check-quorum), long enough to watch a change it cannot commit.
+    with LocalCluster(3, tmp_path, election_timeout=3000) as cluster:
+        cluster.start()
+        leader = cluster.wait_for_leader()
+        b, c = [p for p in cluster.peers if p != leader]
+        refused = cluster.request(b, "members")
+        assert (refused.ok, refused.error, refused.leader) == (False, "not_leader", leader)
+        (port,) = free_ports(1)
+        newcomer = f"127.0.0.1:{port}"  # a learner need not be up for a change to commit
+        with (
+            RecordingSession([b, c, leader], election_timeout=3.0) as session,  # b "leads"
+            LightSession([leader], election_timeout=3.0) as changer,
+        ):
+            assert session.members(settled=True).voters == frozenset(cluster.peers)
+            assert session.sent[-1][1:] == (leader, "members"), "a follower's copy was used"
+            for peer in (b, c):
+                cluster.signal(peer, signal.SIGSTOP)
+            try:
+                with pytest.raises(ZraftError):
+                    changer.add_learner(newcomer, timeout=0.5)  # appended, not committed
+                pending = session.members()
+                assert pending.joint and pending.learners == {newcomer}
+                with pytest.raises(NotStable):
+                    session.members(timeout=0.3, settled=True)
+            finally:
+                for peer in (b, c):
+                    cluster.signal(peer, signal.SIGCONT)
+            settled = session.members(timeout=30, settled=True)
+            assert not settled.joint and settled.learners == {newcomer}
+            assert settled.voters == frozenset(cluster.peers)
 
 
 @contextmanager
