@@ -7,6 +7,7 @@ its processes when closed.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -15,8 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,35 @@ from zraft.transport import (
 log = logging.getLogger(__name__)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports that were free a moment ago (bound and released together, so all distinct)."""
+# Ports handed out lately by this process. A port is released as soon as it is chosen and
+# bound only later, by a peer that may start seconds afterwards; without this memory the
+# next call may pick it again (a link proxy once got its own target's port, and forwarded
+# to itself until the process ran out of descriptors).
+_ISSUED_PORTS: collections.deque[int] = collections.deque(maxlen=4096)
+_ISSUED_LOCK = threading.Lock()
+
+
+def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
+    """Ports that were free a moment ago, all distinct, none of ``avoid`` and none that
+    this process handed out lately."""
     sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    with _ISSUED_LOCK:
+        taken = set(_ISSUED_PORTS).union(avoid)
+        try:
+            ports: list[int] = []
+            while len(ports) < count:
+                sock = socket.socket()
+                sockets.append(sock)  # held until the end, so the OS offers another
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+                if port not in taken:
+                    taken.add(port)
+                    ports.append(port)
+            _ISSUED_PORTS.extend(ports)
+            return ports
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
 class ClusterError(RuntimeError):

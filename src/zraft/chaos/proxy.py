@@ -27,6 +27,9 @@ class LinkProxy:
     """Forwards one listening port to one target, until cut."""
 
     def __init__(self, listen_port: int, target: tuple[str, int], name: str = "") -> None:
+        if target[1] == listen_port and target[0] in ("127.0.0.1", "localhost"):
+            # It would forward to itself, each connection opening another, without end.
+            raise ValueError(f"a link proxy cannot forward to its own port {listen_port}")
         self.name = name or f"{listen_port}->{target[1]}"
         self.target = target
         self._listener = socket.create_server(("127.0.0.1", listen_port), backlog=64)
@@ -152,7 +155,7 @@ class ProxiedLinks:
     def __init__(self, peers: Sequence[str]) -> None:
         self.peers = list(peers)
         pairs = [(a, b) for a in self.peers for b in self.peers if a != b]
-        ports = free_ports(len(pairs))
+        ports = free_ports(len(pairs), avoid=(int(p.rsplit(":", 1)[1]) for p in self.peers))
         self.links: dict[tuple[str, str], LinkProxy] = {}
         for (a, b), port in zip(pairs, ports, strict=True):
             host, target_port = b.rsplit(":", 1)
