@@ -26,17 +26,20 @@ from zraft.transport import (
     TransportTimeout,
 )
 
-from .errors import SessionClosed, UnreachablePeer
+from .errors import NotLeader, SessionClosed, UnreachablePeer
 from .light import DEFAULT_ELECTION_TIMEOUT
 from .requests import (
     RetryPolicy,
     SessionCore,
     TryAgain,
+    change_payload,
     interpret,
+    members_from_reply,
     membership_payload,
     peers_from_status,
     pick_peer,
     retrying_kwargs,
+    settle_pause,
 )
 from .tracker import LeaderTracker
 
@@ -101,6 +104,13 @@ class AsyncLightSession(SessionCore):
             self.tracker, target, await self._send(target, "query_local", query, timeout, 0, 0)
         )
 
+    async def status(self, peer: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+        target = peer or self.tracker.leader
+        reply = await self._send(target, "status", None, timeout, 0, 0)
+        return interpret(self.tracker, target, reply)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ membership
+
     async def set_new_conf(
         self,
         new_peers: Iterable[str],
@@ -108,7 +118,55 @@ class AsyncLightSession(SessionCore):
         learners: Iterable[str] = (),
         timeout: float | None = None,
     ) -> Configuration:
+        """``LightSession.set_new_conf``."""
         payload = membership_payload(new_peers, old_peers, learners)
+        return await self._set_members(payload, timeout)
+
+    async def members(
+        self, timeout: float | None = None, *, settled: bool = False
+    ) -> Configuration:
+        """``LightSession.members``: the leader's configuration; with ``settled``, once no
+        change is under way (else ``NotStable`` at the timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = max(deadline - loop.time(), 0.0)
+            config, is_settled = members_from_reply(await self._call("members", None, left))
+            if is_settled or not settled:
+                return config
+            await asyncio.sleep(settle_pause(self.election_timeout, config, deadline - loop.time()))
+
+    async def add_learner(self, peer: str, timeout: float | None = None) -> Configuration:
+        return await self._change("add_learner", peer, timeout)
+
+    async def promote(self, peer: str, timeout: float | None = None) -> Configuration:
+        return await self._change("promote", peer, timeout)
+
+    async def remove(self, peer: str, timeout: float | None = None) -> Configuration:
+        return await self._change("remove", peer, timeout)
+
+    async def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
+        """``LightSession.transfer_leadership``: returns once ``target`` leads."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        await self._call("transfer", target, timeout)
+        while loop.time() < deadline:
+            try:
+                if (await self.status(target, timeout=0.5)).get("role") == "leader":
+                    self.tracker.succeeded(target)
+                    return target
+            except Exception:  # the target may be busy campaigning
+                pass
+            await asyncio.sleep(0.02)
+        raise NotLeader(f"{target} did not take over in time", None)
+
+    async def _change(self, kind: str, peer: str, timeout: float | None) -> Configuration:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        payload = change_payload(kind, await self.members(timeout), peer)
+        return await self._set_members(payload, max(deadline - loop.time(), 0.0))
+
+    async def _set_members(self, payload: dict[str, Any], timeout: float | None) -> Configuration:
         config = Configuration.from_wire(await self._call("set_members", payload, timeout))
         self.tracker.set_peers(sorted(config.voters))
         return config

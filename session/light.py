@@ -29,17 +29,19 @@ from zraft.transport import (
     TransportTimeout,
 )
 
-from .errors import NotLeader, NotStable, SessionClosed, UnreachablePeer
+from .errors import NotLeader, SessionClosed, UnreachablePeer
 from .requests import (
     RetryPolicy,
     SessionCore,
     TryAgain,
+    change_payload,
     interpret,
     members_from_reply,
     membership_payload,
     peers_from_status,
     pick_peer,
     retrying_kwargs,
+    settle_pause,
 )
 from .tracker import LeaderTracker
 
@@ -135,11 +137,7 @@ class LightSession(SessionCore):
         ``old_peers``, if given, must be the current voters (else ``PeersChanged``); a
         change already under way gives ``NotStable``.
         """
-        payload = membership_payload(new_peers, old_peers, learners)
-        wire = self._call("set_members", payload, timeout)
-        config = Configuration.from_wire(wire)
-        self.tracker.set_peers(sorted(config.voters))
-        return config
+        return self._set_members(membership_payload(new_peers, old_peers, learners), timeout)
 
     def members(self, timeout: float | None = None, *, settled: bool = False) -> Configuration:
         """The leader's configuration: the one in force, which applies from the moment it
@@ -155,28 +153,30 @@ class LightSession(SessionCore):
             config, is_settled = members_from_reply(self._call("members", None, max(left, 0.0)))
             if is_settled or not settled:
                 return config
-            pause = min(0.05, self.election_timeout / 4)
-            if deadline - time.monotonic() <= pause:
-                raise NotStable(f"a configuration change is still under way: {config}")
+            pause = settle_pause(self.election_timeout, config, deadline - time.monotonic())
             time.sleep(pause)
 
     def add_learner(self, peer: str, timeout: float | None = None) -> Configuration:
-        config = self.members()
-        return self.set_new_conf(
-            config.voters, config.voters, config.learners | {peer}, timeout=timeout
-        )
+        """Add ``peer`` as a learner: it receives the log but does not vote."""
+        return self._change("add_learner", peer, timeout)
 
     def promote(self, peer: str, timeout: float | None = None) -> Configuration:
-        config = self.members()
-        return self.set_new_conf(
-            config.voters | {peer}, config.voters, config.learners - {peer}, timeout=timeout
-        )
+        """Make learner (or new peer) ``peer`` a voter."""
+        return self._change("promote", peer, timeout)
 
     def remove(self, peer: str, timeout: float | None = None) -> Configuration:
-        config = self.members()
-        return self.set_new_conf(
-            config.voters - {peer}, config.voters, config.learners - {peer}, timeout=timeout
-        )
+        """Take ``peer`` out of the configuration; it stops itself once that commits."""
+        return self._change("remove", peer, timeout)
+
+    def _change(self, kind: str, peer: str, timeout: float | None) -> Configuration:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        payload = change_payload(kind, self.members(timeout), peer)
+        return self._set_members(payload, max(deadline - time.monotonic(), 0.0))
+
+    def _set_members(self, payload: dict[str, Any], timeout: float | None) -> Configuration:
+        config = Configuration.from_wire(self._call("set_members", payload, timeout))
+        self.tracker.set_peers(sorted(config.voters))
+        return config
 
     def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
         """Ask the leader to hand over to ``target``; returns once ``target`` leads."""

@@ -98,6 +98,22 @@ def membership_payload(
     return payload
 
 
+def change_payload(kind: str, config: Configuration, peer: str) -> dict[str, Any]:
+    """The ``set_members`` payload that makes ``peer`` a learner (``add_learner``), a voter
+    (``promote``) or neither (``remove``), starting from ``config``; it names the voters it
+    started from, so the leader refuses it if they changed meanwhile."""
+    voters, learners = config.voters, config.learners
+    if kind == "add_learner":
+        new, learners = voters, learners | {peer}
+    elif kind == "promote":
+        new, learners = voters | {peer}, learners - {peer}
+    elif kind == "remove":
+        new, learners = voters - {peer}, learners - {peer}
+    else:
+        raise ValueError(f"unknown membership change {kind!r}")
+    return membership_payload(new, voters, learners)
+
+
 def peers_from_status(status: dict[str, Any], asked: str) -> list[str]:
     """The voters a peer's status names, the leader it knows first."""
     voters = sorted(Configuration.from_wire(status["config"]).voters) or [asked]
@@ -110,6 +126,15 @@ def members_from_reply(result: Any) -> tuple[Configuration, bool]:
     if not isinstance(result, dict) or not isinstance(result.get("settled"), bool):
         raise ValueError(f"malformed members reply: {result!r:.200}")
     return Configuration.from_wire(result.get("config")), result["settled"]
+
+
+def settle_pause(election_timeout: float, config: Configuration, left: float) -> float:
+    """How long to wait before asking again whether a configuration change has settled;
+    ``NotStable`` if the time left would not cover it."""
+    pause = min(0.05, election_timeout / 4)
+    if left <= pause:
+        raise NotStable(f"a configuration change is still under way: {config}")
+    return pause
 
 
 def pick_peer(tracker: LeaderTracker) -> str:

@@ -26,6 +26,17 @@ def local_cluster(root: Path, size: int, *extra: str, **kwargs: Any) -> Iterator
         cluster.close()  # kills every process it started, whatever the test did
 
 
+def start_with_newcomers(cluster: LocalCluster, voters: int) -> str:
+    """Found the cluster on its first ``voters`` peers and start the rest empty, waiting to
+    be added; returns the leader."""
+    founders, newcomers = cluster.peers[:voters], cluster.peers[voters:]
+    for peer in founders:
+        cluster.start_peer(peer, members=founders)
+    for peer in newcomers:
+        cluster.start_peer(peer, members=[])
+    return cluster.wait_for_leader(among=founders)
+
+
 def applied_everywhere(cluster: LocalCluster, peers: list[str], index: int) -> bool:
     for peer in peers:
         status = cluster.status(peer, timeout=0.5)

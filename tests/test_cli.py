@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_support import local_cluster
+from tests.cluster_support import local_cluster, start_with_newcomers
 
 
 def zraft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -25,10 +25,7 @@ def zraft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_write_query_status_members_and_transfer_from_the_shell(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 4) as cluster:
         a, b, c, d = cluster.peers
-        for peer in (a, b, c):
-            cluster.start_peer(peer, members=[a, b, c])
-        cluster.start_peer(d, members=[])
-        cluster.wait_for_leader(among=[a, b, c])
+        start_with_newcomers(cluster, 3)
 
         done = zraft("write", "--peer", b, json.dumps({"op": "put", "key": "k", "value": 7}))
         assert done.returncode == 0, done.stderr

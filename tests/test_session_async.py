@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_support import local_cluster
+from tests.cluster_support import local_cluster, start_with_newcomers
 from zraft.backends import kv
 from zraft.session import AsyncLightSession, Rejected
 
@@ -53,3 +53,29 @@ def test_async_query_and_connect_from_one_peer(tmp_path: Path) -> None:
                 await session.close()
 
         assert asyncio.run(main()) == {"found": True, "value": "v"}
+
+
+@pytest.mark.timeout(120)
+def test_async_membership_changes_and_transfer(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 4) as cluster:
+        a, b, c, d = cluster.peers
+        leader = start_with_newcomers(cluster, 3)
+        target = next(p for p in (a, b, c) if p != leader)
+
+        async def main() -> None:
+            async with AsyncLightSession([a, b, c]) as session:
+                await session.write(kv.put("k", 1))
+                config = await session.add_learner(d, timeout=20)
+                assert config.learners == {d} and config.voters == {a, b, c}
+                config = await session.promote(d, timeout=20)
+                assert config.voters == {a, b, c, d} and not config.learners
+                settled = await session.members(timeout=10, settled=True)
+                assert settled == config
+                assert await session.transfer_leadership(target, timeout=10) == target
+                config = await session.remove(leader, timeout=20)
+                assert config.voters == {a, b, c, d} - {leader}
+                assert (await session.status())["id"] == target
+                assert await session.query(kv.get("k")) == {"found": True, "value": 1}
+
+        asyncio.run(main())
+        cluster.wait_for(lambda: not cluster.alive(leader), 20, "the removed peer to stop")
