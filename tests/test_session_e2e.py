@@ -88,9 +88,11 @@ def test_members_come_from_the_leader_and_settled_waits_out_a_change(tmp_path: P
     # (check-quorum), long enough to watch a change it cannot commit.
     with LocalCluster(3, tmp_path, election_timeout=3000) as cluster:
         cluster.start()
-        leader = cluster.wait_for_leader()
+        leader = cluster.wait_for_leader(timeout=30)
         b, c = [p for p in cluster.peers if p != leader]
-        refused = cluster.request(b, "members")
+        refused = cluster.wait_for(  # once b has heard from the leader, it names it
+            lambda: (reply := cluster.request(b, "members")).leader and reply, 10, "a redirect"
+        )
         assert (refused.ok, refused.error, refused.leader) == (False, "not_leader", leader)
         (port,) = free_ports(1)
         newcomer = f"127.0.0.1:{port}"  # a learner need not be up for a change to commit
