@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from zraft import local
-from zraft.chaos.proxy import LinkProxy
+from zraft.chaos.proxy import LinkProxy, ProxiedLinks
 from zraft.local import free_ports
 
 
@@ -108,3 +109,44 @@ def test_a_proxy_forwards_until_cut_and_again_once_restored() -> None:
     finally:
         proxy.close()
         echo.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_proxy_refuses_connections_over_its_cap_and_says_so() -> None:
+    echo = EchoServer()
+    (port,) = free_ports(1)
+    proxy = LinkProxy(port, ("127.0.0.1", echo.port), "capped", max_connections=2)
+    held: list[socket.socket] = []
+    try:
+        for text in (b"one", b"two"):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.append(conn)
+            conn.sendall(text)
+            assert conn.recv(16) == text
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            assert third.recv(16) == b""  # refused: closed at once
+        assert proxy.refused_over_cap == 1
+        links = ProxiedLinks([])
+        links.links[("a", "b")] = proxy
+        assert links.broken() == ["capped (refused 1 connections over its cap)"]
+        held.pop().close()  # back under the cap: accepted again, once the proxy sees it
+        assert _echoed_within(port, b"four", 5.0)
+    finally:
+        for conn in held:
+            conn.close()
+        proxy.close()
+        echo.close()
+
+
+def _echoed_within(port: int, text: bytes, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(text)
+                if conn.recv(16) == text:
+                    return True
+        except OSError:  # refused and closed meanwhile
+            pass
+        time.sleep(0.05)
+    return False

@@ -99,7 +99,7 @@ def compare_states(cluster: ChaosCluster, result: Convergence, timeout: float = 
         )
         broken = cluster.links.broken()
         if broken:
-            said += f"; proxies that stopped forwarding: {', '.join(broken)}"
+            said += f"; link proxies that failed: {', '.join(broken)}"
         result.problems.append(f"peers did not converge: {error} (last: {said})")
         return
     result.commit = next(iter(statuses.values()))["commit"]

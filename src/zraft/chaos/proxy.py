@@ -21,12 +21,22 @@ from zraft.local import free_ports
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
+# A peer holds one or two connections on a link. Far more means something runs away (a
+# proxy once forwarded to itself, each connection opening another): refuse the excess
+# rather than let it take every descriptor of the harness's process.
+MAX_CONNECTIONS = 256
 
 
 class LinkProxy:
     """Forwards one listening port to one target, until cut."""
 
-    def __init__(self, listen_port: int, target: tuple[str, int], name: str = "") -> None:
+    def __init__(
+        self,
+        listen_port: int,
+        target: tuple[str, int],
+        name: str = "",
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         if target[1] == listen_port and target[0] in ("127.0.0.1", "localhost"):
             # It would forward to itself, each connection opening another, without end.
             raise ValueError(f"a link proxy cannot forward to its own port {listen_port}")
@@ -42,6 +52,8 @@ class LinkProxy:
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopped = False
+        self.max_connections = max_connections
+        self.refused_over_cap = 0
         self._thread = threading.Thread(target=self._run, name=f"proxy-{self.name}", daemon=True)
         self._thread.start()
 
@@ -97,6 +109,14 @@ class LinkProxy:
             return
         if self._cut:
             client.close()
+            return
+        if len(self._pairs) >= 2 * self.max_connections:
+            client.close()
+            self.refused_over_cap += 1
+            if self.refused_over_cap == 1:
+                log.error(
+                    "proxy %s: over %d connections; refusing more", self.name, len(self._pairs) // 2
+                )
             return
         try:
             upstream = socket.create_connection(self.target, timeout=1)
@@ -180,8 +200,14 @@ class ProxiedLinks:
             link.set_cut(False)
 
     def broken(self) -> list[str]:
-        """Links whose proxy stopped forwarding (should be none until ``close``)."""
-        return [link.name for link in self.links.values() if not link.running]
+        """Links whose proxy stopped forwarding (should be none until ``close``), or had to
+        refuse connections over its cap."""
+        broken = [link.name for link in self.links.values() if not link.running]
+        return broken + [
+            f"{link.name} (refused {link.refused_over_cap} connections over its cap)"
+            for link in self.links.values()
+            if link.refused_over_cap
+        ]
 
     def close(self) -> None:
         for link in self.links.values():

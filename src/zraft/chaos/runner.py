@@ -209,7 +209,7 @@ def _exercise(
                 report.errors.append(f"client thread {thread.name} did not stop")
     broken = cluster.links.broken()
     if broken:  # the harness's fault, not the peers': the run cannot be judged fairly
-        report.errors.append(f"link proxies stopped forwarding: {', '.join(broken)}")
+        report.errors.append(f"link proxies failed: {', '.join(broken)}")
     with context.session() as session:
         for workload in workloads:
             workload.final_read(session, timeout=30.0)
