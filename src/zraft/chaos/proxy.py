@@ -114,9 +114,7 @@ class LinkProxy:
             client.close()
             self.refused_over_cap += 1
             if self.refused_over_cap == 1:
-                log.error(
-                    "proxy %s: over %d connections; refusing more", self.name, len(self._pairs) // 2
-                )
+                log.error("proxy %s: at its cap of %d connections", self.name, self.max_connections)
             return
         try:
             upstream = socket.create_connection(self.target, timeout=1)
