@@ -33,6 +33,7 @@ from .requests import (
     SessionCore,
     TryAgain,
     change_payload,
+    config_from_reply,
     interpret,
     members_from_reply,
     membership_payload,
@@ -72,10 +73,13 @@ class AsyncLightSession(SessionCore):
         session = cls([peer], **kwargs)
         try:
             status = await session._send(peer, "status", None, 2.0, 0, 0)
+            session.tracker.set_peers(peers_from_status(status.result, peer))
         except TransportTimeout:
             await session.close()
             raise UnreachablePeer(peer) from None
-        session.tracker.set_peers(peers_from_status(status.result, peer))
+        except BaseException:  # a malformed answer, or cancelled: no session to hand back
+            await session.close()
+            raise
         return session
 
     def _acked(self) -> int:
@@ -163,11 +167,11 @@ class AsyncLightSession(SessionCore):
     async def _change(self, kind: str, peer: str, timeout: float | None) -> Configuration:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
-        payload = change_payload(kind, await self.members(timeout), peer)
+        payload = change_payload(kind, await self.members(timeout, settled=True), peer)
         return await self._set_members(payload, max(deadline - loop.time(), 0.0))
 
     async def _set_members(self, payload: dict[str, Any], timeout: float | None) -> Configuration:
-        config = Configuration.from_wire(await self._call("set_members", payload, timeout))
+        config = config_from_reply(await self._call("set_members", payload, timeout))
         self.tracker.set_peers(sorted(config.voters))
         return config
 

@@ -65,6 +65,11 @@ class SessionClosed(ClientError):
     closed."""
 
 
+class MalformedReply(ClientError):
+    """A peer answered with something this client cannot read (a bug, or peers of another
+    version)."""
+
+
 class MembershipError(ClientError):
     """A configuration change was refused."""
 

@@ -35,6 +35,7 @@ from .requests import (
     SessionCore,
     TryAgain,
     change_payload,
+    config_from_reply,
     interpret,
     members_from_reply,
     membership_payload,
@@ -81,7 +82,11 @@ class LightSession(SessionCore):
         self._acked = 0
         self._last_index = 0  # of the last answered call (calls are serialized)
         if isinstance(peers, str):
-            members = self._read_configuration(peers)
+            try:
+                members = self._read_configuration(peers)
+            except BaseException:  # unreachable, or a malformed answer: no session
+                self._channel.close()
+                raise
         else:
             members = list(peers)
         self.tracker = LeaderTracker(members, self.fail_timeout, election_timeout)
@@ -170,11 +175,11 @@ class LightSession(SessionCore):
 
     def _change(self, kind: str, peer: str, timeout: float | None) -> Configuration:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        payload = change_payload(kind, self.members(timeout), peer)
+        payload = change_payload(kind, self.members(timeout, settled=True), peer)
         return self._set_members(payload, max(deadline - time.monotonic(), 0.0))
 
     def _set_members(self, payload: dict[str, Any], timeout: float | None) -> Configuration:
-        config = Configuration.from_wire(self._call("set_members", payload, timeout))
+        config = config_from_reply(self._call("set_members", payload, timeout))
         self.tracker.set_peers(sorted(config.voters))
         return config
 

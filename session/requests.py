@@ -22,6 +22,7 @@ from .errors import (
     AllPeersFailed,
     BackendError,
     ClusterExists,
+    MalformedReply,
     NotStable,
     NotSupported,
     Overloaded,
@@ -114,9 +115,19 @@ def change_payload(kind: str, config: Configuration, peer: str) -> dict[str, Any
     return membership_payload(new, voters, learners)
 
 
-def peers_from_status(status: dict[str, Any], asked: str) -> list[str]:
+def config_from_reply(raw: Any) -> Configuration:
+    """A configuration a peer sent; ``MalformedReply`` if it is not one."""
+    try:
+        return Configuration.from_wire(raw)
+    except ValueError as error:
+        raise MalformedReply(f"not a configuration: {error}") from None
+
+
+def peers_from_status(status: Any, asked: str) -> list[str]:
     """The voters a peer's status names, the leader it knows first."""
-    voters = sorted(Configuration.from_wire(status["config"]).voters) or [asked]
+    if not isinstance(status, dict):
+        raise MalformedReply(f"{asked}'s status is not a mapping")
+    voters = sorted(config_from_reply(status.get("config")).voters) or [asked]
     leader = status.get("leader")
     return ([leader] if leader in voters else []) + [v for v in voters if v != leader]
 
@@ -124,8 +135,8 @@ def peers_from_status(status: dict[str, Any], asked: str) -> list[str]:
 def members_from_reply(result: Any) -> tuple[Configuration, bool]:
     """The configuration and its ``settled`` flag from a ``members`` reply."""
     if not isinstance(result, dict) or not isinstance(result.get("settled"), bool):
-        raise ValueError(f"malformed members reply: {result!r:.200}")
-    return Configuration.from_wire(result.get("config")), result["settled"]
+        raise MalformedReply(f"malformed members reply: {result!r:.200}")
+    return config_from_reply(result.get("config")), result["settled"]
 
 
 def settle_pause(election_timeout: float, config: Configuration, left: float) -> float:

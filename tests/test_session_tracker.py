@@ -119,3 +119,45 @@ def test_dead_peers_at_the_head_do_not_hide_the_live_ones() -> None:
         clock.now += 0.45
         t.failed(peer)
     assert tried[-1] == "d", tried
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        None,
+        [],
+        {"config": {"voters": ["a"]}},  # no settled flag
+        {"config": {"voters": ["a"]}, "settled": "yes"},
+        {"config": {"voters": "a"}, "settled": True},
+        {"config": {"voters": ["a"], "extra": []}, "settled": True},
+        {"settled": True},
+    ],
+)
+def test_malformed_members_replies_raise_malformed_reply(result: object) -> None:
+    from zraft.session import MalformedReply, ZraftError
+    from zraft.session.requests import members_from_reply
+
+    with pytest.raises(MalformedReply) as raised:
+        members_from_reply(result)
+    assert isinstance(raised.value, ZraftError)
+
+
+def test_members_replies_and_change_payloads() -> None:
+    from zraft.core import Configuration
+    from zraft.session import MalformedReply
+    from zraft.session.requests import change_payload, members_from_reply, peers_from_status
+
+    reply = {"config": {"voters": ["a", "b"], "learners": ["c"]}, "settled": False}
+    config, settled = members_from_reply(reply)
+    assert config == Configuration.of(["a", "b"], ["c"]) and settled is False
+    assert change_payload("promote", config, "c") == {
+        "voters": ["a", "b", "c"], "learners": [], "old": ["a", "b"]
+    }  # fmt: skip
+    assert change_payload("add_learner", config, "d")["learners"] == ["c", "d"]
+    assert change_payload("remove", config, "a")["voters"] == ["b"]
+    with pytest.raises(ValueError, match="unknown membership change"):
+        change_payload("demote", config, "a")
+    with pytest.raises(MalformedReply):
+        peers_from_status(["not", "a", "status"], "a")
+    with pytest.raises(MalformedReply):
+        peers_from_status({"config": None}, "a")

@@ -197,8 +197,14 @@ class MembershipNemesis(Nemesis):
         return True
 
     def end(self, event: FaultEvent) -> None:
-        config = self.cluster.configuration(timeout=5.0)
-        if config is not None and self.target in config.voters:
+        # Settled: while the removal is still under way its peer may yet stay a voter.
+        config = self.cluster.configuration(timeout=5.0, settled=True)
+        if config is None:
+            self.cluster.removed.add(self.target)  # heal() reads it again and repairs
+            self.cluster.busy.discard(self.target)
+            event.notes.append("configuration did not settle in time: left to healing")
+            return
+        if self.target in config.voters:
             self.cluster.busy.discard(self.target)
             event.notes.append("still a voter: nothing to add back")
             return

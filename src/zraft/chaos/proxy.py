@@ -111,10 +111,10 @@ class LinkProxy:
             client.close()
             return
         if len(self._pairs) >= 2 * self.max_connections:
-            client.close()
-            self.refused_over_cap += 1
+            self.refused_over_cap += 1  # counted before the close that others may see
             if self.refused_over_cap == 1:
                 log.error("proxy %s: at its cap of %d connections", self.name, self.max_connections)
+            client.close()
             return
         try:
             upstream = socket.create_connection(self.target, timeout=1)
