@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -89,12 +90,22 @@ class EchoServer:
         self.listener.close()
 
 
-@pytest.mark.timeout(20)
-def test_a_proxy_forwards_until_cut_and_again_once_restored() -> None:
+@contextmanager
+def proxy_to_echo(**options: Any) -> Iterator[tuple[LinkProxy, int]]:
+    """A proxy in front of an echo server, and the port it listens on; both closed after."""
     echo = EchoServer()
     (port,) = free_ports(1)
-    proxy = LinkProxy(port, ("127.0.0.1", echo.port))
+    proxy = LinkProxy(port, ("127.0.0.1", echo.port), **options)
     try:
+        yield proxy, port
+    finally:
+        proxy.close()
+        echo.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_proxy_forwards_until_cut_and_again_once_restored() -> None:
+    with proxy_to_echo() as (proxy, port):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.sendall(b"hello")
             assert conn.recv(16) == b"hello"
@@ -106,21 +117,13 @@ def test_a_proxy_forwards_until_cut_and_again_once_restored() -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.sendall(b"again")
             assert conn.recv(16) == b"again"
-    finally:
-        proxy.close()
-        echo.close()
 
 
 @pytest.mark.timeout(20)
 def test_a_proxy_refuses_connections_over_its_cap_and_says_so() -> None:
-    echo = EchoServer()
-    (port,) = free_ports(1)
-    proxy = LinkProxy(port, ("127.0.0.1", echo.port), "capped", max_connections=2)
-    held: list[socket.socket] = []
-    try:
+    with proxy_to_echo(name="capped", max_connections=2) as (proxy, port), ExitStack() as held:
         for text in (b"one", b"two"):
-            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-            held.append(conn)
+            conn = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
             conn.sendall(text)
             assert conn.recv(16) == text
         with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
@@ -129,13 +132,8 @@ def test_a_proxy_refuses_connections_over_its_cap_and_says_so() -> None:
         links = ProxiedLinks([])
         links.links[("a", "b")] = proxy
         assert links.broken() == ["capped (refused 1 connections over its cap)"]
-        held.pop().close()  # back under the cap: accepted again, once the proxy sees it
+        conn.close()  # back under the cap: accepted again, once the proxy sees it
         assert _echoed_within(port, b"four", 5.0)
-    finally:
-        for conn in held:
-            conn.close()
-        proxy.close()
-        echo.close()
 
 
 def _echoed_within(port: int, text: bytes, seconds: float) -> bool:

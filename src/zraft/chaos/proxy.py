@@ -200,12 +200,15 @@ class ProxiedLinks:
     def broken(self) -> list[str]:
         """Links whose proxy stopped forwarding (should be none until ``close``), or had to
         refuse connections over its cap."""
-        broken = [link.name for link in self.links.values() if not link.running]
-        return broken + [
-            f"{link.name} (refused {link.refused_over_cap} connections over its cap)"
-            for link in self.links.values()
-            if link.refused_over_cap
-        ]
+        broken = []
+        for link in self.links.values():
+            if not link.running:
+                broken.append(link.name)
+            if link.refused_over_cap:
+                broken.append(
+                    f"{link.name} (refused {link.refused_over_cap} connections over its cap)"
+                )
+        return broken
 
     def close(self) -> None:
         for link in self.links.values():
