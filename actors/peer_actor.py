@@ -30,6 +30,7 @@ from zraft.core import (
 from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
 from .commands import Command, CommandKind
+from .founding import IdentityGuard
 from .loop_inbox import HostedLoop, HostedRef, InlineRef, LoopActor, LoopEnded
 from .messages import (
     LEADERSHIP_LOST,
@@ -102,6 +103,7 @@ class PeerActor(LoopActor):
         tick_seconds: float = 0.05,
         hosted: Iterable[HostedRef | InlineRef] = (),
         on_ref: Callable[[pykka.ActorRef[Any]], None] = lambda ref: None,
+        identity_guard: IdentityGuard | None = None,
     ) -> None:
         super().__init__()
         on_ref(self.actor_ref)  # before the thread starts: others may tell us at once
@@ -141,6 +143,8 @@ class PeerActor(LoopActor):
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
         self.members: frozenset[str] = frozenset()
         self.peers_key: tuple[Any, ...] = ()
+        self.identity_guard = identity_guard
+        self.guard_key: tuple[Configuration, bool] | None = None
         self.role = node.role
         self.leader = node.leader
         self.leader_since: float | None = None  # wall clock, comparable across processes
@@ -248,6 +252,8 @@ class PeerActor(LoopActor):
                 replies.extend(self._set_members(identity, request))
             elif op == "bootstrap":
                 replies.append((identity, self._bootstrap(request)))
+            elif op == "identity":
+                replies.append((identity, self._identity(request)))
             elif op == "transfer":
                 if node.role is not Role.LEADER:  # a redirect, which sessions follow
                     reply = self._not_leader(request)
@@ -385,12 +391,29 @@ class PeerActor(LoopActor):
         voters = request.payload.get("voters") if isinstance(request.payload, dict) else None
         if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
             return ClientReply(request.request_id, False, "voters: list of ids", "bad_request")
-        reason = self.node.bootstrap(frozenset(voters))
+        guard = self.identity_guard
+        if guard is not None and guard.cluster_uuid:
+            # Pristine, but a member already reached us: we belong to that founding.
+            reason: str | None = "already present"
+        else:
+            reason = self.node.bootstrap(frozenset(voters))
+            if reason is None and guard is not None:
+                # Durable now, before the drain persists the founding entry (founding.py).
+                guard.founded(voters)
         if reason is not None:
             code = "already_present" if reason == "already present" else "bad_request"
             return ClientReply(request.request_id, False, reason, code)
         log.info("%s: founded a cluster of %s", self.node.id, sorted(voters))
         return ClientReply(request.request_id, True, self.node.config.to_wire())
+
+    def _identity(self, request: ClientRequest) -> ClientReply:
+        """Our founding and data directory, and the one we know ``peer`` by: asked by a peer
+        about to found (founding.probe_before_founding)."""
+        payload = request.payload if isinstance(request.payload, dict) else {}
+        peer = payload.get("peer")
+        if self.identity_guard is None or not (peer is None or isinstance(peer, str)):
+            return ClientReply(request.request_id, False, "{peer: id}", "bad_request")
+        return ClientReply(request.request_id, True, self.identity_guard.describe(peer))
 
     def _members(self, request: ClientRequest) -> ClientReply:
         """The leader's configuration, which is in force from the moment it is appended, and
@@ -462,6 +485,11 @@ class PeerActor(LoopActor):
                 self._config_changed()
                 if self.node.id in self.members:
                     self.was_member = True
+        if self.identity_guard is not None:
+            guard_key = (node.config, node.membership_stable)
+            if guard_key != self.guard_key:
+                self.guard_key = guard_key
+                self.identity_guard.set_members(node.config.members, guard_key[1])
         if self.was_member and node.id not in node.config.members and node.membership_stable:
             log.warning("%s: removed from the cluster by %s; stopping", node.id, node.config)
             self.was_member = False
@@ -620,8 +648,11 @@ class PeerActor(LoopActor):
         for name, source in self.metrics_sources.items():
             for key, value in source().items():
                 metrics[f"{name}_{key}"] = value
+        guard = self.identity_guard
         return {
             "id": node.id,
+            "cluster_uuid": guard.cluster_uuid if guard is not None else None,
+            "instance": guard.identity.instance if guard is not None else None,
             "role": str(node.role),
             "leader_since": self.leader_since,
             "term": node.term,

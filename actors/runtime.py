@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 from collections import deque
+from dataclasses import replace
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,18 @@ from zraft.backends.base import load_backend
 from zraft.core import Configuration, Node, SnapshotMeta
 from zraft.settings import Settings
 from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
+from zraft.storage.identity import IdentityFile
 from zraft.transport import CurveSettings, ZmqTransport
 
+from .founding import (
+    DirectoryRefused,
+    IdentityGuard,
+    has_state,
+    new_identity,
+    open_identity,
+    probe_before_founding,
+    write_founding,
+)
 from .log_actor import LogActor
 from .loop_inbox import HostedRef, InlineRef, OwnThread
 from .messages import ClientBatch, PeerBatch, PersistItem, StatusRequest
@@ -73,13 +84,21 @@ class PeerRuntime:
         )
         (log_dir / "hard_state").mkdir(parents=True, exist_ok=True)
         hard_state, _ = hard_state_file.load()
+        latest = snapshots.latest()
+        present = has_state(raft_log, hard_state, latest is not None)
+        guard = self._identity(IdentityFile(log_dir, fsync=s.fsync), state_present=present)
+        founding = guard.identity.founding
+        if founding and not present:  # also mends a crash between identity and log
+            hard_state = write_founding(raft_log, hard_state_file, founding)
+            log.info("%s founded cluster %r with voters %s", self.peer_id, s.cluster_id,
+                     ", ".join(founding))  # fmt: skip
         backend = load_backend(s.backend)()
         backend.init(self.peer_id)
-        bootstrap = Configuration.of(s.peers) if self.peer_id in s.peers else Configuration()
-        state = ReplicatedState(backend, bootstrap)
-        latest = snapshots.latest()
+        # The configuration comes from the log and the snapshots alone (the founding entry
+        # is the log's first), never from the settings.
+        state = ReplicatedState(backend, Configuration())
         if latest is None:
-            meta = SnapshotMeta(0, 0, bootstrap)
+            meta = SnapshotMeta(0, 0, Configuration())
         else:
             meta, path, extra = latest
             state.install(meta, Path(path), extra)
@@ -93,6 +112,12 @@ class PeerRuntime:
             snapshot=meta,
             entries=entries,
         )
+        if present and s.peers and frozenset(s.peers) != node.config.all_voters:
+            log.warning(
+                "%s: the peers setting (%s) differs from the cluster's configuration in "
+                "the log (%s) and is ignored: peers only founds a new cluster",
+                self.peer_id, ", ".join(sorted(s.peers)), node.config,
+            )  # fmt: skip
         log.info(
             "%s starting: term %d, snapshot %d, log %d..%d, %s",
             self.peer_id,
@@ -113,6 +138,7 @@ class PeerRuntime:
             max_frame_bytes=s.max_frame_bytes,
             routes=s.route_map(),
             max_client_requests=s.max_client_requests,
+            origin_check=guard,
         )
         transport = self.transport
         # Bound now (a busy port fails here, before any actor starts); the peer actor's
@@ -187,6 +213,7 @@ class PeerRuntime:
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
             hosted=(session_ref,) if s.log_thread else (log_ref, session_ref),
             on_ref=peer_proxy.set,
+            identity_guard=guard,
         )
         self._actors = [self.peer, snapshot_actor, session]  # the peer's thread hosts
         if s.log_thread:
@@ -201,6 +228,30 @@ class PeerRuntime:
                 lambda: peer_ref.ask(StatusRequest(), timeout=2),
             )
         return self
+
+    def _identity(self, identity_file: IdentityFile, *, state_present: bool) -> IdentityGuard:
+        """Check the directory is ours (or make it ours, founding if the settings say so)."""
+        s = self.settings
+        identity = open_identity(
+            identity_file,
+            cluster_id=s.cluster_id,
+            peer_id=self.peer_id,
+            state_present=state_present,
+        )
+        may_found = not state_present and (identity is None or not identity.cluster_uuid)
+        if may_found and self.peer_id in s.peers:
+            fresh = new_identity(s.cluster_id, self.peer_id, s.peers)
+            if identity is not None:  # a joiner that never heard from a cluster
+                fresh = replace(fresh, instance=identity.instance, known=identity.known)
+            refused = probe_before_founding(s.cluster_id, self.peer_id, s.peers, fresh.cluster_uuid)
+            if refused is not None:
+                raise DirectoryRefused(f"{self.peer_id} will not found a cluster: {refused}")
+            identity = fresh
+            identity_file.save(identity)
+        elif identity is None:
+            identity = new_identity(s.cluster_id, self.peer_id)
+            identity_file.save(identity)
+        return IdentityGuard(identity_file, identity)
 
     def stop(self) -> None:
         if self.stopped.is_set():

@@ -15,7 +15,7 @@ from typing import Any
 import pykka
 
 from zraft.backends.base import Failure
-from zraft.core import Entry
+from zraft.core import Entry, EntryKind
 from zraft.storage import SnapshotStore
 from zraft.transport import ClientReply
 
@@ -189,9 +189,14 @@ class SessionActor(InlineCapable):
         replies: list[tuple[Identity, ClientReply]] = []
         started = time.perf_counter()
         applied_entries = self.state.apply(entries)
-        cost = (time.perf_counter() - started) / len(entries)
-        previous = self.apply_cost
-        self.apply_cost = cost if previous is None else 0.8 * previous + 0.2 * cost
+        # Only entries that reach the backend say what applying costs (a configuration or
+        # no-op entry, such as the founding one, costs nothing and would vouch for a slow
+        # backend being inlined on the peer's loop).
+        commands = sum(1 for e in entries if e.kind is EntryKind.NORMAL)
+        if commands:
+            cost = (time.perf_counter() - started) / commands
+            previous = self.apply_cost
+            self.apply_cost = cost if previous is None else 0.8 * previous + 0.2 * cost
         for applied in applied_entries:
             pending = self.pending_writes.pop(applied.index, None)
             if pending is None:

@@ -652,14 +652,17 @@ class Node:
             self._set_config(latest or self.snapshot_meta.config)
 
     def _set_config(self, config: Configuration, on_election: bool = False) -> None:
-        self.config = config
+        previous, self.config = self.config, config
         if self.role is not Role.LEADER:
             return
         # Peers that a pending change removes keep getting the log until it commits, so
         # they learn they were removed (and can stop) instead of waiting forever.
-        members = (config.members | self.config_at(self.commit).members) - {self.id}
+        committed = self.config_at(self.commit).members
+        members = (config.members | committed) - {self.id}
         for peer in list(self.progress):
-            if peer not in members:
+            # A retired peer added back before we stopped tracking it is a new member (its
+            # directory may be new): what it matched before says nothing about it now.
+            if peer not in members or peer not in previous.members | committed:
                 del self.progress[peer]
         if self.transfer_target not in members:
             self.transfer_target = None

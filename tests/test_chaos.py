@@ -215,6 +215,7 @@ CI_RUNS: list[dict[str, Any]] = [
     {"seed": 11, "nemeses": ("kill", "pause"), "seconds": 12.0, "cli": True},
     {"seed": 12, "nemeses": ("partition", "membership"), "seconds": 12.0, "mixed": 1.0},
     {"seed": 13, "nemeses": ("fsync", "partition", "kill"), "seconds": 14.0, "mixed": 1.0},
+    {"seed": 14, "nemeses": ("operator", "kill"), "seconds": 16.0, "mixed": 1.0},
 ]
 
 

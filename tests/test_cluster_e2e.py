@@ -9,6 +9,7 @@ import pytest
 
 from tests.cluster_support import ELECTION_TIMEOUT_MS, applied_everywhere, local_cluster
 from zraft.backends import kv
+from zraft.session import LightSession
 
 
 @pytest.mark.timeout(120)
@@ -84,9 +85,18 @@ def test_wiped_follower_catches_up_by_snapshot_over_sendfile(tmp_path: Path) -> 
             cluster.write(kv.put(f"k{i}", i))
         leader_status = cluster.status(leader)
         assert leader_status is not None and leader_status["snapshot_index"] >= 150
-        cluster.start_peer(follower)
-        commit = leader_status["commit"]
-        cluster.wait_for(lambda: applied_everywhere(cluster, [follower], commit), 30, "catch-up")
+        # A wiped member lost its votes and log: it comes back as a new member (removed,
+        # then added again empty), never under --peers (tests/test_operator_mistakes.py).
+        others = [p for p in cluster.peers if p != follower]
+        with LightSession(others, cluster_id=cluster.cluster_id) as admin:
+            admin.remove(follower, timeout=20)
+            cluster.start_peer(follower, members=[])
+            admin.add_learner(follower, timeout=20)
+            commit = admin.status()["commit"]
+            cluster.wait_for(
+                lambda: applied_everywhere(cluster, [follower], commit), 30, "catch-up"
+            )
+            admin.promote(follower, timeout=20)
         status = cluster.status(follower)
         assert status is not None
         assert status["metrics"]["snapshot_snapshots_received"] >= 1

@@ -268,3 +268,28 @@ def test_bootstrap_founds_a_cluster_once_and_persists_its_configuration() -> Non
     )
     assert restarted.config == Configuration.of(["a"])
     assert make("a").bootstrap({"a"}) == "already present"
+
+
+def test_a_peer_added_back_while_still_tracked_starts_afresh() -> None:
+    """Removed, then added back before the leader stopped tracking it (its directory may be
+    new): the leader must not trust what it matched before, or it would ignore the new
+    directory's rejections as stale and never send it the log."""
+    leader = make("a")
+    elect(leader)
+
+    def ack(peer: str, index: int) -> None:
+        leader.persisted(index, leader.term)
+        leader.step(AppendResponse(leader.term, peer, "a", True, index))
+        leader.ready()
+
+    for peer in ("b", "c"):
+        ack(peer, 1)
+    assert leader.progress["c"].match == 1
+    assert leader.propose_membership({"a", "b"}).accepted  # joint at 2, final at 3
+    leader.ready()
+    ack("b", 2)
+    ack("b", 3)
+    assert leader.config == Configuration.of(["a", "b"]) and leader.membership_stable
+    assert "c" in leader.progress  # not told yet that its removal committed
+    assert leader.propose_membership({"a", "b"}, {"c"}).accepted
+    assert leader.progress["c"].match == 0

@@ -351,3 +351,42 @@ def test_client_times_out_without_a_server_or_a_reply() -> None:
         assert wait_until(lambda: len(inbox.requests) == 1)
         routing_id, req = inbox.requests[0]
         assert req == ClientRequest(2, "get") and routing_id
+
+
+class _Origins:
+    """An origin check that admits one founding and one instance per sender."""
+
+    def __init__(self, origin: tuple[str, str], known: dict[str, str]) -> None:
+        self.origin = origin
+        self.known = known
+
+    def admit(self, sender: str, origin: tuple[str, str]) -> str | None:
+        if origin[0] != self.origin[0]:
+            return "other-founding"
+        return None if self.known.get(sender) == origin[1] else "replaced-peer"
+
+
+@pytest.mark.timeout(60)
+def test_peer_frames_are_admitted_by_their_origin_and_hellos_flow() -> None:
+    a, b, c = free_address(), free_address(), free_address()
+    inbox_a, inbox_b, inbox_c = Inbox(), Inbox(), Inbox()
+    check_a = _Origins(("u1", "a1"), {b: "b1", c: "c1"})
+    with (
+        running(a, [a, b, c], inbox_a, origin_check=check_a) as ta,
+        running(b, [a, b], inbox_b, origin_check=_Origins(("u1", "b1"), {a: "a1"})) as tb,
+        running(c, [a, c], inbox_c, origin_check=_Origins(("u1", "c2"), {a: "a1"})) as tc,
+        running(free_address(), [a], Inbox()) as plain,
+    ):
+        connect(tb, inbox_a, a)  # b's frames carry its known origin: admitted
+        assert wait_until(lambda: ta.stats().get("hellos", 0) >= 1, timeout=5)
+
+        def refused(sender: ZmqTransport, reason: str) -> bool:
+            # Resent until it counts: a frame sent before the connection is up is dropped.
+            sender.send([Heartbeat(1, sender.peer_id, a, 0, 0)])
+            return ta.stats().get(f"rejected_{reason}", 0) >= 1
+
+        assert wait_until(lambda: refused(tc, "replaced-peer"), timeout=10, step=0.02)
+        assert wait_until(lambda: refused(plain, "no-origin"), timeout=10, step=0.02)
+        check_a.origin = ("u2", "a1")  # now b is of another founding
+        assert wait_until(lambda: refused(tb, "other-founding"), timeout=10, step=0.02)
+        assert not [m for m in inbox_a.snapshot() if m.src in (c, plain.peer_id)]

@@ -4,6 +4,9 @@ Pure: bytes in, frozen dataclasses out (and back); no sockets, no threads.
 
 A frame is one msgpack array ``[version, cluster_id, sender, type_code, body]``. ``body``
 is the message's fields as an array, in declaration order (see ``docs/transport.md``).
+Frames between peers carry a sixth element, their origin ``[cluster_uuid, instance]``
+(which founding of the cluster and which data directory sent them); a peer frame may then
+be an empty batch, which says only that (a hello).
 Type code 0 is a batch: its body is an array of ``[type_code, body]`` pairs, all from the
 same sender, so one frame (one socket write, one unpack) carries many messages.
 
@@ -38,11 +41,12 @@ from ..core.types import Configuration, Entry, EntryKind, SnapshotMeta
 from ..packing import pack
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
-PROTOCOL_VERSION = 2  # 2: ClientReply carries the log index
+PROTOCOL_VERSION = 3  # 2: ClientReply carries the log index; 3: peer frames carry an origin
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_PEER_ID_LEN = 256
 MAX_OP_LEN = 256
 MAX_ERROR_LEN = 64 * 1024
+MAX_ORIGIN_PART_LEN = 64
 MAX_INT = (1 << 63) - 1
 # No single msgpack array or map may claim more elements than this (or than the frame has
 # bytes): a 5-byte header cannot make the unpacker allocate a list of 4 billion slots.
@@ -51,6 +55,7 @@ MAX_CONTAINER_LEN = 1 << 20
 MAX_BATCH_MESSAGES = 4096
 
 WireMessage: TypeAlias = Message | ClientRequest | ClientReply
+Origin: TypeAlias = tuple[str, str]  # (cluster uuid, instance) of the sending peer
 
 BATCH = 0
 TYPE_CODES: dict[type, int] = {
@@ -92,6 +97,7 @@ class Decoded:
 class DecodedBatch:
     sender: str
     messages: list[WireMessage]
+    origin: Origin | None = None  # set on frames from peers
 
 
 # --------------------------------------------------------------------------- encoding
@@ -157,15 +163,30 @@ def _body(msg: WireMessage) -> list[Any]:  # noqa: C901 - one flat dispatch is c
     raise TypeError(f"cannot encode {t.__name__}")
 
 
-def encode(message: WireMessage, *, cluster_id: str, sender: str) -> bytes:
+def encode(
+    message: WireMessage, *, cluster_id: str, sender: str, origin: Origin | None = None
+) -> bytes:
     """One message as one frame. Raises TypeError/ValueError for what cannot be encoded."""
-    return pack([PROTOCOL_VERSION, cluster_id, sender, TYPE_CODES[type(message)], _body(message)])
+    frame = [PROTOCOL_VERSION, cluster_id, sender, TYPE_CODES[type(message)], _body(message)]
+    if origin is not None:
+        frame.append(list(origin))
+    return pack(frame)
 
 
-def encode_batch(messages: Sequence[WireMessage], *, cluster_id: str, sender: str) -> bytes:
-    """Many messages in one frame (type code 0). Raises like ``encode``."""
+def encode_batch(
+    messages: Sequence[WireMessage],
+    *,
+    cluster_id: str,
+    sender: str,
+    origin: Origin | None = None,
+) -> bytes:
+    """Many messages in one frame (type code 0). Raises like ``encode``. With an origin,
+    ``messages`` may be empty: a hello."""
     items = [[TYPE_CODES[type(m)], _body(m)] for m in messages]
-    return pack([PROTOCOL_VERSION, cluster_id, sender, BATCH, items])
+    frame = [PROTOCOL_VERSION, cluster_id, sender, BATCH, items]
+    if origin is not None:
+        frame.append(list(origin))
+    return pack(frame)
 
 
 def encode_batches(
@@ -175,6 +196,7 @@ def encode_batches(
     sender: str,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     on_error: Callable[[WireMessage, Exception], None] | None = None,
+    origin: Origin | None = None,
 ) -> list[tuple[bytes, int]]:
     """Frames of at most ``MAX_BATCH_MESSAGES`` messages and ``max_frame_bytes`` bytes.
 
@@ -185,7 +207,7 @@ def encode_batches(
     for start in range(0, len(messages), MAX_BATCH_MESSAGES):
         _encode_chunk(
             messages[start : start + MAX_BATCH_MESSAGES],
-            cluster_id, sender, max_frame_bytes, on_error, out,
+            cluster_id, sender, max_frame_bytes, on_error, out, origin,
         )  # fmt: skip
     return out
 
@@ -197,12 +219,13 @@ def _encode_chunk(
     max_frame_bytes: int,
     on_error: Callable[[WireMessage, Exception], None] | None,
     out: list[tuple[bytes, int]],
+    origin: Origin | None = None,
 ) -> None:
     try:
         if len(chunk) == 1:
-            frame = encode(chunk[0], cluster_id=cluster_id, sender=sender)
+            frame = encode(chunk[0], cluster_id=cluster_id, sender=sender, origin=origin)
         else:
-            frame = encode_batch(chunk, cluster_id=cluster_id, sender=sender)
+            frame = encode_batch(chunk, cluster_id=cluster_id, sender=sender, origin=origin)
     except (TypeError, ValueError, KeyError, OverflowError) as exc:
         if len(chunk) == 1:
             if on_error is None:
@@ -223,8 +246,8 @@ def _encode_chunk(
             on_error(chunk[0], error)
             return
     half = len(chunk) // 2
-    _encode_chunk(chunk[:half], cluster_id, sender, max_frame_bytes, on_error, out)
-    _encode_chunk(chunk[half:], cluster_id, sender, max_frame_bytes, on_error, out)
+    _encode_chunk(chunk[:half], cluster_id, sender, max_frame_bytes, on_error, out, origin)
+    _encode_chunk(chunk[half:], cluster_id, sender, max_frame_bytes, on_error, out, origin)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -524,10 +547,10 @@ def _unpack(frame: bytes, max_frame_bytes: int) -> Any:
         raise FrameError("not-msgpack") from None
 
 
-def _envelope(obj: Any, cluster_id: str) -> tuple[str, int, Any]:
-    if type(obj) is not list or len(obj) != 5:
+def _envelope(obj: Any, cluster_id: str) -> tuple[str, int, Any, Origin | None]:
+    if type(obj) is not list or not 5 <= len(obj) <= 6:
         raise FrameError("bad-envelope")
-    version, cluster, sender, code, body = obj
+    version, cluster, sender, code, body = obj[:5]
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise FrameError("bad-version")
     if cluster != cluster_id or type(cluster) is not str:
@@ -536,7 +559,18 @@ def _envelope(obj: Any, cluster_id: str) -> tuple[str, int, Any]:
         raise FrameError("bad-sender")
     if type(code) is not int:
         raise FrameError("unknown-type")
-    return sender, code, body
+    return sender, code, body, _origin(obj[5]) if len(obj) == 6 else None
+
+
+def _origin(raw: Any) -> Origin:
+    if (
+        type(raw) is not list
+        or len(raw) != 2
+        or not all(type(p) is str and len(p) <= MAX_ORIGIN_PART_LEN for p in raw)
+        or not raw[1]
+    ):
+        raise FrameError("bad-origin")
+    return raw[0], raw[1]
 
 
 def _one(code: Any, body: Any, sender: str) -> WireMessage:
@@ -551,7 +585,7 @@ def _one(code: Any, body: Any, sender: str) -> WireMessage:
 
 def decode(frame: bytes, *, cluster_id: str, max_frame_bytes: int) -> Decoded:
     """Decode a single-message frame (a batch frame raises ``FrameError("unexpected-batch")``)."""
-    sender, code, body = _envelope(_unpack(frame, max_frame_bytes), cluster_id)
+    sender, code, body, _ = _envelope(_unpack(frame, max_frame_bytes), cluster_id)
     if code == BATCH:
         raise FrameError("unexpected-batch")
     return Decoded(sender, _one(code, body, sender))
@@ -559,17 +593,17 @@ def decode(frame: bytes, *, cluster_id: str, max_frame_bytes: int) -> Decoded:
 
 def decode_batch(frame: bytes, *, cluster_id: str, max_frame_bytes: int) -> DecodedBatch:
     """Decode a batch or a single-message frame into a list of messages, all or nothing."""
-    sender, code, body = _envelope(_unpack(frame, max_frame_bytes), cluster_id)
+    sender, code, body, origin = _envelope(_unpack(frame, max_frame_bytes), cluster_id)
     if code != BATCH:
-        return DecodedBatch(sender, [_one(code, body, sender)])
-    if type(body) is not list or not body:
+        return DecodedBatch(sender, [_one(code, body, sender)], origin)
+    if type(body) is not list or not (body or origin):  # only a peer's hello is empty
         raise FrameError("bad-batch")
     out: list[WireMessage] = []
     for item in body:
         if type(item) is not list or len(item) != 2:
             raise FrameError("bad-batch")
         out.append(_one(item[0], item[1], sender))
-    return DecodedBatch(sender, out)
+    return DecodedBatch(sender, out, origin)
 
 
 def is_peer_message(message: WireMessage) -> bool:

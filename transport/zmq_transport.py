@@ -34,7 +34,7 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 import zmq.auth
@@ -47,9 +47,11 @@ from .codec import (
     MAX_PEER_ID_LEN,
     DecodedBatch,
     FrameError,
+    Origin,
     WireMessage,
     decode_batch,
     encode,
+    encode_batch,
     encode_batches,
 )
 from .messages import ClientReply, ClientRequest
@@ -79,8 +81,23 @@ _CLIENT_REQUEST_EXPIRY_S = 60.0
 OVERLOADED = "overloaded"
 _ADMIT, _SHED, _DUP = "admit", "shed", "duplicate"
 
+# How often a peer announces its origin to every peer it connects to, so that each member
+# learns every other's data directory early, not only the leader's.
+_HELLO_INTERVAL_S = 1.0
+
 PeerCallback = Callable[[list[Message]], None]
 ClientCallback = Callable[[list[tuple[bytes, ClientRequest]]], None]
+
+
+class OriginCheck(Protocol):
+    """Which founding and data directory this peer's frames carry, and whether another
+    peer's frame is admitted (see ``zraft.actors.founding.IdentityGuard``)."""
+
+    origin: Origin
+
+    def admit(self, sender: str, origin: Origin) -> str | None:
+        """Why the frame is refused (a short stable reason), or None."""
+        ...
 
 
 class TransportError(Exception):
@@ -234,8 +251,12 @@ class ZmqTransport:
         max_backlog: int = 200_000,
         routes: Mapping[str, str] | None = None,
         max_client_requests: int = DEFAULT_MAX_CLIENT_REQUESTS,
+        origin_check: OriginCheck | None = None,
     ) -> None:
         _, self._port = split_address(peer_id)
+        # With a check, peer frames carry our origin and must carry one to be admitted.
+        self._origin_check = origin_check
+        self._next_hello = 0.0
         if max_client_requests < 1:
             raise ValueError("max_client_requests must be at least 1")
         self._max_client_requests = max_client_requests
@@ -559,11 +580,26 @@ class ZmqTransport:
             return True
         if self._wake_r in events:
             self._drain_outbox(signaled=True)
+        if self._origin_check is not None and not self._stop:
+            self._maybe_hello()
         if router in events and not self._stop:
             self._drain_inbound(router)
         if monitor in events and not self._stop:
             self._drain_monitor(monitor)
         return not self._stop
+
+    def _maybe_hello(self) -> None:
+        now = time.monotonic()
+        if now < self._next_hello:
+            return
+        self._next_hello = now + _HELLO_INTERVAL_S
+        check = self._origin_check
+        assert check is not None
+        frame = encode_batch([], cluster_id=self.cluster_id, sender=self.peer_id,
+                             origin=check.origin)  # fmt: skip
+        for sock in self._dealers.values():
+            with contextlib.suppress(zmq.Again):  # not connected yet: the next one goes
+                sock.send(frame, zmq.NOBLOCK)
 
     def flush(self) -> None:
         """On the owning thread: send what is queued now rather than at the next turn."""
@@ -635,6 +671,7 @@ class ZmqTransport:
         self, by_peer: dict[str, list[Message]], replies: dict[bytes, list[ClientReply]]
     ) -> None:
         counts: Counter[str] = Counter()
+        origin = self._origin_check.origin if self._origin_check is not None else None
 
         def encode_failed(msg: WireMessage, exc: Exception) -> None:
             reason = "oversized" if isinstance(exc, FrameError) else "encode-error"
@@ -657,6 +694,7 @@ class ZmqTransport:
                 sender=self.peer_id,
                 max_frame_bytes=self._max_frame_bytes,
                 on_error=encode_failed,
+                origin=origin,
             )
             for frame, n in frames:
                 try:
@@ -742,6 +780,7 @@ class ZmqTransport:
         cluster_id = self.cluster_id
         me = self.peer_id
         limit = self._max_frame_bytes
+        check = self._origin_check
         # With CURVE, frames are received as zmq Frames to read the key that sent them.
         copy = self._curve is None
         for count in range(_MAX_FRAMES_PER_WAKEUP):
@@ -774,6 +813,14 @@ class ZmqTransport:
             if user_id is not None and not self._peer_key_matches(decoded, user_id):
                 self._reject(counts, "unauthenticated-peer", routing_id)
                 continue
+            if check is not None and decoded.origin is not None:
+                refused = check.admit(decoded.sender, decoded.origin)
+                if refused is not None:
+                    self._reject(counts, refused, routing_id)
+                    continue
+                if not decoded.messages:
+                    counts["hellos"] += 1
+            peer_ok = check is None or decoded.origin is not None
             for msg in decoded.messages:
                 if type(msg) is ClientRequest:  # first: a leader gets one per write
                     verdict = self._admit(routing_id, msg.request_id, now)
@@ -786,6 +833,9 @@ class ZmqTransport:
                 elif isinstance(msg, Message):
                     if msg.dst != me:
                         self._reject(counts, "wrong-dst", routing_id)
+                        continue
+                    if not peer_ok:  # a peer of an older zraft, or a client posing as one
+                        self._reject(counts, "no-origin", routing_id)
                         continue
                     peer_msgs.append(msg)
                 else:

@@ -133,7 +133,13 @@ def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    runtime.start()
+    from zraft.actors.founding import DirectoryRefused
+
+    try:
+        runtime.start()
+    except DirectoryRefused as error:
+        sys.stderr.write(f"zraft serve: {error}\n")
+        return 2
     # What exists now (modules, settings, actors) lives as long as the process: freeze it,
     # so the collector stops scanning it. Measured: a full collection then takes ~2 ms
     # rather than 20-30 ms, a pause every few seconds under load on every peer. Young

@@ -18,7 +18,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_NEMESES = ("kill", "pause", "partition", "membership", "fsync")
+_NEMESES = ("kill", "pause", "partition", "membership", "fsync", "operator")
 _WORKLOADS = ("kv", "counter", "casbin", "lock")
 _DEFAULT_WORKLOADS = ("kv", "counter")  # one backend, so one cluster per run
 

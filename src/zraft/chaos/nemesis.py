@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ class FaultEvent:
     start: int
     end: int | None = None
     notes: list[str] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)  # what the fault showed to be unsafe
 
     def to_json(self, origin: int) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class FaultEvent:
             "start_s": round((self.start - origin) / 1e9, 3),
             "end_s": None if self.end is None else round((self.end - origin) / 1e9, 3),
             "notes": self.notes,
+            "anomalies": self.anomalies,
         }
 
 
@@ -259,6 +262,83 @@ class FsyncNemesis(Nemesis):
         self.cluster.busy.discard(self.target)
 
 
+class OperatorNemesis(Nemesis):
+    """Restart a peer (often the leader) the way an operator gets it wrong: with another
+    ``--peers`` (itself alone, a subset, one peer too many, none), on its directory under
+    another ``--cluster-id``, or on a wiped directory under its old id. The peers lists
+    must change nothing (the configuration comes from the log: the peer rejoins, warning
+    once); the other two must be refused at start. Any of them splitting the cluster shows
+    as an anomaly of the workloads' histories; a wrong cluster id that is not refused is
+    reported here. The window ends with the peer restarted as it should be, on its own
+    directory."""
+
+    name = "operator"
+    MISTAKES = ("peers-alone", "peers-subset", "peers-extra", "peers-none", "cluster-id", "wiped")
+    REFUSAL_S = 10.0  # a refused start exits well within this
+    mistake = ""
+    saved_args: list[str] = []  # the peer's own extra flags, while a mistake replaces them
+
+    def begin(self, rng: random.Random, event: FaultEvent) -> bool:
+        mistake = self.MISTAKES[int(rng.random() * len(self.MISTAKES))]
+        position = rng.random()
+        peer = self._pick(rng, prefer_leader=0.5)
+        if peer is None:
+            return False
+        cluster, local = self.cluster, self.cluster.local
+        self.cluster.busy.add(peer)
+        self.target, self.mistake = peer, mistake
+        local.stop_peer(peer)  # SIGTERM, as an operator's restart does
+        members = list(cluster.peers)
+        if mistake == "peers-alone":
+            members = [peer]
+        elif mistake == "peers-subset":
+            others = [p for p in members if p != peer]
+            members.remove(others[int(position * len(others))])
+        elif mistake == "peers-extra":
+            members.append("127.0.0.1:1")
+        elif mistake == "peers-none":
+            members = []
+        elif mistake == "cluster-id":
+            self.saved_args = list(local.peer_args.get(peer, []))
+            local.peer_args[peer] = [*self.saved_args, "--cluster-id", "not-" + cluster.cluster_id]
+        else:  # wiped: its directory put aside (the disk "came back" when the window ends)
+            shutil.move(str(cluster.data_dir(peer)), str(self._aside(peer)))
+        local.start_peer(peer, members)
+        event.description = f"restart {peer} with {mistake}: --peers {_names(members)}"
+        return True
+
+    def end(self, event: FaultEvent) -> None:
+        cluster, peer = self.cluster, self.target
+        refused = self.mistake in ("cluster-id", "wiped")
+        if refused:
+            with contextlib.suppress(ClusterError):
+                cluster.local.wait_for(
+                    lambda: cluster.exit_code(peer) is not None, self.REFUSAL_S, "refusal"
+                )
+            code = cluster.exit_code(peer)
+            if code not in (None, 0):
+                event.notes.append(f"refused at start (exit {code})")
+            elif self.mistake == "cluster-id":
+                event.anomalies.append(
+                    f"{peer} served its directory under another cluster id (exit {code})"
+                )
+            else:  # no listed peer answered its probe (a partition): the others refuse it
+                event.notes.append(f"wiped start not refused at start (exit {code})")
+        elif not cluster.alive(peer):
+            event.anomalies.append(f"{peer} did not run with {self.mistake}")
+        cluster.local.kill(peer)
+        if self.mistake == "cluster-id":
+            cluster.local.peer_args[peer] = self.saved_args
+        if self.mistake == "wiped":
+            shutil.rmtree(cluster.data_dir(peer), ignore_errors=True)
+            shutil.move(str(self._aside(peer)), str(cluster.data_dir(peer)))
+        cluster.restart(peer)
+        cluster.busy.discard(peer)
+
+    def _aside(self, peer: str) -> Path:
+        return self.cluster.root / "aside" / peer.replace(":", "_")
+
+
 def _mentions(path: Path) -> int:
     """How many injected fsync failures a peer's log file reports."""
     try:
@@ -278,8 +358,11 @@ def _names(peers: list[str]) -> str:
 
 NEMESES: dict[str, type[Nemesis]] = {
     cls.name: cls
-    for cls in (KillNemesis, PauseNemesis, PartitionNemesis, MembershipNemesis, FsyncNemesis)
-}
+    for cls in (
+        KillNemesis, PauseNemesis, PartitionNemesis, MembershipNemesis, FsyncNemesis,
+        OperatorNemesis,
+    )
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- schedule

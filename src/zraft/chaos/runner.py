@@ -135,6 +135,8 @@ def run_once(options: RunOptions) -> RunReport:
         origin = marks.get("origin", 0)
         report.faults = [event.to_json(origin) for event in schedule.events]
         report.errors.extend(schedule.errors)
+        for event in schedule.events:
+            report.anomalies.extend(f"{event.nemesis}: {anomaly}" for anomaly in event.anomalies)
     _judge(report, workloads, convergence, marks, options)
     report.seconds = time.monotonic() - began
     _draw(report, workloads, marks.get("origin", 0), run_dir)

@@ -1,0 +1,274 @@
+"""Which cluster a peer belongs to: founding once, and refusing what is not ours.
+
+The rule (docs/configuration.md, "what `peers` means"):
+
+* A directory holding no state founds the cluster if the settings list this peer among
+  ``peers``: its first log entry (index 1, term 1, committed) is the configuration of those
+  voters, written durably before the peer answers anything. Founders given the same list
+  write the same entry, so their logs agree from the start.
+* A directory holding no state whose peer is not among ``peers`` (or with no ``peers``)
+  joins: it waits, empty, until a leader adds it.
+* A directory holding state never founds again: its configuration comes from its log and
+  snapshots alone, and ``peers`` is ignored (a differing value is logged once).
+
+``create`` founds through the ``bootstrap`` op, by the same function (``found``).
+
+``IdentityGuard`` then keeps the founding honest on the wire: every peer frame carries
+(cluster uuid, instance) and a frame of another founding, or from a member whose data
+directory was replaced since we first heard from it, is refused and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from zraft.core import Configuration, Entry, EntryKind, HardState
+from zraft.storage import HardStateFile, SegmentedLog
+from zraft.storage.identity import DirectoryIdentity, IdentityFile
+
+log = logging.getLogger(__name__)
+
+# How long a founding peer waits for each listed peer's answer before founding anyway (its
+# fellow founders may not have started yet).
+PROBE_TIMEOUT_S = 1.0
+
+REFUSED_OTHER_FOUNDING = "other-founding"
+REFUSED_REPLACED_PEER = "replaced-peer"
+
+
+class DirectoryRefused(Exception):
+    """The data directory is not the one these settings may serve (one line, for operators)."""
+
+
+def founding_uuid(cluster_id: str, voters: Iterable[str]) -> str:
+    """The founding's id: the same for every founder given the same cluster id and voters,
+    different for a founding with another list (a typo, a peer started alone)."""
+    text = "\0".join([cluster_id, *sorted(set(voters))])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def founding_entry(voters: Iterable[str]) -> Entry:
+    return Entry(1, 1, EntryKind.CONFIG, Configuration.of(voters))
+
+
+def has_state(raft_log: SegmentedLog, hard_state: HardState, has_snapshot: bool) -> bool:
+    return bool(raft_log.last_index or hard_state.term or hard_state.vote or has_snapshot)
+
+
+def open_identity(
+    identity_file: IdentityFile,
+    *,
+    cluster_id: str,
+    peer_id: str,
+    state_present: bool,
+) -> DirectoryIdentity | None:
+    """The directory's identity, checked against the settings; None for a directory that
+    holds nothing yet. Raises ``DirectoryRefused`` for another cluster's or peer's directory,
+    or for state without an identity."""
+    identity = identity_file.load()
+    where = identity_file.directory
+    if identity is None:
+        if state_present:
+            raise DirectoryRefused(
+                f"{where} holds Raft state but no {identity_file.path.rsplit('/', 1)[-1]}: "
+                "it was not made by this zraft, or that file was deleted; refusing to guess "
+                "which cluster it belongs to"
+            )
+        return None
+    if identity.cluster_id != cluster_id:
+        raise DirectoryRefused(
+            f"{where} belongs to cluster {identity.cluster_id!r}, not {cluster_id!r} "
+            "(the --cluster-id given)"
+        )
+    if identity.peer_id != peer_id:
+        raise DirectoryRefused(
+            f"{where} belongs to peer {identity.peer_id}, not {peer_id} (the --peer-id given)"
+        )
+    return identity
+
+
+def new_identity(cluster_id: str, peer_id: str, founding: Iterable[str] = ()) -> DirectoryIdentity:
+    voters = tuple(sorted(set(founding)))
+    return DirectoryIdentity(
+        cluster_id=cluster_id,
+        peer_id=peer_id,
+        instance=uuid.uuid4().hex,
+        cluster_uuid=founding_uuid(cluster_id, voters) if voters else "",
+        founding=voters,
+    )
+
+
+def write_founding(
+    raft_log: SegmentedLog, hard_state_file: HardStateFile, voters: Iterable[str]
+) -> HardState:
+    """The founding entry and its hard state (term 1, committed), durably. Idempotent on a
+    directory with no state: a crash half-way is mended by calling it again."""
+    entry = founding_entry(voters)
+    raft_log.append([entry])  # durable when it returns
+    hard_state = HardState(term=1, vote=None, commit=1)
+    hard_state_file.save(hard_state)
+    return hard_state
+
+
+def probe_before_founding(
+    cluster_id: str, peer_id: str, voters: Iterable[str], founding: str
+) -> str | None:
+    """Ask the other listed peers whether founding here would be a mistake; returns why, or
+    None. Founding is wrong when a listed peer knows this peer from an earlier data
+    directory (this one was wiped: its votes and log are gone) or runs another founding.
+    Peers that do not answer in time are taken to be fellow founders still starting."""
+    from zraft.transport import ClientChannel, ClientRequest, TransportError
+
+    others = sorted(set(voters) - {peer_id})
+
+    def ask(peer: str) -> dict[str, Any] | None:
+        try:
+            with ClientChannel(cluster_id, f"founding-probe-{peer_id}") as channel:
+                request = ClientRequest(1, "identity", {"peer": peer_id})
+                reply = channel.request(peer, request, PROBE_TIMEOUT_S)
+        except TransportError:
+            return None
+        return reply.result if reply.ok and isinstance(reply.result, dict) else None
+
+    if not others:
+        return None
+    with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
+        answers = list(zip(others, pool.map(ask, others), strict=True))
+    for peer, answer in answers:
+        if answer is None:
+            continue
+        known = answer.get("known")
+        if isinstance(known, str) and known:
+            return (
+                f"this data directory is empty, but peer {peer} knows {peer_id} from an "
+                f"earlier one (instance {known[:8]}): it was wiped or replaced and its votes "
+                f"and log are lost. Remove {peer_id} from the cluster, then start it without "
+                "--peers and add it back"
+            )
+        theirs = answer.get("cluster_uuid")
+        if isinstance(theirs, str) and theirs and theirs != founding:
+            return (
+                f"peer {peer} already runs a founding of cluster {cluster_id!r} with other "
+                f"peers than {sorted(voters)}: to join it, start without --peers and add "
+                "this peer with `zraft members add`"
+            )
+    return None
+
+
+class IdentityGuard:
+    """Admits peer frames of our founding from members we know, and records whom we know.
+
+    Called by the transport for every peer frame (``admit``) and by the peer actor when the
+    configuration changes (``set_members``) and for the ``identity`` op. The fast path (a
+    member we know, our founding) takes no lock and writes nothing.
+    """
+
+    def __init__(self, identity_file: IdentityFile, identity: DirectoryIdentity) -> None:
+        self._file = identity_file
+        self._identity = identity
+        self._known: dict[str, str] = dict(identity.known)
+        self._members: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self.origin: tuple[str, str] = (identity.cluster_uuid, identity.instance)
+        self._logged: set[tuple[str, str, str]] = set()
+
+    @property
+    def identity(self) -> DirectoryIdentity:
+        return self._identity
+
+    @property
+    def cluster_uuid(self) -> str:
+        return self.origin[0]
+
+    def known(self, peer: str) -> str | None:
+        return self._known.get(peer)
+
+    def admit(self, sender: str, origin: tuple[str, str]) -> str | None:
+        """Why a frame from ``sender`` with ``origin`` is refused, or None to accept it."""
+        their_uuid, their_instance = origin
+        mine = self.origin[0]
+        if their_uuid == mine and self._known.get(sender) == their_instance:
+            return None  # the usual case
+        with self._lock:
+            mine = self.origin[0]
+            if their_uuid and mine and their_uuid != mine:
+                self._refuse(sender, REFUSED_OTHER_FOUNDING, their_uuid, mine)
+                return REFUSED_OTHER_FOUNDING
+            known = self._known.get(sender)
+            if known is not None and known != their_instance:
+                self._refuse(sender, REFUSED_REPLACED_PEER, their_instance, known)
+                return REFUSED_REPLACED_PEER
+            changed = False
+            if their_uuid and not mine:  # a joiner learns its founding from its first member
+                self.origin = (their_uuid, self.origin[1])
+                log.info("%s: joined founding %s (via %s)", self._identity.peer_id,
+                         their_uuid[:8], sender)  # fmt: skip
+                changed = True
+            if known is None and sender in self._members:
+                self._known[sender] = their_instance
+                changed = True
+            if changed:
+                self._save()
+        return None
+
+    def set_members(self, members: frozenset[str], settled: bool) -> None:
+        """The configuration in force. Once it is settled, members it left out are forgotten:
+        a peer removed and added back with a new directory is a new member, not a replaced
+        one."""
+        with self._lock:
+            self._members = members
+            if settled and any(peer not in members for peer in self._known):
+                self._known = {p: i for p, i in self._known.items() if p in members}
+                self._save()
+
+    def founded(self, voters: Iterable[str]) -> None:
+        """This pristine joiner founds now (the ``bootstrap`` op): record it durably."""
+        founding = tuple(sorted(set(voters)))
+        with self._lock:
+            self.origin = (founding_uuid(self._identity.cluster_id, founding), self.origin[1])
+            self._save(founding)
+
+    def describe(self, asker: str | None) -> dict[str, Any]:
+        """The answer to the ``identity`` op."""
+        return {
+            "cluster_uuid": self.origin[0],
+            "instance": self.origin[1],
+            "known": self._known.get(asker) if asker else None,
+        }
+
+    def _save(self, founding: tuple[str, ...] | None = None) -> None:
+        self._identity = replace(
+            self._identity,
+            cluster_uuid=self.origin[0],
+            founding=self._identity.founding if founding is None else founding,
+            known=dict(self._known),
+        )
+        self._file.save(self._identity)
+
+    def _refuse(self, sender: str, reason: str, theirs: str, ours: str) -> None:
+        key = (sender, reason, theirs)
+        if key in self._logged:
+            return
+        if len(self._logged) > 1024:
+            self._logged.clear()
+        self._logged.add(key)
+        if reason == REFUSED_OTHER_FOUNDING:
+            log.error(
+                "%s: refusing peer %s: it belongs to another founding of this cluster "
+                "(%s, ours %s): it was founded with other peers or founded twice",
+                self._identity.peer_id, sender, theirs[:8], ours[:8],
+            )  # fmt: skip
+        else:
+            log.error(
+                "%s: refusing peer %s: its data directory was replaced (instance %s, we "
+                "knew %s): a wiped member lost its votes and log. Remove it from the "
+                "cluster, then add it back",
+                self._identity.peer_id, sender, theirs[:8], ours[:8],
+            )  # fmt: skip

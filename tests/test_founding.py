@@ -1,0 +1,150 @@
+"""The data directory's identity and the guard that keeps foundings apart (no processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zraft.actors.founding import (
+    REFUSED_OTHER_FOUNDING,
+    REFUSED_REPLACED_PEER,
+    DirectoryRefused,
+    IdentityGuard,
+    founding_uuid,
+    new_identity,
+    open_identity,
+    write_founding,
+)
+from zraft.core import Configuration, EntryKind, HardState, Heartbeat
+from zraft.storage import HardStateFile, SegmentedLog
+from zraft.storage.identity import CorruptIdentityError, DirectoryIdentity, IdentityFile
+from zraft.transport import (
+    ClientRequest,
+    FrameError,
+    decode_batch,
+    encode,
+    encode_batch,
+)
+
+A, B, C = "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"
+
+
+def test_identity_file_round_trips_and_refuses_what_it_did_not_write(tmp_path: Path) -> None:
+    file = IdentityFile(tmp_path)
+    assert file.load() is None
+    identity = new_identity("zraft", A, [A, B, C])
+    file.save(identity)
+    assert file.load() == identity
+    assert json.loads(Path(file.path).read_text())["founding"] == sorted([A, B, C])
+    for bad in (b"{", b"[]", b'{"format": 99}', json.dumps({**identity.to_json(), "known": 1})):
+        Path(file.path).write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+        with pytest.raises(CorruptIdentityError):
+            file.load()
+
+
+def test_founding_uuid_depends_on_the_cluster_and_its_voters_only() -> None:
+    assert founding_uuid("zraft", [A, B, C]) == founding_uuid("zraft", [C, A, B, A])
+    assert founding_uuid("zraft", [A]) != founding_uuid("zraft", [A, B, C])
+    assert founding_uuid("other", [A, B, C]) != founding_uuid("zraft", [A, B, C])
+    assert new_identity("zraft", A).cluster_uuid == ""  # a joiner learns it later
+    assert new_identity("zraft", A).instance != new_identity("zraft", A).instance
+
+
+def test_open_identity_refuses_another_cluster_another_peer_and_unlabelled_state(
+    tmp_path: Path,
+) -> None:
+    file = IdentityFile(tmp_path)
+    assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=False) is None
+    with pytest.raises(DirectoryRefused, match="no identity.json"):
+        open_identity(file, cluster_id="zraft", peer_id=A, state_present=True)
+    file.save(new_identity("zraft", A, [A]))
+    with pytest.raises(DirectoryRefused, match="belongs to cluster 'zraft', not 'other'"):
+        open_identity(file, cluster_id="other", peer_id=A, state_present=True)
+    with pytest.raises(DirectoryRefused, match=f"belongs to peer {A}, not {B}"):
+        open_identity(file, cluster_id="zraft", peer_id=B, state_present=True)
+    assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=True) is not None
+
+
+def test_the_founding_entry_is_durable_and_written_again_after_a_crash(tmp_path: Path) -> None:
+    with SegmentedLog(str(tmp_path / "log")) as raft_log:
+        hard = HardStateFile(tmp_path / "hs")
+        assert write_founding(raft_log, hard, [B, A]) == HardState(1, None, 1)
+        entry = raft_log.entry(1)
+        assert entry is not None and entry.kind is EntryKind.CONFIG
+        assert entry.data == Configuration.of([A, B]) and entry.term == 1
+    assert HardStateFile(tmp_path / "hs").load()[0] == HardState(1, None, 1)
+
+
+def guard(tmp_path: Path, identity: DirectoryIdentity) -> tuple[IdentityGuard, IdentityFile]:
+    file = IdentityFile(tmp_path)
+    file.save(identity)
+    return IdentityGuard(file, identity), file
+
+
+def test_the_guard_refuses_another_founding_and_a_replaced_member(tmp_path: Path) -> None:
+    g, file = guard(tmp_path, new_identity("zraft", A, [A, B, C]))
+    ours = g.cluster_uuid
+    g.set_members(frozenset({A, B, C}), settled=True)
+    assert g.admit(B, (ours, "b1")) is None
+    assert g.admit(B, (ours, "b1")) is None
+    assert file.load().known == {B: "b1"}  # type: ignore[union-attr]
+    assert g.admit(B, (ours, "b2")) == REFUSED_REPLACED_PEER
+    assert g.admit(C, (founding_uuid("zraft", [C]), "c1")) == REFUSED_OTHER_FOUNDING
+    assert g.admit(C, ("", "c1")) is None  # a joiner not founded yet: only its instance counts
+    assert g.describe(B) == {"cluster_uuid": ours, "instance": g.identity.instance, "known": "b1"}
+
+
+def test_strangers_are_not_recorded_and_a_settled_removal_forgets(tmp_path: Path) -> None:
+    g, file = guard(tmp_path, new_identity("zraft", A, [A, B, C]))
+    ours = g.cluster_uuid
+    g.set_members(frozenset({A, B}), settled=False)
+    assert g.admit(C, (ours, "c1")) is None and g.known(C) is None  # not a member: no record
+    g.set_members(frozenset({A, B, C}), settled=False)
+    g.admit(C, (ours, "c1"))
+    assert g.known(C) == "c1"
+    g.set_members(frozenset({A, B}), settled=False)  # a removal under way: remembered
+    assert g.admit(C, (ours, "c2")) == REFUSED_REPLACED_PEER
+    g.set_members(frozenset({A, B}), settled=True)  # committed: c may come back anew
+    assert g.known(C) is None and C not in file.load().known  # type: ignore[union-attr]
+    g.set_members(frozenset({A, B, C}), settled=False)
+    assert g.admit(C, (ours, "c2")) is None and g.known(C) == "c2"
+
+
+def test_a_joiner_learns_its_founding_once_and_durably(tmp_path: Path) -> None:
+    g, file = guard(tmp_path, new_identity("zraft", C))
+    first = founding_uuid("zraft", [A, B])
+    assert g.admit(A, (first, "a1")) is None
+    assert g.cluster_uuid == first and file.load().cluster_uuid == first  # type: ignore[union-attr]
+    assert g.admit(B, (founding_uuid("zraft", [B]), "b1")) == REFUSED_OTHER_FOUNDING
+
+
+def test_bootstrap_founding_records_the_voters(tmp_path: Path) -> None:
+    g, file = guard(tmp_path, new_identity("zraft", A))
+    g.founded([A])
+    stored = file.load()
+    assert stored is not None and stored.founding == (A,)
+    assert stored.cluster_uuid == founding_uuid("zraft", [A]) == g.cluster_uuid
+
+
+def test_peer_frames_carry_an_origin_and_only_a_hello_is_empty() -> None:
+    beat = Heartbeat(3, A, B, 7, 1)
+    origin = ("u" * 32, "i" * 32)
+    decoded = decode_batch(
+        encode(beat, cluster_id="zraft", sender=A, origin=origin),
+        cluster_id="zraft",
+        max_frame_bytes=1 << 20,
+    )
+    assert decoded.origin == origin and decoded.messages == [beat]
+    hello = encode_batch([], cluster_id="zraft", sender=A, origin=origin)
+    assert decode_batch(hello, cluster_id="zraft", max_frame_bytes=1 << 20).messages == []
+    with pytest.raises(FrameError, match="bad-batch"):
+        decode_batch(encode_batch([], cluster_id="zraft", sender=A), cluster_id="zraft",
+                     max_frame_bytes=1 << 20)  # fmt: skip
+    client = encode(ClientRequest(1, "status"), cluster_id="zraft", sender="cli")
+    assert decode_batch(client, cluster_id="zraft", max_frame_bytes=1 << 20).origin is None
+    for bad in (("u", ""), ("u" * 65, "i"), ("u",)):
+        frame = encode_batch([beat], cluster_id="zraft", sender=A, origin=bad)  # type: ignore[arg-type]
+        with pytest.raises(FrameError, match="bad-origin"):
+            decode_batch(frame, cluster_id="zraft", max_frame_bytes=1 << 20)

@@ -1,0 +1,289 @@
+"""What an operator gets wrong, on real peer processes: the cluster never has two leaders in
+a term, never loses or rewrites an acknowledged write, and each mistake is refused or
+warned about in one line.
+
+Each test is one mistake. A ``LeaderWatch`` polls every live peer's status throughout and
+fails the test if two peers ever claim leadership of the same term.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_support import local_cluster
+from zraft.backends import kv
+from zraft.local import ClusterError, LocalCluster
+from zraft.session import LightSession, ZraftError
+
+PEER_EXIT_S = 15.0  # a refused start exits within this (it never reaches an election)
+
+
+class LeaderWatch:
+    """Every leader of each term any peer reported while the watch ran, per founding (a
+    peer that founded a cluster of its own leads that one, not ours)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.leaders: dict[tuple[str, int], set[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from zraft.transport import ClientChannel, ClientRequest, TransportError
+
+        with ClientChannel(self.cluster.cluster_id, "leader-watch") as channel:
+            while not self._stop.is_set():
+                for peer in list(self.cluster.processes):
+                    with contextlib.suppress(TransportError):
+                        reply = channel.request(peer, ClientRequest(1, "status"), 0.3)
+                        status = reply.result if reply.ok else None
+                        if status and status["role"] == "leader":
+                            term = (status["cluster_uuid"], status["term"])
+                            self.leaders.setdefault(term, set()).add(peer)
+                self._stop.wait(0.05)
+
+    def split_terms(self) -> dict[tuple[str, int], set[str]]:
+        return {term: peers for term, peers in self.leaders.items() if len(peers) > 1}
+
+    def __enter__(self) -> LeaderWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def watched_cluster(tmp_path: Path, size: int) -> Iterator[tuple[LocalCluster, LeaderWatch]]:
+    with local_cluster(tmp_path, size) as cluster, LeaderWatch(cluster) as watch:
+        yield cluster, watch
+        assert not watch.split_terms(), f"two leaders in one term: {watch.split_terms()}"
+
+
+def session(cluster: LocalCluster, peers: list[str] | None = None) -> LightSession:
+    return LightSession(peers or cluster.peers, cluster_id=cluster.cluster_id, timeout=10)
+
+
+def peer_log(cluster: LocalCluster, peer: str) -> str:
+    return (cluster.data_dir(peer) / "peer.log").read_text(errors="replace")
+
+
+def exits_refused(cluster: LocalCluster, peer: str) -> str:
+    """The refused start's exit: non-zero, soon; returns its output."""
+    process = cluster.processes.pop(peer)
+    code = process.wait(timeout=PEER_EXIT_S)
+    assert code != 0
+    return peer_log(cluster, peer)
+
+
+def one_line(output: str, needle: str) -> str:
+    lines = [line for line in output.splitlines() if needle in line]
+    assert len(lines) == 1, f"{needle!r} in {len(lines)} lines:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    return lines[0]
+
+
+def settled_query(cluster: LocalCluster, peer: str, key: str) -> object:
+    """A linearizable read through ``peer``, once it knows a leader."""
+
+    def answer() -> object:
+        try:
+            return cluster.query(peer, kv.get(key), timeout=5)
+        except ClusterError:  # no leader known yet
+            return None
+
+    return cluster.wait_for(answer, 20, f"{peer} to answer")
+
+
+def agreed_value(cluster: LocalCluster, key: str) -> object:
+    with session(cluster) as s:
+        return s.query(kv.get(key))
+
+
+@pytest.mark.timeout(180)
+def test_restart_with_a_different_peers_list_cannot_split_the_cluster(tmp_path: Path) -> None:
+    """The reproduction: A restarted alone with ``--peers A`` must not lead alone."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, c = cluster.peers
+        cluster.start()
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", "v1"))
+        for peer in (a, b, c):
+            cluster.stop_peer(peer)
+
+        cluster.start_peer(a, members=[a])
+        with session(cluster, [a]) as alone, pytest.raises(ZraftError):
+            alone.write(kv.put("x", "only-on-A"), timeout=3)
+        needle = "differs from the cluster's configuration"
+        cluster.wait_for(lambda: needle in peer_log(cluster, a), 20, "the warning")
+        warning = one_line(peer_log(cluster, a), needle)
+        assert f"({a})" in warning and b in warning and c in warning
+
+        cluster.start_peer(b)
+        cluster.start_peer(c)
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", "on-B-and-C"))
+        for peer in cluster.peers:  # every peer's linearizable answer is the same
+            assert settled_query(cluster, peer, "x") == {"found": True, "value": "on-B-and-C"}
+
+
+@pytest.mark.timeout(180)
+def test_restart_with_no_peers_keeps_the_configuration_of_the_log(tmp_path: Path) -> None:
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        cluster.start()
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", "v1"))
+        for peer in cluster.peers:
+            cluster.stop_peer(peer)
+        for peer in cluster.peers:
+            cluster.start_peer(peer, members=[])
+        cluster.wait_for_leader()
+        assert agreed_value(cluster, "x") == {"found": True, "value": "v1"}
+        with session(cluster) as s:
+            s.write(kv.put("x", "v2"))
+        status = cluster.status(cluster.leader())  # type: ignore[arg-type]
+        assert status is not None
+        assert sorted(status["config"]["voters"]) == sorted(cluster.peers)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mistake", ["cluster-id", "peer-id"])
+def test_a_directory_of_another_cluster_or_peer_is_refused(tmp_path: Path, mistake: str) -> None:
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, _c = cluster.peers
+        cluster.start()
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", "v1"))
+        cluster.stop_peer(a)
+        if mistake == "cluster-id":
+            cluster.peer_args[a] = ["--cluster-id", "another"]
+            cluster.start_peer(a)
+            line = one_line(exits_refused(cluster, a), "belongs to cluster")
+            assert "'zraft'" in line and "'another'" in line
+        else:  # b's settings pointed at a's directory
+            cluster.peer_args[b] = ["--data-dir", str(cluster.data_dir(a))]
+            cluster.stop_peer(b)
+            cluster.start_peer(b)
+            line = one_line(exits_refused(cluster, b), "belongs to peer")
+            assert a in line and b in line
+        cluster.peer_args.clear()
+        for peer in cluster.peers:
+            if peer not in cluster.processes:
+                cluster.start_peer(peer)
+        cluster.wait_for_leader()
+        assert agreed_value(cluster, "x") == {"found": True, "value": "v1"}
+
+
+@pytest.mark.timeout(180)
+def test_a_wiped_peer_restarted_under_its_old_id_is_refused(tmp_path: Path) -> None:
+    """It lost its votes and log: counting it again could elect a leader without an
+    acknowledged write. It may come back only as a new member (remove, then add)."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        cluster.start()
+        leader = cluster.wait_for_leader()
+        wiped = next(p for p in cluster.peers if p != leader)
+        with session(cluster) as s:
+            for i in range(20):
+                s.write(kv.put(f"k{i}", i))
+        cluster.kill(wiped)
+        cluster.wipe(wiped)
+        cluster.start_peer(wiped)
+        line = one_line(exits_refused(cluster, wiped), "will not found a cluster")
+        assert "wiped or replaced" in line
+
+        # Started as a joiner instead (no --peers), it is refused on the wire by the
+        # members that knew its old directory, and counted.
+        cluster.wipe(wiped)
+        cluster.start_peer(wiped, members=[])
+        with session(cluster, [p for p in cluster.peers if p != wiped]) as s:
+            s.write(kv.put("after", 1))
+            refused = cluster.wait_for(
+                lambda: (cluster.status(leader) or {})
+                .get("metrics", {})
+                .get("transport_rejected_replaced-peer", 0),
+                10,
+                "the leader to refuse the replaced peer",
+            )
+            assert refused > 0
+            assert "its data directory was replaced" in peer_log(cluster, leader)
+            # The right way back: remove it, then start it empty and add it as a new member.
+            cluster.kill(wiped)
+            s.remove(wiped, timeout=20)
+            cluster.wipe(wiped)
+            cluster.start_peer(wiped, members=[])
+            s.add_learner(wiped, timeout=20)
+            s.promote(wiped, timeout=30)
+            s.write(kv.put("back", 1))
+        assert settled_query(cluster, wiped, "k19") == {"found": True, "value": 19}
+
+
+@pytest.mark.timeout(180)
+def test_founding_twice_is_refused(tmp_path: Path) -> None:
+    """A new peer listing itself among a running cluster's peers, and a wiped peer founding
+    alone: neither founding can reach the running cluster."""
+    with watched_cluster(tmp_path, 4) as (cluster, _):
+        a, b, c, d = cluster.peers
+        for peer in (a, b, c):
+            cluster.start_peer(peer, members=[a, b, c])
+        cluster.wait_for_leader(among=[a, b, c])
+        with session(cluster, [a, b, c]) as s:
+            s.write(kv.put("x", "v1"))
+
+        cluster.start_peer(d, members=[a, b, c, d])
+        line = one_line(exits_refused(cluster, d), "will not found a cluster")
+        assert "already runs a founding" in line
+
+        # a, wiped and started alone, founds a cluster of its own; the others refuse it.
+        cluster.kill(a)
+        cluster.wipe(a)
+        cluster.start_peer(a, members=[a])
+        cluster.wait_for_leader(among=[a])
+        with session(cluster, [b, c]) as s:
+            s.write(kv.put("x", "v2"))
+            # b and c's leader still reaches a, which refuses every frame of theirs.
+            refused = cluster.wait_for(
+                lambda: (cluster.status(a) or {})
+                .get("metrics", {})
+                .get("transport_rejected_other-founding", 0),
+                10,
+                "a to refuse the other founding",
+            )
+            assert refused > 0
+            assert "belongs to another founding" in peer_log(cluster, a)
+            assert s.query(kv.get("x")) == {"found": True, "value": "v2"}
+        assert settled_query(cluster, a, "x") == {"found": False, "value": None}
+
+
+@pytest.mark.timeout(120)
+def test_two_peers_given_the_same_id(tmp_path: Path) -> None:
+    """A second process under a running peer's id, with a directory of its own: refused,
+    whether it is told to found or to join."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, c = cluster.peers
+        cluster.start()
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", "v1"))
+        twin = LocalCluster(0, tmp_path / "twin", cluster_id=cluster.cluster_id)
+        twin.peers = list(cluster.peers)
+        try:
+            twin.start_peer(a)
+            process = twin.processes.pop(a)
+            assert process.wait(timeout=PEER_EXIT_S) != 0
+            output = (twin.data_dir(a) / "peer.log").read_text()
+            assert "Traceback" not in output
+            assert "will not found a cluster" in output or "in use" in output
+        finally:
+            twin.close()
+        assert agreed_value(cluster, "x") == {"found": True, "value": "v1"}
+        assert all(cluster.alive(p) for p in (a, b, c))
