@@ -19,7 +19,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _NEMESES = ("kill", "pause", "partition", "membership", "fsync", "operator")
-_WORKLOADS = ("kv", "counter", "casbin", "lock")
+_WORKLOADS = ("kv", "counter", "casbin", "lock", "flood")
 _DEFAULT_WORKLOADS = ("kv", "counter")  # one backend, so one cluster per run
 
 

@@ -15,6 +15,7 @@ is ``unknown``: it may have happened, now or later.
 from __future__ import annotations
 
 import abc
+import asyncio
 import bisect
 import itertools
 import logging
@@ -29,7 +30,14 @@ from typing import Any, ClassVar
 
 from zraft.backends import kv
 from zraft.linearizability import History, Operation, Status, check
-from zraft.session import AllPeersFailed, ClientError, LightSession, Rejected
+from zraft.session import (
+    AllPeersFailed,
+    AsyncLightSession,
+    ClientError,
+    LightSession,
+    Overloaded,
+    Rejected,
+)
 
 from .backend import count, incr
 
@@ -282,34 +290,49 @@ class CounterWorkload(Workload):
             )
 
     def final_read(self, session: LightSession, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for n in range(self.KEYS):
-            key = f"ctr-{n}"
-            try:
-                result = session.query(kv.get(key), max(0.1, deadline - time.monotonic()))
-            except ClientError as error:
-                log.warning("final read of %s failed: %s", key, error)
-                self.final[key] = None
-                continue
-            self.final[key] = list(result["value"]) if result["found"] else []
+        self.final = read_lists(session, [f"ctr-{n}" for n in range(self.KEYS)], timeout)
+
+
+def read_lists(
+    session: LightSession, keys: list[str], timeout: float
+) -> dict[str, list[Any] | None]:
+    """The lists of ids at ``keys`` (None where the read failed), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    out: dict[str, list[Any] | None] = {}
+    for key in keys:
+        try:
+            result = session.query(kv.get(key), max(0.1, deadline - time.monotonic()))
+        except ClientError as error:
+            log.warning("final read of %s failed: %s", key, error)
+            out[key] = None
+            continue
+        out[key] = list(result["value"]) if result["found"] else []
+    return out
 
     def check(self, timeout: float) -> Verdict:
-        ops = self.history.operations()
-        verdict = _tally(self.name, ops)
-        for key in sorted({op.key for op in ops} | set(self.final)):
-            problems = check_counter(
-                [op for op in ops if op.key == key], self.final.get(key), key
-            )
-            verdict.anomalies.extend(problems)
-        if verdict.anomalies:
-            unchecked = all("final read" in a for a in verdict.anomalies)
-            verdict.ok = None if unchecked else False
-        verdict.detail = (
-            "counter: no anomaly"
-            if not verdict.anomalies
-            else "counter anomalies:\n" + "\n".join(f"  {a}" for a in verdict.anomalies)
-        )
-        return verdict
+        return counter_verdict(self.name, self.history.operations(), self.final)
+
+
+def counter_verdict(
+    name: str, ops: list[Operation], final: dict[str, list[Any] | None], more: list[str] = ()
+) -> Verdict:
+    """Every counter's anomalies (``check_counter``) and ``more`` of the workload's own."""
+    verdict = _tally(name, ops)
+    by_key: dict[str, list[Operation]] = {}
+    for op in ops:
+        by_key.setdefault(op.key, []).append(op)
+    for key in sorted(set(by_key) | set(final)):
+        verdict.anomalies.extend(check_counter(by_key.get(key, []), final.get(key), key))
+    verdict.anomalies.extend(more)
+    if verdict.anomalies:
+        unchecked = all("final read" in a for a in verdict.anomalies)
+        verdict.ok = None if unchecked else False
+    verdict.detail = (
+        f"{name}: no anomaly"
+        if not verdict.anomalies
+        else f"{name} anomalies:\n" + "\n".join(f"  {a}" for a in verdict.anomalies)
+    )
+    return verdict
 
 
 _LISTED = 10  # ids or reads named in one anomaly line
@@ -353,9 +376,90 @@ def _note(problems: list[str], key: str, what: str, items: list[Any]) -> None:
         problems.append(f"{key}: {len(items)} {what}: {shown}")
 
 
+# --------------------------------------------------------------------------- flood
+
+
+class FloodWorkload(Workload):
+    """One asyncio session keeping thousands of increments in flight at once: the load that
+    once made the exactly-once table refuse valid writes ("already acknowledged") and report
+    applied ones as refused.
+
+    Checked like the counter (nothing lost, doubled or invented; a write reported as
+    definitely not applied must be absent), and more strictly: an increment is always a
+    valid command, so any ``Rejected`` is an anomaly (a valid write refused). ``Overloaded``
+    is back-pressure, allowed: it promises the write was never proposed, and the check holds
+    it to that."""
+
+    name = "flood"
+    clients = 1
+    IN_FLIGHT = 2000
+    IDS_PER_KEY = 400  # the backend re-encodes a key's list on each increment: keep it short
+
+    def __init__(self, seed: int, history_path: Path | None = None) -> None:
+        super().__init__(seed, history_path)
+        self._ids = itertools.count()
+        self.keys: set[str] = set()
+        self.refused: list[str] = []  # valid increments answered Rejected
+        self.final: dict[str, list[Any] | None] = {}
+
+    def operate(
+        self, client: int, session: LightSession, rng: random.Random, timeout: float
+    ) -> None:
+        raise NotImplementedError("the flood runs its own asyncio client (run_client)")
+
+    def run_client(self, client: int, context: ClientContext, stop: threading.Event) -> None:
+        asyncio.run(self._flood(client, context, stop))
+
+    async def _flood(self, client: int, context: ClientContext, stop: threading.Event) -> None:
+        session = AsyncLightSession(
+            list(context.peers),
+            cluster_id=context.cluster_id,
+            election_timeout=context.election_timeout,
+        )
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                while len(tasks) < self.IN_FLIGHT:
+                    tasks.add(asyncio.create_task(self._one(session, client, context.op_timeout)))
+                _, tasks = await asyncio.wait(tasks, timeout=0.1, return_when="FIRST_COMPLETED")
+            if tasks:  # each ends within its own timeout
+                await asyncio.wait(tasks)
+        finally:
+            await session.close()
+
+    async def _one(self, session: AsyncLightSession, client: int, timeout: float) -> None:
+        number = next(self._ids)
+        key, unique = f"flood-{number // self.IDS_PER_KEY}", f"{client}-{number}"
+        self.keys.add(key)
+        handle = self.history.invoke(client, "incr", key, value=unique)
+        try:
+            result = await session.write(incr(key, unique), timeout)
+        except Rejected as error:
+            self.history.fail(handle)
+            self.refused.append(f"{unique}: {error}")
+        except Overloaded:
+            self.history.fail(handle)
+        except AllPeersFailed:
+            self.history.unknown(handle)
+            await asyncio.sleep(0.05)  # everyone is down: do not spin
+        except ClientError:
+            self.history.unknown(handle)
+        else:
+            self.history.ok(handle, result["count"])
+
+    def final_read(self, session: LightSession, timeout: float) -> None:
+        self.final = read_lists(session, sorted(self.keys), timeout)
+
+    def check(self, timeout: float) -> Verdict:
+        refused: list[str] = []
+        _note(refused, "flood", "valid writes refused", self.refused)
+        return counter_verdict(self.name, self.history.operations(), self.final, refused)
+
+
 WORKLOADS: dict[str, type[Workload]] = {
     RegisterWorkload.name: RegisterWorkload,
     CounterWorkload.name: CounterWorkload,
+    FloodWorkload.name: FloodWorkload,
 }
 
 from . import casbin_workload  # noqa: E402,F401  (it registers "casbin" here; needs the above)
