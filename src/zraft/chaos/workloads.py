@@ -292,6 +292,9 @@ class CounterWorkload(Workload):
     def final_read(self, session: LightSession, timeout: float) -> None:
         self.final = read_lists(session, [f"ctr-{n}" for n in range(self.KEYS)], timeout)
 
+    def check(self, timeout: float) -> Verdict:
+        return counter_verdict(self.name, self.history.operations(), self.final)
+
 
 def read_lists(
     session: LightSession, keys: list[str], timeout: float
@@ -309,12 +312,12 @@ def read_lists(
         out[key] = list(result["value"]) if result["found"] else []
     return out
 
-    def check(self, timeout: float) -> Verdict:
-        return counter_verdict(self.name, self.history.operations(), self.final)
-
 
 def counter_verdict(
-    name: str, ops: list[Operation], final: dict[str, list[Any] | None], more: list[str] = ()
+    name: str,
+    ops: list[Operation],
+    final: dict[str, list[Any] | None],
+    more: tuple[str, ...] | list[str] = (),
 ) -> Verdict:
     """Every counter's anomalies (``check_counter``) and ``more`` of the workload's own."""
     verdict = _tally(name, ops)
