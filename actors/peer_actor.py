@@ -461,6 +461,7 @@ class PeerActor(LoopActor):
         while node.has_ready():
             ready = node.ready()
             self._observe_roles(ready)
+            self._track_peers()  # first: a joiner's first answer goes to a leader it just met
             outgoing = []
             for msg in ready.messages:
                 if isinstance(msg, InstallSnapshot):
@@ -476,15 +477,7 @@ class PeerActor(LoopActor):
                 self.session_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
-        # Whom to reach changes only with the configuration (a new object), the leader or the
-        # peers the leader tracks (removed ones are dropped): recomputed only then.
-        peers_key = (node.config, node.leader, len(node.progress))
-        if peers_key != self.peers_key:
-            self.peers_key = peers_key
-            if self._wanted_peers() != self.members:
-                self._config_changed()
-                if self.node.id in self.members:
-                    self.was_member = True
+        self._track_peers()
         if self.identity_guard is not None:
             guard_key = (node.config, node.membership_stable)
             if guard_key != self.guard_key:
@@ -497,6 +490,18 @@ class PeerActor(LoopActor):
         if self.membership_waiters:
             self._answer_membership()
         self.flush()
+
+    def _track_peers(self) -> None:
+        # Whom to reach changes only with the configuration (a new object), the leader or the
+        # peers the leader tracks (removed ones are dropped): recomputed only then.
+        node = self.node
+        peers_key = (node.config, node.leader, len(node.progress))
+        if peers_key != self.peers_key:
+            self.peers_key = peers_key
+            if self._wanted_peers() != self.members:
+                self._config_changed()
+                if node.id in self.members:
+                    self.was_member = True
 
     def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
         """The proposals' waiters whose index is now committed (or, before a snapshot,

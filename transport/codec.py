@@ -167,10 +167,7 @@ def encode(
     message: WireMessage, *, cluster_id: str, sender: str, origin: Origin | None = None
 ) -> bytes:
     """One message as one frame. Raises TypeError/ValueError for what cannot be encoded."""
-    frame = [PROTOCOL_VERSION, cluster_id, sender, TYPE_CODES[type(message)], _body(message)]
-    if origin is not None:
-        frame.append(list(origin))
-    return pack(frame)
+    return _frame(cluster_id, sender, TYPE_CODES[type(message)], _body(message), origin)
 
 
 def encode_batch(
@@ -183,10 +180,13 @@ def encode_batch(
     """Many messages in one frame (type code 0). Raises like ``encode``. With an origin,
     ``messages`` may be empty: a hello."""
     items = [[TYPE_CODES[type(m)], _body(m)] for m in messages]
-    frame = [PROTOCOL_VERSION, cluster_id, sender, BATCH, items]
-    if origin is not None:
-        frame.append(list(origin))
-    return pack(frame)
+    return _frame(cluster_id, sender, BATCH, items, origin)
+
+
+def _frame(cluster_id: str, sender: str, code: int, body: Any, origin: Origin | None) -> bytes:
+    if origin is None:
+        return pack([PROTOCOL_VERSION, cluster_id, sender, code, body])
+    return pack([PROTOCOL_VERSION, cluster_id, sender, code, body, list(origin)])
 
 
 def encode_batches(
