@@ -32,6 +32,7 @@ from typing import Any
 from zraft.core import Configuration, Entry, EntryKind, HardState
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import DirectoryIdentity, IdentityFile
+from zraft.transport import ClientChannel, ClientRequest, CurveSettings, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +119,21 @@ def write_founding(
 
 
 def probe_before_founding(
-    cluster_id: str, peer_id: str, voters: Iterable[str], founding: str
+    cluster_id: str,
+    peer_id: str,
+    voters: Iterable[str],
+    founding: str,
+    curve: CurveSettings | None = None,
 ) -> str | None:
     """Ask the other listed peers whether founding here would be a mistake; returns why, or
     None. Founding is wrong when a listed peer knows this peer from an earlier data
     directory (this one was wiped: its votes and log are gone) or runs another founding.
     Peers that do not answer in time are taken to be fellow founders still starting."""
-    from zraft.transport import ClientChannel, ClientRequest, TransportError
-
     others = sorted(set(voters) - {peer_id})
 
     def ask(peer: str) -> dict[str, Any] | None:
         try:
-            with ClientChannel(cluster_id, f"founding-probe-{peer_id}") as channel:
+            with ClientChannel(cluster_id, f"founding-probe-{peer_id}", curve) as channel:
                 request = ClientRequest(1, "identity", {"peer": peer_id})
                 reply = channel.request(peer, request, PROBE_TIMEOUT_S)
         except TransportError:

@@ -243,7 +243,9 @@ class PeerRuntime:
             fresh = new_identity(s.cluster_id, self.peer_id, s.peers)
             if identity is not None:  # a joiner that never heard from a cluster
                 fresh = replace(fresh, instance=identity.instance, known=identity.known)
-            refused = probe_before_founding(s.cluster_id, self.peer_id, s.peers, fresh.cluster_uuid)
+            refused = probe_before_founding(
+                s.cluster_id, self.peer_id, s.peers, fresh.cluster_uuid, _curve(s)
+            )
             if refused is not None:
                 raise DirectoryRefused(f"{self.peer_id} will not found a cluster: {refused}")
             identity = fresh

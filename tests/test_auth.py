@@ -150,6 +150,16 @@ def test_curve_keeps_out_unknown_peers_and_peers_of_other_clusters(tmp_path: Pat
         ):
             other.request(leader, ClientRequest(1, "query", kv.get("after")), 1.5)
 
+        # A wiped peer restarted under its old id asks the others over CURVE before it would
+        # found, and is refused: they know its earlier directory.
+        wiped = next(p for p in members if p != leader)
+        cluster.kill(wiped)
+        cluster.wipe(wiped)
+        cluster.start_peer(wiped, members)
+        process = cluster.processes.pop(wiped)
+        assert process.wait(timeout=20) != 0
+        assert "wiped or replaced" in (cluster.data_dir(wiped) / "peer.log").read_text()
+
 
 # --------------------------------------------------------------------------- replay
 
