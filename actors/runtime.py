@@ -15,7 +15,9 @@ import random
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pykka
@@ -355,13 +357,14 @@ def _describe(exc: Exception, settings: Settings, peer_id: str) -> str:
         text = f"{where} is not writable: {_os_error(exc.cause)}"
     elif isinstance(exc, StorageError):
         text = f"{where} cannot be used: {_os_error(cause) if cause else exc}"
-    elif isinstance(exc, OSError):
-        verb = "is not writable" if exc.errno in _NOT_WRITABLE else "cannot be used"
-        text = f"{where} {verb}: {_os_error(exc)}"
+    # The backend's own code may fail in any way (an OSError too): by where it was raised.
     elif _raised_in(exc, lambda frame: frame.f_code.co_qualname == "ReplicatedState.install"):
         text = f"the latest snapshot cannot be installed: {type(exc).__name__}: {exc}"
     elif _raised_in(exc, lambda frame: isinstance(frame.f_locals.get("self"), Backend)):
         text = f"backend {settings.backend} failed to start: {type(exc).__name__}: {exc}"
+    elif isinstance(exc, OSError):  # the peer's own directories (making hard_state's, say)
+        verb = "is not writable" if exc.errno in _NOT_WRITABLE else "cannot be used"
+        text = f"{where} {verb}: {_os_error(exc)}"
     else:
         text = f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())  # one line, whatever the exception's text holds
@@ -371,7 +374,7 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
 
 
-def _raised_in(exc: BaseException, where: Any) -> bool:
+def _raised_in(exc: BaseException, where: Callable[[FrameType], bool]) -> bool:
     return any(where(frame) for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 

@@ -19,6 +19,7 @@ from tests.cluster_support import single_peer_settings
 from zraft.actors import runtime as runtime_module
 from zraft.actors.metrics import MetricsServer
 from zraft.actors.runtime import PeerRuntime, StartupError
+from zraft.backends.kv import KeyValueBackend
 from zraft.local import free_ports
 from zraft.settings import Settings
 from zraft.storage import ReadOnlyStorageError, SegmentedLog
@@ -175,3 +176,19 @@ def test_messages_name_what_failed(tmp_path: Path) -> None:
         f"data dir {tmp_path} is not writable: Permission denied: {log_dir}"
     )
     assert describe(ValueError("a\nb"), settings, peer) == "ValueError: a b"
+
+
+def test_an_os_error_in_the_backend_is_the_backend_s(tmp_path: Path) -> None:
+    settings = single_peer_settings(tmp_path, BACKEND)
+    missing = tmp_path / "backend.conf"
+
+    class Broken(KeyValueBackend):
+        def init(self, peer_id: str) -> None:
+            missing.read_text()
+
+    with pytest.raises(OSError) as failure:
+        Broken().init("x")
+    assert runtime_module._describe(failure.value, settings, str(settings.peer_id)) == (
+        f"backend {BACKEND} failed to start: FileNotFoundError: [Errno 2] No such file or "
+        f"directory: '{missing}'"
+    )
