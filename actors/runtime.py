@@ -357,8 +357,14 @@ def _describe(exc: Exception, settings: Settings, peer_id: str) -> str:
         text = f"{where} is not writable: {_os_error(exc.cause)}"
     elif isinstance(exc, StorageError):
         text = f"{where} cannot be used: {_os_error(cause) if cause else exc}"
+    elif isinstance(exc, OSError) and _raised_in(exc, _in("SnapshotReceiver.__init__")):
+        port = f"{settings.snapshot_listener_addr}:{settings.snapshot_listener_port}"
+        if exc.errno == errno.EADDRINUSE:
+            text = f"snapshot port {port} is in use"
+        else:
+            text = f"snapshot port {port} cannot be bound: {exc.strerror}"
     # The backend's own code may fail in any way (an OSError too): by where it was raised.
-    elif _raised_in(exc, lambda frame: frame.f_code.co_qualname == "ReplicatedState.install"):
+    elif _raised_in(exc, _in("ReplicatedState.install")):
         text = f"the latest snapshot cannot be installed: {type(exc).__name__}: {exc}"
     elif _raised_in(exc, lambda frame: isinstance(frame.f_locals.get("self"), Backend)):
         text = f"backend {settings.backend} failed to start: {type(exc).__name__}: {exc}"
@@ -376,6 +382,10 @@ def _os_error(exc: OSError) -> str:
 
 def _raised_in(exc: BaseException, where: Callable[[FrameType], bool]) -> bool:
     return any(where(frame) for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _in(qualname: str) -> Callable[[FrameType], bool]:
+    return lambda frame: frame.f_code.co_qualname == qualname
 
 
 def _listen_host(peer_id: str) -> str:

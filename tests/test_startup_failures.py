@@ -138,6 +138,18 @@ def test_metrics_port_in_use(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_snapshot_port_in_use(tmp_path: Path) -> None:
+    (snapshot_port,) = free_ports(1)
+    extra = ("--snapshot-listener-addr", "127.0.0.1", "--snapshot-listener-port")
+    with listening(snapshot_port):
+        with serving(tmp_path / "data", *extra, str(snapshot_port)) as peer:
+            code, err = peer.finish()
+        assert code != 0
+        assert_one_line(err, f"snapshot port 127.0.0.1:{snapshot_port} is in use")
+        assert_released(peer)
+
+
+@pytest.mark.timeout(60)
 def test_data_dir_locked_by_a_running_peer(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with serving(data, log_level="ERROR") as running:
