@@ -277,3 +277,23 @@ def _wait_for_status(peer: str) -> None:
                 return
             except TransportTimeout:
                 assert time.monotonic() < deadline, f"{peer} never answered"
+
+
+@pytest.mark.timeout(60)
+def test_the_log_level_before_serve_is_kept(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    peer = f"127.0.0.1:{port}"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "zraft", "--log-level", "DEBUG", "serve",
+            "--peer-id", peer, "--peers", peer, "--data-dir", str(tmp_path / "data"),
+            "--backend", "no_such_package.store:Store",
+        ],  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_WITHIN,
+    )
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr  # DEBUG, not serve's own default
+    assert done.stderr.splitlines()[-1].startswith("zraft serve: backend 'no_such_package")
