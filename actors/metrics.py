@@ -33,30 +33,48 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve_metrics(
-    host: str, port: int, get_status: Callable[[], dict[str, Any]]
-) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404)
-                return
-            try:
-                body = render(get_status()).encode()
-            except Exception:  # a scrape must never take the peer down
-                log.exception("rendering metrics")
-                self.send_error(503)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+class MetricsServer:
+    """The metrics endpoint in two steps: the port is bound when it is made (a port in use
+    fails there, before the peer has started anything), requests are served from
+    ``start()``. ``close()`` is safe in either state."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("metrics: " + format, *args)
+    def __init__(self, host: str, port: int, get_status: Callable[[], dict[str, Any]]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                try:
+                    body = render(get_status()).encode()
+                except Exception:  # a scrape must never take the peer down
+                    log.exception("rendering metrics")
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="zraft-metrics", daemon=True).start()
-    return server
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics: " + format, *args)
+
+        self.address = (host, port)
+        self.server = ThreadingHTTPServer((host, port), Handler)  # binds and listens
+        self.server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="zraft-metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            # Only once serving: shutdown() waits for serve_forever to notice, forever if it
+            # never ran.
+            self.server.shutdown()
+            self._thread = None
+        self.server.server_close()
+

@@ -3,28 +3,40 @@
 ``PeerRuntime(settings).start()`` recovers from disk (latest snapshot, then the log after
 it, then the hard state) and joins the cluster; ``stop()`` takes everything down. If any
 actor fails, the whole peer stops (``failed`` is set) rather than limp on half-alive; the
-process supervisor restarts it from disk.
+process supervisor restarts it from disk. If ``start()`` fails, it stops whatever it had
+started and raises ``StartupError``, whose message is one line saying what failed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
+import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
-from http.server import ThreadingHTTPServer
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pykka
 
-from zraft.backends.base import load_backend
+from zraft.backends.base import Backend, BackendLoadError, load_backend
 from zraft.core import Configuration, Node, SnapshotMeta
 from zraft.settings import Settings
-from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
+from zraft.storage import (
+    CorruptSnapshotError,
+    HardStateFile,
+    LogLockedError,
+    ReadOnlyStorageError,
+    SegmentedLog,
+    SnapshotStore,
+    StorageError,
+)
 from zraft.storage.identity import IdentityFile
-from zraft.transport import CurveSettings, ZmqTransport
+from zraft.transport import CurveSettings, TransportError, ZmqTransport
 
 from .founding import (
     DirectoryRefused,
@@ -38,13 +50,20 @@ from .founding import (
 from .log_actor import LogActor
 from .loop_inbox import HostedRef, InlineRef, OwnThread
 from .messages import ClientBatch, PeerBatch, PersistItem, StatusRequest
-from .metrics import serve_metrics
+from .metrics import MetricsServer
 from .peer_actor import PeerActor
 from .session_actor import SessionActor
 from .snapshot_actor import SnapshotActor
 from .state_machine import ReplicatedState
 
 log = logging.getLogger(__name__)
+
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EROFS, errno.EPERM})
+
+
+class StartupError(Exception):
+    """The peer could not start, and whatever it had started is stopped again. The message
+    is one line naming what failed; the exception behind it is chained as the cause."""
 
 
 class PeerRuntime:
@@ -59,12 +78,58 @@ class PeerRuntime:
         self.transport: ZmqTransport | None = None
         self.peer: pykka.ActorRef[Any] | None = None
         self._hosted: list[HostedRef] = []
-        self._metrics_server: ThreadingHTTPServer | None = None
+        self._metrics_server: MetricsServer | None = None
         self._raft_log: SegmentedLog | None = None  # closed by stop(): frees its lock file
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> PeerRuntime:
+        """Recover from disk, start the actors and the transport, serve the metrics.
+
+        If anything fails, everything already started is stopped (actors, sockets, the
+        log's lock, the metrics port) and ``StartupError`` says what failed in one line.
+        A ``BaseException`` (KeyboardInterrupt, a signal's) gets the same undo and goes on.
+        """
+        try:
+            self._bind_metrics()
+            self._start()
+            if self._metrics_server is not None:
+                self._metrics_server.start()
+        except BaseException as exc:
+            self._undo_start()
+            if isinstance(exc, Exception) and not isinstance(exc, StartupError):
+                raise StartupError(_describe(exc, self.settings, self.peer_id)) from exc
+            raise
+        return self
+
+    def _bind_metrics(self) -> None:
+        # Before anything else: a port in use then fails before the disk is touched or an
+        # actor starts. Requests are served only once the peer is up.
+        port = self.settings.metrics_port
+        if port is None:
+            return
+        host = _listen_host(self.peer_id)
+        try:
+            self._metrics_server = MetricsServer(host, port, self._status)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"metrics port {where} is in use") from exc
+            raise StartupError(f"metrics port {where} cannot be bound: {exc.strerror}") from exc
+
+    def _status(self) -> dict[str, Any]:
+        if self.peer is None:
+            raise RuntimeError("the peer has not started")
+        status: dict[str, Any] = self.peer.ask(StatusRequest(), timeout=2)
+        return status
+
+    def _undo_start(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # noqa: BLE001 - the start-up failure is the one to report
+            log.debug("%s: undoing a failed start", self.peer_id, exc_info=True)
+
+    def _start(self) -> None:
         s = self.settings
         log_dir = Path(s.log_dir or s.data_dir)
         snapshot_dir = Path(s.snapshot_dir or s.data_dir)
@@ -161,6 +226,8 @@ class PeerRuntime:
             on_failure=self._fail,
             inline_ref=session_ref,
         )
+        # Each actor is listed as it starts: a failed start stops those that did.
+        self._actors.append(session)
         log_actor = LogActor(
             raft_log=raft_log,
             hard_state_file=hard_state_file,
@@ -178,6 +245,8 @@ class PeerRuntime:
         )
         # On the peer actor's thread unless the settings give it one of its own.
         log_ref: Any = OwnThread.start(log_actor) if s.log_thread else log_actor.actor_ref
+        if s.log_thread:
+            self._actors.append(log_ref)
         snapshot_actor = SnapshotActor.start(
             peer_id=self.peer_id,
             cluster_id=s.cluster_id,
@@ -191,6 +260,7 @@ class PeerRuntime:
             metrics=self.metrics["snapshot"],
             on_failure=self._fail,
         )
+        self._actors.insert(0, snapshot_actor)
         self.peer = PeerActor.start(
             node=node,
             loop=transport,
@@ -215,19 +285,9 @@ class PeerRuntime:
             on_ref=peer_proxy.set,
             identity_guard=guard,
         )
-        self._actors = [self.peer, snapshot_actor, session]  # the peer's thread hosts
-        if s.log_thread:
-            self._actors.append(log_ref)
-        else:
+        self._actors.insert(0, self.peer)  # stopped first; its thread hosts
+        if not s.log_thread:
             self._hosted = [log_ref]
-        if s.metrics_port is not None:
-            peer_ref = self.peer
-            self._metrics_server = serve_metrics(
-                _listen_host(self.peer_id),
-                s.metrics_port,
-                lambda: peer_ref.ask(StatusRequest(), timeout=2),
-            )
-        return self
 
     def _identity(self, identity_file: IdentityFile, *, state_present: bool) -> IdentityGuard:
         """Check the directory is ours (or make it ours, founding if the settings say so)."""
@@ -273,14 +333,21 @@ class PeerRuntime:
             log.error("%s: the peer actor's loop did not close", self.peer_id)
         for hosted in self._hosted:  # their host has stopped: nothing reaches them now
             hosted.stop()
+        # Each step on its own: one that fails must not leave the rest (a port, the log's
+        # lock) held.
+        steps = []
         if self.transport is not None:
-            self.transport.close()
+            steps.append(("closing the transport", self.transport.close))
         if self._raft_log is not None:
             # The actors that used it have stopped: the same process may start the peer again.
-            self._raft_log.close()
+            steps.append(("closing the log", self._raft_log.close))
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            steps.append(("closing the metrics server", self._metrics_server.close))
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("%s: %s", self.peer_id, what)
 
     def wait(self) -> None:
         """Block until a failure or ``stop()``."""
@@ -321,6 +388,59 @@ class _SafeRef:
             self.ref.tell(message)
         except pykka.ActorDeadError:
             log.debug("dropped %s to a stopped actor", type(message).__name__)
+
+
+def _describe(exc: Exception, settings: Settings, peer_id: str) -> str:
+    """What failed to start, in one line for an operator."""
+    log_dir = settings.log_dir or settings.data_dir  # derived from data_dir unless set
+    where = f"data dir {log_dir}" if log_dir == settings.data_dir else f"log dir {log_dir}"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+    if isinstance(exc, DirectoryRefused):
+        text = str(exc)  # written for the operator already
+    elif isinstance(exc, TransportError):
+        if getattr(exc.__cause__, "errno", None) == errno.EADDRINUSE:
+            text = f"peer port {peer_id} is in use"
+        else:
+            text = f"peer port {peer_id}: {exc}"
+    elif isinstance(exc, LogLockedError):
+        text = f"{where} is in use by another running peer (its log is locked)"
+    elif isinstance(exc, CorruptSnapshotError):
+        text = f"the latest snapshot cannot be read: {exc}"
+    elif isinstance(exc, BackendLoadError):
+        text = str(exc)  # names the backend already
+    elif isinstance(exc, ReadOnlyStorageError):
+        text = f"{where} is not writable: {_os_error(exc.cause)}"
+    elif isinstance(exc, StorageError):
+        text = f"{where} cannot be used: {_os_error(cause) if cause else exc}"
+    elif isinstance(exc, OSError) and _raised_in(exc, _in("SnapshotReceiver.__init__")):
+        port = f"{settings.snapshot_listener_addr}:{settings.snapshot_listener_port}"
+        if exc.errno == errno.EADDRINUSE:
+            text = f"snapshot port {port} is in use"
+        else:
+            text = f"snapshot port {port} cannot be bound: {exc.strerror}"
+    # The backend's own code may fail in any way (an OSError too): by where it was raised.
+    elif _raised_in(exc, _in("ReplicatedState.install")):
+        text = f"the latest snapshot cannot be installed: {type(exc).__name__}: {exc}"
+    elif _raised_in(exc, lambda frame: isinstance(frame.f_locals.get("self"), Backend)):
+        text = f"backend {settings.backend} failed to start: {type(exc).__name__}: {exc}"
+    elif isinstance(exc, OSError):  # the peer's own directories (making hard_state's, say)
+        verb = "is not writable" if exc.errno in _NOT_WRITABLE else "cannot be used"
+        text = f"{where} {verb}: {_os_error(exc)}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())  # one line, whatever the exception's text holds
+
+
+def _os_error(exc: OSError) -> str:
+    return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+
+
+def _raised_in(exc: BaseException, where: Callable[[FrameType], bool]) -> bool:
+    return any(where(frame) for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _in(qualname: str) -> Callable[[FrameType], bool]:
+    return lambda frame: frame.f_code.co_qualname == qualname
 
 
 def _listen_host(peer_id: str) -> str:

@@ -79,8 +79,8 @@ class SnapshotActor(pykka.ThreadingActor):
         self.incoming: dict[int, str] = {}  # snapshot index -> staging directory
         self.metrics = metrics  # shared with the status view; only this actor writes it
         self.metrics.update(snapshots_sent=0, snapshots_received=0, transfer_failures=0)
-
-    def on_start(self) -> None:
+        # Bound here, on the starting thread, rather than in on_start: a port in use then
+        # fails the peer's start-up instead of an actor that has started already.
         host, port = self.listen
         advertise = split_address(self.peer_id)[0] if host in ("0.0.0.0", "::", "") else host
         me = self.actor_ref

@@ -41,6 +41,14 @@ class CorruptSnapshotError(StorageError):
     """A snapshot directory's meta file or data files fail validation."""
 
 
+class LogLockedError(StorageError):
+    """The log directory is locked: another process (a running peer) has it open."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"log directory {self.path} is already open elsewhere")
+
+
 class LogBrokenError(StorageError):
     """A write failed and could not be rolled back; the log must be reopened to recover."""
 

@@ -44,6 +44,7 @@ from ..core.types import Entry
 from .errors import (
     CorruptLogError,
     LogBrokenError,
+    LogLockedError,
     MissingSegmentError,
     RecordError,
     StorageError,
@@ -727,7 +728,7 @@ class SegmentedLog:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StorageError(f"log directory {self._dir} is already open elsewhere") from None
+            raise LogLockedError(self._dir) from None
 
     def _release(self) -> None:
         if self._remover is not None:  # before the lock goes: the files are still ours
