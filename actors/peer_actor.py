@@ -157,7 +157,7 @@ class PeerActor(LoopActor):
         }
 
     def on_start(self) -> None:
-        self._config_changed()
+        self._track_peers(drop=True)
         self._drain()
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -461,7 +461,7 @@ class PeerActor(LoopActor):
         while node.has_ready():
             ready = node.ready()
             self._observe_roles(ready)
-            self._track_peers()  # first: a joiner's first answer goes to a leader it just met
+            self._track_peers(drop=False)  # a joiner's first answer: to a leader it just met
             outgoing = []
             for msg in ready.messages:
                 if isinstance(msg, InstallSnapshot):
@@ -477,7 +477,7 @@ class PeerActor(LoopActor):
                 self.session_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
-        self._track_peers()
+        self._track_peers(drop=True)  # after the last word to a removed peer went out
         if self.identity_guard is not None:
             guard_key = (node.config, node.membership_stable)
             if guard_key != self.guard_key:
@@ -491,17 +491,26 @@ class PeerActor(LoopActor):
             self._answer_membership()
         self.flush()
 
-    def _track_peers(self) -> None:
+    def _track_peers(self, drop: bool) -> None:
+        """Connect to peers we must now reach before the messages to them go; with ``drop``
+        also disconnect from those we need no more (only once the drain has sent its last
+        message to them: a leader that removed itself tells the removed peers last)."""
         # Whom to reach changes only with the configuration (a new object), the leader or the
         # peers the leader tracks (removed ones are dropped): recomputed only then.
         node = self.node
         peers_key = (node.config, node.leader, len(node.progress))
-        if peers_key != self.peers_key:
+        if peers_key == self.peers_key:
+            return
+        wanted = self._wanted_peers()
+        if drop:
             self.peers_key = peers_key
-            if self._wanted_peers() != self.members:
-                self._config_changed()
-                if node.id in self.members:
-                    self.was_member = True
+        else:
+            wanted |= self.members
+        if wanted != self.members:
+            self.members = wanted
+            self.set_peers(wanted - {node.id})
+            if node.id in wanted:
+                self.was_member = True
 
     def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
         """The proposals' waiters whose index is now committed (or, before a snapshot,
@@ -618,9 +627,6 @@ class PeerActor(LoopActor):
         wanted = node.config.members | node.progress.keys()
         return wanted | {node.leader} if node.leader is not None else wanted
 
-    def _config_changed(self) -> None:
-        self.members = self._wanted_peers()
-        self.set_peers(self.members - {self.node.id})
 
     def _answer_membership(self) -> None:
         node = self.node
