@@ -326,7 +326,9 @@ class PeerActor(LoopActor):
             if why is None:
                 admitted.append((identity, request))
             else:
-                reply = ClientReply(request.request_id, False, why, TOO_FAR_AHEAD)
+                # The limit goes with the refusal: sessions hold back later writes on
+                # their side rather than sending each again to be refused again.
+                reply = ClientReply(request.request_id, False, [why, limit], TOO_FAR_AHEAD)
                 refused.append((identity, reply))
         self.metrics["writes_too_far_ahead"] += len(refused)
         return admitted, refused

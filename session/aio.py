@@ -12,6 +12,7 @@ sends a write whose outcome is unknown again, with the same seq (``LightSession.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from zraft.transport import (
 from .errors import (
     ClientError,
     NotLeader,
+    Overloaded,
     RequestTimeout,
     SessionClosed,
     TransportFailure,
@@ -39,6 +41,7 @@ from .errors import (
 )
 from .light import DEFAULT_ELECTION_TIMEOUT
 from .requests import (
+    DEFAULT_RESULTS_WINDOW,
     DEFAULT_RETRY_WINDOW,
     CallState,
     RetryPolicy,
@@ -52,6 +55,7 @@ from .requests import (
     membership_payload,
     peers_from_status,
     pick_peer,
+    results_limit,
     retrying_kwargs,
     settle_pause,
 )
@@ -77,6 +81,13 @@ class AsyncLightSession(SessionCore):
         )
         self._channel = AsyncClientChannel(cluster_id, self.client_id, curve)
         self._is_closed = False
+        # Writes held back on this side until they are within ``_window`` of ``acked``
+        # (the leader would refuse them, and a flood of refusals is load of its own): a
+        # heap of (seq, future), woken as answers come in, and by one timer meanwhile
+        # (an unknown outcome's pin ends by time).
+        self._window = DEFAULT_RESULTS_WINDOW
+        self._held: list[tuple[int, asyncio.Future[None]]] = []
+        self._held_timer: asyncio.TimerHandle | None = None
         self.tracker = LeaderTracker(peers, self.fail_timeout, election_timeout)
 
     @classmethod
@@ -115,15 +126,60 @@ class AsyncLightSession(SessionCore):
         self, request: WriteRequest, timeout: float | None, state: CallState
     ) -> Any:
         try:
+            if request.seq - self._acks.acked() > self._window:
+                timeout = await self._hold(request.seq, timeout)
             result = await self._call(request.op, request.payload, timeout, request.seq, state)
         except ClientError as error:
             finish_write_error(error, request, state, self._acks)
+            self._release_held()
             raise
         except BaseException:  # cancelled: whether it went out is unknown
             self._acks.unknown(request.seq)
+            self._release_held()
             raise
         self._acks.answered(request.seq)
+        self._release_held()
         return result
+
+    async def _hold(self, seq: int, timeout: float | None) -> float:
+        """Wait until ``seq`` is within the window of ``acked``; the time left of the call
+        (``Overloaded``, never sent, if none is)."""
+        loop = asyncio.get_running_loop()
+        budget = self.timeout if timeout is None else timeout
+        started = loop.time()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._held, (seq, future))
+        self._arm_held_timer()
+        try:
+            await asyncio.wait_for(future, budget)
+        except TimeoutError:
+            raise Overloaded(
+                f"request {seq} waited {budget:.2f}s to be within {self._window} of its "
+                f"session's acknowledged results ({self._acks.acked()}): not sent"
+            ) from None
+        finally:
+            future.cancel()  # whichever way it ended, it is no longer held
+        return max(0.0, budget - (loop.time() - started))
+
+    def _release_held(self) -> None:
+        held = self._held
+        if not held:
+            return
+        limit = self._acks.acked() + self._window
+        while held and (held[0][0] <= limit or held[0][1].done()):
+            _, future = heapq.heappop(held)
+            if not future.done():
+                future.set_result(None)
+
+    def _arm_held_timer(self) -> None:
+        if self._held_timer is None:
+            self._held_timer = asyncio.get_running_loop().call_later(0.1, self._held_tick)
+
+    def _held_tick(self) -> None:
+        self._held_timer = None
+        self._release_held()
+        if self._held:
+            self._arm_held_timer()
 
     async def query(self, query: Any, timeout: float | None = None) -> Any:
         return await self._call("query", query, timeout)
@@ -207,6 +263,9 @@ class AsyncLightSession(SessionCore):
 
     async def close(self) -> None:
         self._is_closed = True
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncLightSession:
@@ -260,6 +319,10 @@ class AsyncLightSession(SessionCore):
             raise
         if state is not None and reply.error == "retry":
             state.maybe_applied = True  # proposed, then overtaken: it may still commit
+        elif reply.error == "too_far_ahead":
+            limit = results_limit(reply)
+            if limit is not None and limit < self._window:
+                self._window = limit  # hold later writes back to the leader's limit
         return interpret(self.tracker, peer, reply)
 
     async def _send(

@@ -64,6 +64,9 @@ class TryAgain(Exception):
 # results: its earlier writes' answers must come first.
 TOO_FAR_AHEAD_WAIT = 0.02
 DEFAULT_RETRY_WINDOW = 30.0
+# How far ahead of its acknowledged results a session sends writes, until a leader's
+# refusal names its own limit: the server's default.
+DEFAULT_RESULTS_WINDOW = 4_096
 
 
 class CallState:
@@ -147,6 +150,14 @@ class AckTracker:
         return len(self._open)
 
 
+def results_limit(reply: ClientReply) -> int | None:
+    """The leader's ``max_results_per_client``, from a ``too_far_ahead`` refusal."""
+    result = reply.result
+    if isinstance(result, list) and len(result) == 2 and type(result[1]) is int:
+        return result[1] if result[1] > 0 else None
+    return None
+
+
 def finish_write_error(
     error: ClientError, request: WriteRequest, state: CallState, acks: AckTracker
 ) -> None:
@@ -209,10 +220,12 @@ class SessionCore:
         if self._acks.reopen(request.seq):
             return request, error.maybe_applied
         if error.maybe_applied:
-            raise ResultForgotten(
+            forgotten = ResultForgotten(
                 f"request {request.seq}'s outcome is unknown and its retry window passed "
                 "(or it was abandoned): the cluster may have forgotten it"
             )
+            forgotten.request = request
+            raise forgotten
         # Definitely not applied: a new write of the same command is just as exact.
         return WriteRequest(request.op, request.payload, self.client_id, self._acks.issue()), False
 
@@ -313,6 +326,7 @@ def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
         raise TryAgain(f"{peer} asked for a retry", 0.01)
     if code == "too_far_ahead":
         tracker.succeeded(peer)
+        reason = str(reply.result[0]) if isinstance(reply.result, list) else reason
         raise TryAgain(reason, TOO_FAR_AHEAD_WAIT, Overloaded(reason))
     tracker.succeeded(peer)  # it answered as leader would: keep talking to it
     if code == "not_supported":
