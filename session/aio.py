@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -86,7 +87,9 @@ class AsyncLightSession(SessionCore):
         # heap of (seq, future), woken as answers come in, and by one timer meanwhile
         # (an unknown outcome's pin ends by time).
         self._window = DEFAULT_RESULTS_WINDOW
-        self._held: list[tuple[int, asyncio.Future[None]]] = []
+        # (a retry may hold the seq of a hold that ended: the count breaks ties)
+        self._held: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._held_order = itertools.count()
         self._held_timer: asyncio.TimerHandle | None = None
         self.tracker = LeaderTracker(peers, self.fail_timeout, election_timeout)
 
@@ -148,7 +151,7 @@ class AsyncLightSession(SessionCore):
         budget = self.timeout if timeout is None else timeout
         started = loop.time()
         future: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._held, (seq, future))
+        heapq.heappush(self._held, (seq, next(self._held_order), future))
         self._arm_held_timer()
         try:
             await asyncio.wait_for(future, budget)
@@ -166,8 +169,8 @@ class AsyncLightSession(SessionCore):
         if not held:
             return
         limit = self._acks.acked() + self._window
-        while held and (held[0][0] <= limit or held[0][1].done()):
-            _, future = heapq.heappop(held)
+        while held and (held[0][0] <= limit or held[0][2].done()):
+            _, _, future = heapq.heappop(held)
             if not future.done():
                 future.set_result(None)
 

@@ -105,3 +105,27 @@ def test_session_table_answers_are_not_rejections() -> None:
     assert again.value.wait > 0 and isinstance(again.value.final, Overloaded)
     with pytest.raises(Rejected):
         interpret(tracker, "a", reply("rejected"))
+
+
+@pytest.mark.timeout(30)
+def test_async_writes_beyond_the_results_window_are_held_back_then_released() -> None:
+    async def main() -> None:
+        async with AsyncLightSession([nobody()], election_timeout=0.1) as session:
+            session._window = 1
+            # writes that fail at once (nobody listens) release the ones held behind them
+            outcomes = await asyncio.gather(
+                *(session.write({"x": i}, timeout=2) for i in range(3)), return_exceptions=True
+            )
+            assert all(isinstance(o, AllPeersFailed) for o in outcomes), outcomes
+            # an unknown outcome pins acked: the next write is held, and never sent
+            pinned = session._acks.issue()
+            session._acks.unknown(pinned)
+            with pytest.raises(Overloaded) as caught:
+                await session.write({"x": "held"}, timeout=0.3)
+            assert not caught.value.maybe_applied
+            assert caught.value.request is not None and caught.value.request.seq == pinned + 1
+            session._acks.release(pinned)  # abandoned: the window opens again
+            with pytest.raises(AllPeersFailed):
+                await session.write({"x": "next"}, timeout=2)
+
+    asyncio.run(main())
