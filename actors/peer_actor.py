@@ -59,12 +59,15 @@ from .messages import (
     Tick,
     WatchPoll,
 )
+from .state_machine import DEFAULT_MAX_RESULTS_PER_CLIENT, admission_refusal
 
 log = logging.getLogger(__name__)
 
 Replies = list[tuple[Identity, ClientReply]]
 
 PROPOSAL_SLICE = 128
+# The error code of a write refused at admission for its client's unacknowledged results.
+TOO_FAR_AHEAD = "too_far_ahead"
 # Inputs stepped at most before the core's output is gathered (see on_receive).
 MAX_UNDRAINED = 64
 
@@ -104,6 +107,7 @@ class PeerActor(LoopActor):
         hosted: Iterable[HostedRef | InlineRef] = (),
         on_ref: Callable[[pykka.ActorRef[Any]], None] = lambda ref: None,
         identity_guard: IdentityGuard | None = None,
+        max_results_per_client: int = DEFAULT_MAX_RESULTS_PER_CLIENT,
     ) -> None:
         super().__init__()
         on_ref(self.actor_ref)  # before the thread starts: others may tell us at once
@@ -126,6 +130,7 @@ class PeerActor(LoopActor):
         # Long-lived sessions, tracked on the leader only: when each was last heard of (in
         # ticks). A new leader starts every session afresh: failover never expires one.
         self.session_table = session_table
+        self.max_results_per_client = max_results_per_client
         self.tick_ms = tick_seconds * 1000
         self.last_heard: dict[str, int] = {}
         self.expiring: set[str] = set()
@@ -154,6 +159,7 @@ class PeerActor(LoopActor):
             "proposals": 0,
             "client_requests": 0,
             "peer_messages": 0,
+            "writes_too_far_ahead": 0,
         }
 
     def on_start(self) -> None:
@@ -276,6 +282,11 @@ class PeerActor(LoopActor):
 
     def _propose(self, writes: list[tuple[Identity, ClientRequest]]) -> Replies:
         node = self.node
+        refused: Replies = []
+        if node.role is Role.LEADER:
+            writes, refused = self._admit(writes)
+            if not writes:
+                return refused
         data = []
         for _, request in writes:
             command = Command(
@@ -294,14 +305,39 @@ class PeerActor(LoopActor):
                     ClientReply(r.request_id, False, result.reason, "not_leader", node.leader),
                 )
                 for identity, r in writes
-            ]
+            ] + refused
         self.metrics["proposals"] += len(writes)
         pending = tuple(
             PendingWrite(result.index + offset, result.term, identity, request.request_id)
             for offset, (identity, request) in enumerate(writes)
         )
         self.awaiting.extend(pending)
-        return []
+        return refused
+
+    def _admit(
+        self, writes: list[tuple[Identity, ClientRequest]]
+    ) -> tuple[list[tuple[Identity, ClientRequest]], Replies]:
+        """The writes that may be proposed, and the answers to those that may not: a client
+        too far ahead of its acknowledged results is slowed down here, before its write is
+        in the log, so the answer is a certain "not applied" (see ``admission_refusal``)."""
+        limit = self.max_results_per_client
+        if all(r.seq - r.acked <= limit or not r.client_id for _, r in writes):
+            return writes, []  # the common case: one pass, no copies
+        admitted: list[tuple[Identity, ClientRequest]] = []
+        refused: Replies = []
+        for identity, request in writes:
+            why = None
+            if request.client_id:
+                why = admission_refusal(request.seq, request.acked, limit)
+            if why is None:
+                admitted.append((identity, request))
+            else:
+                # The limit goes with the refusal: sessions hold back later writes on
+                # their side rather than sending each again to be refused again.
+                reply = ClientReply(request.request_id, False, [why, limit], TOO_FAR_AHEAD)
+                refused.append((identity, reply))
+        self.metrics["writes_too_far_ahead"] += len(refused)
+        return admitted, refused
 
     def _watch_query(self, identity: Identity, request: ClientRequest) -> Replies:
         """A linearizable query that arms a watch: served by the leader itself, since the

@@ -281,6 +281,7 @@ class PeerRuntime:
             on_removed=self.removed.set,
             session_table=state.session_table,
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
+            max_results_per_client=s.max_results_per_client,
             hosted=(session_ref,) if s.log_thread else (log_ref, session_ref),
             on_ref=peer_proxy.set,
             identity_guard=guard,

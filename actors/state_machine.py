@@ -3,6 +3,15 @@ writes exactly-once. Plain and synchronous; the session actor drives it.
 
 Every peer applies the same committed entries in the same order, so everything here must be
 deterministic: client tables are evicted by entry order, never by clock.
+
+The client table's rules (docs/reliability.md):
+- a (client, seq) is refused only if the client acknowledged its answer (``acked`` it sent is
+  at or above seq) and the result is gone: code ``forgotten``, never ``rejected``, which is
+  the backend's alone;
+- results are forgotten only as the client acknowledges them, never to make room: a write
+  still in flight must find its seq unclaimed. Their number is bounded at admission instead
+  (``admission_refusal``, on the leader, before a write is proposed): apply never refuses a
+  write for a count, so it cannot depend on anything that differs between peers.
 """
 
 from __future__ import annotations
@@ -38,11 +47,29 @@ _CLOSE = int(CommandKind.SESSION_CLOSE)
 _NO_KEYS: frozenset[str] = frozenset()
 _new = tuple.__new__
 _MAX_SESSION_TIMEOUT_MS = 86_400_000
+DEFAULT_MAX_RESULTS_PER_CLIENT = 4_096
+FORGOTTEN = "forgotten"  # the error code of a seq the client acknowledged
+
+
+def admission_refusal(seq: int, acked: int, max_results: int) -> str | None:
+    """Why the leader must not propose a write of ``seq`` carrying ``acked`` (None: it may).
+
+    A write is admitted while ``seq - acked <= max_results``. Its apply makes the table hold
+    at least that ``acked``, so a client never has more than about ``max_results`` results
+    waiting for an acknowledgement, without the table ever dropping one. It depends on the
+    request alone, so it is decided before proposing: a refused write is never in the log.
+    """
+    if seq - acked > max_results:
+        return (
+            f"overloaded: request {seq} is more than {max_results} ahead of the client's "
+            f"acknowledged {acked}; wait for earlier answers"
+        )
+    return None
 
 
 @dataclass(slots=True)
 class _ClientRecord:
-    acked: int = 0  # results up to this seq were received by the client and forgotten
+    acked: int = 0  # the client has received every result up to this seq
     # seq -> (outcome, index of the entry that produced it): a retry is answered with both.
     # Forgotten from the front as the client acknowledges: an OrderedDict finds its oldest
     # at once, where a dict scans past the slots of every key deleted before it (~1 µs a
@@ -86,14 +113,12 @@ class ReplicatedState:
         initial_config: Configuration,
         *,
         max_clients: int = 65_536,
-        max_results_per_client: int = 4_096,
     ) -> None:
         self.backend = backend
         self.config = initial_config
         self.applied_index = 0
         self.applied_term = 0
         self.max_clients = max_clients
-        self.max_results_per_client = max_results_per_client
         self._clients: OrderedDict[str, _ClientRecord] = OrderedDict()
         # Long-lived sessions: id -> timeout in ms. Read by the leader's peer actor (which
         # decides expiry) from another thread, so changes and copies hold the lock.
@@ -212,15 +237,14 @@ class ReplicatedState:
         cached = record.results.get(command.seq)
         if cached is not None:
             return cached  # a retry: the first result, not a new apply
-        failure = Failure("rejected", f"request {command.seq} was already acknowledged")
+        # The client said it has this answer, so it is not waiting for it: a late duplicate.
+        # Not "rejected": the backend never saw it, and the write may have been applied.
+        failure = Failure(FORGOTTEN, f"request {command.seq} was already acknowledged")
         return _outcome(failure), 0
 
     def _remember(self, record: _ClientRecord, seq: int, outcome: Outcome, index: int) -> None:
+        # Kept until the client acknowledges it, however many: admission bounds the count.
         record.results[seq] = (outcome, index)
-        while len(record.results) > self.max_results_per_client:
-            oldest = next(iter(record.results))
-            del record.results[oldest]
-            record.acked = max(record.acked, oldest)
 
     # ------------------------------------------------------------------ reading
 

@@ -126,7 +126,9 @@ def propagation(size: int, changes: int, directory: Path, waker: str = "poll",
         with LightSession(lc.peers) as session:
             session.write(c.seed([("p", "p", _rules(size))]), timeout=60)
         enforcers = [casbin.SyncedEnforcer(model) for _ in range(3)]
-        sessions = [Session(lc.peers, timeout=10.0) for _ in enforcers] if waker == "watch" else []
+        sessions = (
+            [Session(lc.peers, session_timeout=10.0) for _ in enforcers] if waker == "watch" else []
+        )
         wakers: list[Any] = [WatchWaker(s, fallback=1.0) for s in sessions] or [
             PollingWaker(idle) for _ in enforcers]
         nodes = [connect(e, lc.peers, start_timeout=60, waker=w)

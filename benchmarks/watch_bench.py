@@ -49,7 +49,10 @@ def one_run(rate: float, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as root, LocalCluster(3, root) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=10) as watcher, LightSession(cluster.peers) as w:
+        with (
+            Session(cluster.peers, session_timeout=10) as watcher,
+            LightSession(cluster.peers) as w,
+        ):
             keys = [f"w/{i:06d}" for i in range(count)]
             for key in keys:
                 watcher.query(kv.get(key), watch=on_fire)

@@ -77,7 +77,7 @@ class CasbinNode:
         self.model = LocalModel(enforcer)
         self._watch_session: Session | None = None
         if use_watches and waker is None:
-            self._watch_session = Session(self.peers, timeout=session_timeout,
+            self._watch_session = Session(self.peers, session_timeout=session_timeout,
                                           **session_options)
             waker = WatchWaker(self._watch_session)
         feed = SessionFeed(self.peers, peer=feed_peer, **session_options)
@@ -115,7 +115,7 @@ class CasbinNode:
         with self._temporary_lock:
             if self._temporary is None:
                 self._temporary = Session(
-                    self.peers, timeout=self._session_timeout, **self._session_options
+                    self.peers, session_timeout=self._session_timeout, **self._session_options
                 )
             session = self._temporary
         return session.write(command, temporary=True)  # type: ignore[no-any-return]

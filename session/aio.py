@@ -5,13 +5,15 @@
         results = await asyncio.gather(*(s.write(kv.put(f"k{i}", i)) for i in range(1000)))
 
 Concurrent writes each get their own sequence number; the cluster forgets a result once
-every earlier write of this session has been answered too.
+every earlier write of this session has a known outcome too. ``await session.retry(error)``
+sends a write whose outcome is unknown again, with the same seq (``LightSession.retry``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,22 +25,38 @@ from zraft.transport import (
     ChannelClosed,
     ClientReply,
     CurveSettings,
+    NotSent,
+    TransportError,
     TransportTimeout,
 )
 
-from .errors import NotLeader, SessionClosed, UnreachablePeer
+from .errors import (
+    ClientError,
+    NotLeader,
+    Overloaded,
+    RequestTimeout,
+    SessionClosed,
+    TransportFailure,
+    UnreachablePeer,
+    WriteRequest,
+)
 from .light import DEFAULT_ELECTION_TIMEOUT
 from .requests import (
+    DEFAULT_RESULTS_WINDOW,
+    DEFAULT_RETRY_WINDOW,
+    CallState,
     RetryPolicy,
     SessionCore,
     TryAgain,
     change_payload,
     config_from_reply,
+    finish_write_error,
     interpret,
     members_from_reply,
     membership_payload,
     peers_from_status,
     pick_peer,
+    results_limit,
     retrying_kwargs,
     settle_pause,
 )
@@ -57,14 +75,22 @@ class AsyncLightSession(SessionCore):
         retry: RetryPolicy | None = None,
         curve: CurveSettings | None = None,
         client_id: str | None = None,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
     ) -> None:
-        self._configure(client_id, "a", election_timeout, fail_timeout, timeout, retry)
+        self._configure(
+            client_id, "a", election_timeout, fail_timeout, timeout, retry, retry_window
+        )
         self._channel = AsyncClientChannel(cluster_id, self.client_id, curve)
-        self._seq = 0
-        # Writes in flight: a min-heap of seqs plus the set of those answered but not yet
-        # popped, so "acknowledged up to" costs O(log n) per write, not a scan.
-        self._in_flight: list[int] = []
-        self._answered: set[int] = set()
+        self._is_closed = False
+        # Writes held back on this side until they are within ``_window`` of ``acked``
+        # (the leader would refuse them, and a flood of refusals is load of its own): a
+        # heap of (seq, future), woken as answers come in, and by one timer meanwhile
+        # (an unknown outcome's pin ends by time).
+        self._window = DEFAULT_RESULTS_WINDOW
+        # (a retry may hold the seq of a hold that ended: the count breaks ties)
+        self._held: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._held_order = itertools.count()
+        self._held_timer: asyncio.TimerHandle | None = None
         self.tracker = LeaderTracker(peers, self.fail_timeout, election_timeout)
 
     @classmethod
@@ -83,35 +109,98 @@ class AsyncLightSession(SessionCore):
         return session
 
     def _acked(self) -> int:
-        """Every write up to this seq has its answer: the cluster may forget them."""
-        heap = self._in_flight
-        while heap and heap[0] in self._answered:
-            self._answered.discard(heapq.heappop(heap))
-        return heap[0] - 1 if heap else self._seq
+        """Every write up to this seq has a known outcome: the cluster may forget them."""
+        return self._acks.acked()
 
     async def write(self, command: Any, timeout: float | None = None) -> Any:
-        self._seq += 1
-        seq = self._seq
-        heapq.heappush(self._in_flight, seq)
-        acked = self._acked()  # below this write's own seq
+        if self._is_closed:
+            raise SessionClosed("the session is closed")
+        request = WriteRequest("write", command, self.client_id, self._acks.issue())
+        return await self._write_request(request, timeout, CallState())
+
+    async def retry(self, error: ClientError, timeout: float | None = None) -> Any:
+        """``LightSession.retry``: the write that raised ``error`` again, exactly once."""
+        if self._is_closed:
+            raise SessionClosed("the session is closed")
+        request, maybe_applied = self._retry_request(error)
+        return await self._write_request(request, timeout, CallState(maybe_applied))
+
+    async def _write_request(
+        self, request: WriteRequest, timeout: float | None, state: CallState
+    ) -> Any:
         try:
-            return await self._call("write", command, timeout, seq, acked)
+            if request.seq - self._acks.acked() > self._window:
+                timeout = await self._hold(request.seq, timeout)
+            result = await self._call(request.op, request.payload, timeout, request.seq, state)
+        except ClientError as error:
+            finish_write_error(error, request, state, self._acks)
+            self._release_held()
+            raise
+        except BaseException:  # cancelled: whether it went out is unknown
+            self._acks.unknown(request.seq)
+            self._release_held()
+            raise
+        self._acks.answered(request.seq)
+        self._release_held()
+        return result
+
+    async def _hold(self, seq: int, timeout: float | None) -> float:
+        """Wait until ``seq`` is within the window of ``acked``; the time left of the call
+        (``Overloaded``, never sent, if none is)."""
+        loop = asyncio.get_running_loop()
+        budget = self.timeout if timeout is None else timeout
+        started = loop.time()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._held, (seq, next(self._held_order), future))
+        self._arm_held_timer()
+        try:
+            await asyncio.wait_for(future, budget)
+        except TimeoutError:
+            raise Overloaded(
+                f"request {seq} waited {budget:.2f}s to be within {self._window} of its "
+                f"session's acknowledged results ({self._acks.acked()}): not sent"
+            ) from None
         finally:
-            self._answered.add(seq)
+            future.cancel()  # whichever way it ended, it is no longer held
+        return max(0.0, budget - (loop.time() - started))
+
+    def _release_held(self) -> None:
+        held = self._held
+        if not held:
+            return
+        limit = self._acks.acked() + self._window
+        while held and (held[0][0] <= limit or held[0][2].done()):
+            _, _, future = heapq.heappop(held)
+            if not future.done():
+                future.set_result(None)
+
+    def _arm_held_timer(self) -> None:
+        if self._held_timer is None:
+            self._held_timer = asyncio.get_running_loop().call_later(0.1, self._held_tick)
+
+    def _held_tick(self) -> None:
+        self._held_timer = None
+        self._release_held()
+        if self._held:
+            self._arm_held_timer()
 
     async def query(self, query: Any, timeout: float | None = None) -> Any:
         return await self._call("query", query, timeout)
 
     async def query_local(self, query: Any, peer: str | None = None, timeout: float = 2.0) -> Any:
-        target = peer or self.tracker.leader
-        return interpret(
-            self.tracker, target, await self._send(target, "query_local", query, timeout, 0, 0)
-        )
+        return await self._one_peer(peer, "query_local", query, timeout)
 
     async def status(self, peer: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+        return await self._one_peer(peer, "status", None, timeout)  # type: ignore[no-any-return]
+
+    async def _one_peer(self, peer: str | None, op: str, payload: Any, timeout: float) -> Any:
+        """One request to one peer, no retries; ``RequestTimeout`` if it does not answer."""
         target = peer or self.tracker.leader
-        reply = await self._send(target, "status", None, timeout, 0, 0)
-        return interpret(self.tracker, target, reply)  # type: ignore[no-any-return]
+        try:
+            reply = await self._send(target, op, payload, timeout, 0, 0)
+        except TransportTimeout as error:
+            raise RequestTimeout(f"{target}: {error}") from None
+        return interpret(self.tracker, target, reply)
 
     # ------------------------------------------------------------------ membership
 
@@ -176,6 +265,10 @@ class AsyncLightSession(SessionCore):
         return config
 
     async def close(self) -> None:
+        self._is_closed = True
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncLightSession:
@@ -185,28 +278,54 @@ class AsyncLightSession(SessionCore):
         await self.close()
 
     async def _call(
-        self, op: str, payload: Any, timeout: float | None, seq: int = 0, acked: int = 0
+        self,
+        op: str,
+        payload: Any,
+        timeout: float | None,
+        seq: int = 0,
+        state: CallState | None = None,
     ) -> Any:
         budget = self.timeout if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + budget
         try:  # the common case, without the cost of setting up retries
-            return await self._attempt(op, payload, deadline, seq, acked)
+            return await self._attempt(op, payload, deadline, seq, state)
         except TryAgain:
             pass
         left = deadline - asyncio.get_running_loop().time()
-        async for attempt in tenacity.AsyncRetrying(**retrying_kwargs(self.retry, budget, left)):
+        retrying = tenacity.AsyncRetrying(**retrying_kwargs(self.retry_policy, budget, left))
+        async for attempt in retrying:
             with attempt:
-                return await self._attempt(op, payload, deadline, seq, acked)
+                return await self._attempt(op, payload, deadline, seq, state)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _attempt(self, op: str, payload: Any, deadline: float, seq: int, acked: int) -> Any:
+    async def _attempt(
+        self, op: str, payload: Any, deadline: float, seq: int, state: CallState | None
+    ) -> Any:
         peer = pick_peer(self.tracker)
         per_try = self._try_timeout(deadline - asyncio.get_running_loop().time())
+        # Every attempt carries the acknowledgements as they are now (they may have grown).
+        acked = self._acks.acked() if seq else 0
         try:
             reply = await self._send(peer, op, payload, per_try, seq, acked)
+        except NotSent as error:  # it never left: nothing to learn about the write
+            if not error.queue_full:  # a full queue is back-pressure, not a failed peer
+                self.tracker.failed(peer)
+            raise TryAgain(f"{peer}: {error}") from None
         except TransportTimeout as error:
+            if state is not None:
+                state.maybe_applied = True  # sent, unanswered: it may be in the log
             self.tracker.failed(peer)
             raise TryAgain(f"{peer}: {error}") from None
+        except SessionClosed:
+            if state is not None:
+                state.maybe_applied = True  # closed while it was out
+            raise
+        if state is not None and reply.error == "retry":
+            state.maybe_applied = True  # proposed, then overtaken: it may still commit
+        elif reply.error == "too_far_ahead":
+            limit = results_limit(reply)
+            if limit is not None and limit < self._window:
+                self._window = limit  # hold later writes back to the leader's limit
         return interpret(self.tracker, peer, reply)
 
     async def _send(
@@ -215,7 +334,11 @@ class AsyncLightSession(SessionCore):
         request = self._request(op, payload, seq, acked)
         try:  # per request: a plain try costs nothing, a context manager would
             return await self._channel.request(
-                peer, request, timeout, connect_timeout=self.retry.connect_timeout
+                peer, request, timeout, connect_timeout=self.retry_policy.connect_timeout
             )
         except ChannelClosed:
             raise SessionClosed("the session is closed") from None
+        except TransportTimeout:
+            raise
+        except TransportError as error:  # not a timeout: no connection can be set up
+            raise TransportFailure(f"{peer}: {error}") from None

@@ -1,6 +1,27 @@
-"""Every error a zraft client raises: one hierarchy, never bare tuples."""
+"""Every error a zraft client raises: one hierarchy, never bare tuples.
+
+What an error says about a write (docs/api.md, "Errors"): ``maybe_applied`` is True when
+some attempt of it may have reached a leader without an answer coming back (its outcome is
+unknown: ``session.retry(error)`` sends the same request again, applied at most once);
+False when it was definitely not applied, or definitely answered by the backend
+(``Rejected`` and its kind). ``request`` is the write itself, for ``retry``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A write as sent: its op, payload and the (client id, seq) that make it
+    exactly-once. Carried by the error a write raised, so it can be sent again."""
+
+    op: str
+    payload: Any
+    client_id: str
+    seq: int
 
 
 class ZraftError(Exception):
@@ -10,14 +31,32 @@ class ZraftError(Exception):
 class ClientError(ZraftError):
     """A request did not succeed."""
 
+    # Set on the errors of writes (see the module's docstring); class defaults otherwise.
+    request: WriteRequest | None = None
+    maybe_applied: bool = False
+
 
 class RequestTimeout(ClientError, TimeoutError):
-    """No answer in time. A write may or may not have been applied; retrying it with the
-    same session is safe (writes are exactly-once)."""
+    """No answer in time. For a write: if ``maybe_applied``, its outcome is unknown and
+    ``session.retry(error)`` sends the same request again (exactly once: same client id and
+    seq); if not, no attempt reached a leader that took it, and it was not applied."""
 
 
 class AllPeersFailed(ClientError):
-    """Every peer failed recently (down, unreachable, or not answering)."""
+    """Every peer failed recently (down, unreachable, or not answering). For a write, see
+    ``maybe_applied``: an earlier attempt may have reached a peer that then failed."""
+
+
+class ResultForgotten(ClientError):
+    """The cluster no longer has this write's result, so a retry cannot tell whether it
+    was applied: the session acknowledged it (its retry window passed, or it was
+    abandoned). Not a backend refusal; the write may have been applied."""
+
+    maybe_applied = True
+
+
+class TransportFailure(ClientError):
+    """The client could not set up a connection at all (e.g. no CURVE key for a peer)."""
 
 
 class NotLeader(ClientError):
@@ -38,9 +77,12 @@ class Rejected(ClientError):
 
 
 class Overloaded(ClientError):
-    """The peer already serves as many client requests as it may (``max_client_requests``)
-    and shed this one at once, without applying it. Back off and retry; retrying a write
-    with the same session is safe (writes are exactly-once)."""
+    """Shed without being proposed: the peer already serves as many client requests as it
+    may (``max_client_requests``), or this session has too many results it has not
+    acknowledged yet (``max_results_per_client``: its writes are too far ahead of its oldest
+    unanswered one; the session waits for answers within the call's timeout before raising
+    this). Not applied, unless ``maybe_applied`` (an earlier attempt of the same write may
+    have been): back off and retry."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -6,9 +6,10 @@
         s.query_local(kv.get("k"))     # whatever the asked peer has applied
 
 Every write carries this session's client id and a sequence number; retries reuse them,
-so a write is applied exactly once even when the leader fails mid-request. One session
-serves one thread at a time (calls are serialized by a lock); use ``AsyncLightSession`` for
-many requests in flight.
+so a write is applied exactly once even when the leader fails mid-request. A write whose
+outcome is unknown when its call gives up (the error's ``maybe_applied``) can be sent again
+with the same seq: ``session.retry(error)``. One session serves one thread at a time (calls
+are serialized by a lock); use ``AsyncLightSession`` for many requests in flight.
 """
 
 from __future__ import annotations
@@ -26,16 +27,29 @@ from zraft.transport import (
     ClientChannel,
     ClientReply,
     CurveSettings,
+    NotSent,
+    TransportError,
     TransportTimeout,
 )
 
-from .errors import NotLeader, SessionClosed, UnreachablePeer
+from .errors import (
+    ClientError,
+    NotLeader,
+    RequestTimeout,
+    SessionClosed,
+    TransportFailure,
+    UnreachablePeer,
+    WriteRequest,
+)
 from .requests import (
+    DEFAULT_RETRY_WINDOW,
+    CallState,
     RetryPolicy,
     SessionCore,
     TryAgain,
     change_payload,
     config_from_reply,
+    finish_write_error,
     interpret,
     members_from_reply,
     membership_payload,
@@ -69,17 +83,20 @@ class LightSession(SessionCore):
         retry: RetryPolicy | None = None,
         curve: CurveSettings | None = None,
         client_id: str | None = None,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
     ) -> None:
         """``peers``: the cluster's peers, or one peer to read the configuration from.
 
         ``fail_timeout`` (default 2 × ``election_timeout``): how long a failed peer is
-        skipped; ``timeout``: the default for each call.
+        skipped; ``timeout``: the default for each call; ``retry_window``: how long a write
+        whose outcome is unknown can be retried exactly once (``retry``).
         """
-        self._configure(client_id, "s", election_timeout, fail_timeout, timeout, retry)
+        self._configure(
+            client_id, "s", election_timeout, fail_timeout, timeout, retry, retry_window
+        )
         self._channel = ClientChannel(cluster_id, self.client_id, curve)
         self._lock = threading.RLock()
-        self._seq = 0
-        self._acked = 0
+        self._is_closed = False
         self._last_index = 0  # of the last answered call (calls are serialized)
         if isinstance(peers, str):
             try:
@@ -99,12 +116,45 @@ class LightSession(SessionCore):
 
     def write(self, command: Any, timeout: float | None = None) -> Any:
         """Apply ``command`` through the leader; returns the backend's result."""
+        return self._write("write", command, timeout)
+
+    def retry(self, error: ClientError, timeout: float | None = None) -> Any:
+        """Send the write that raised ``error`` again and return its result. While its
+        outcome is unknown (``error.maybe_applied``) and within ``retry_window``, with the
+        same client id and seq: applied at most once in all, and a first copy that was
+        applied is answered with its own result. A write definitely not applied goes again
+        as a new write. ``ResultForgotten`` if the window passed."""
         with self._lock:
-            self._seq += 1
-            seq = self._seq
-            result = self._call("write", command, timeout, seq=seq, acked=self._acked)
-            self._acked = seq  # calls are serialized: every earlier reply is in
-            return result
+            self._check_not_closed()
+            request, maybe_applied = self._retry_request(error)
+            return self._write_request(request, timeout, CallState(maybe_applied))
+
+    @property
+    def _acked(self) -> int:
+        """The ``acked`` this session sends with its next write."""
+        return self._acks.acked()
+
+    def _write(self, op: str, payload: Any, timeout: float | None) -> Any:
+        with self._lock:
+            self._check_not_closed()
+            request = WriteRequest(op, payload, self.client_id, self._acks.issue())
+            return self._write_request(request, timeout, CallState())
+
+    def _write_request(self, request: WriteRequest, timeout: float | None, state: CallState) -> Any:
+        try:
+            result = self._call(request.op, request.payload, timeout, request.seq, state)
+        except ClientError as error:
+            finish_write_error(error, request, state, self._acks)
+            raise
+        except BaseException:  # interrupted: whether it went out is unknown
+            self._acks.unknown(request.seq)
+            raise
+        self._acks.answered(request.seq)
+        return result
+
+    def _check_not_closed(self) -> None:
+        if self._is_closed:
+            raise SessionClosed("the session is closed")
 
     def write_indexed(self, command: Any, timeout: float | None = None) -> Written:
         """``write``, also returning the log index of the entry that answered it."""
@@ -118,15 +168,20 @@ class LightSession(SessionCore):
     def query_local(self, query: Any, peer: str | None = None, timeout: float = 2.0) -> Any:
         """Read one peer's current state without any check (fast, possibly stale)."""
         with self._lock:
-            target = peer or self.tracker.leader
-            reply = self._send(target, "query_local", query, timeout, 0, 0)
-            return interpret(self.tracker, target, reply)
+            return self._one_peer(peer, "query_local", query, timeout)
 
     def status(self, peer: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
         with self._lock:
-            target = peer or self.tracker.leader
-            reply = self._send(target, "status", None, timeout, 0, 0)
-            return interpret(self.tracker, target, reply)  # type: ignore[no-any-return]
+            return self._one_peer(peer, "status", None, timeout)  # type: ignore[no-any-return]
+
+    def _one_peer(self, peer: str | None, op: str, payload: Any, timeout: float) -> Any:
+        """One request to one peer, no retries; ``RequestTimeout`` if it does not answer."""
+        target = peer or self.tracker.leader
+        try:
+            reply = self._send(target, op, payload, timeout, 0, 0)
+        except TransportTimeout as error:
+            raise RequestTimeout(f"{target}: {error}") from None
+        return interpret(self.tracker, target, reply)
 
     # ------------------------------------------------------------------ membership
 
@@ -200,6 +255,7 @@ class LightSession(SessionCore):
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
+        self._is_closed = True
         self._channel.close()
 
     def __enter__(self) -> LightSession:
@@ -209,29 +265,51 @@ class LightSession(SessionCore):
         self.close()
 
     def _call(
-        self, op: str, payload: Any, timeout: float | None, seq: int = 0, acked: int = 0
+        self,
+        op: str,
+        payload: Any,
+        timeout: float | None,
+        seq: int = 0,
+        state: CallState | None = None,
     ) -> Any:
+        """``op`` with retries; a write (``seq``) records in ``state`` whether an attempt
+        may have reached a leader unanswered."""
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         with self._lock:
             try:  # the common case, without the cost of setting up retries
-                return self._attempt(op, payload, deadline, seq, acked)
+                return self._attempt(op, payload, deadline, seq, state)
             except TryAgain:
                 pass
             left = deadline - time.monotonic()
-            for attempt in tenacity.Retrying(**retrying_kwargs(self.retry, budget, left)):
+            for attempt in tenacity.Retrying(**retrying_kwargs(self.retry_policy, budget, left)):
                 with attempt:
-                    return self._attempt(op, payload, deadline, seq, acked)
+                    return self._attempt(op, payload, deadline, seq, state)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _attempt(self, op: str, payload: Any, deadline: float, seq: int, acked: int) -> Any:
+    def _attempt(
+        self, op: str, payload: Any, deadline: float, seq: int, state: CallState | None
+    ) -> Any:
         peer = pick_peer(self.tracker)
         per_try = self._try_timeout(deadline - time.monotonic())
+        # Every attempt carries the acknowledgements as they are now (they may have grown).
+        acked = self._acks.acked() if seq else 0
         try:
             reply = self._send(peer, op, payload, per_try, seq, acked)
-        except TransportTimeout as error:
+        except NotSent as error:  # it never left: nothing to learn about the write
             self.tracker.failed(peer)
             raise TryAgain(f"{peer}: {error}") from None
+        except TransportTimeout as error:
+            if state is not None:
+                state.maybe_applied = True  # sent, unanswered: it may be in the log
+            self.tracker.failed(peer)
+            raise TryAgain(f"{peer}: {error}") from None
+        except SessionClosed:
+            if state is not None:
+                state.maybe_applied = True  # closed while it was out
+            raise
+        if state is not None and reply.error == "retry":
+            state.maybe_applied = True  # proposed, then overtaken: it may still commit
         result = interpret(self.tracker, peer, reply)
         self._last_index = reply.index
         return result
@@ -242,10 +320,14 @@ class LightSession(SessionCore):
         request = self._request(op, payload, seq, acked)
         try:  # per request: a plain try costs nothing, a context manager would
             return self._channel.request(
-                peer, request, timeout, connect_timeout=self.retry.connect_timeout
+                peer, request, timeout, connect_timeout=self.retry_policy.connect_timeout
             )
         except ChannelClosed:
             raise SessionClosed("the session is closed") from None
+        except TransportTimeout:
+            raise
+        except TransportError as error:  # not a timeout: no connection can be set up
+            raise TransportFailure(f"{peer}: {error}") from None
 
     def _read_configuration(self, peer: str) -> list[str]:
         try:

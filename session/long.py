@@ -1,6 +1,6 @@
 """Long-lived sessions: temporary data that lives while its owner does.
 
-    with Session(peers, timeout=5.0) as s:
+    with Session(peers, session_timeout=5.0) as s:
         s.write(kv.put("lock/x", "me"), temporary=True)   # deleted when the session ends
         ...
 
@@ -22,20 +22,47 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from .errors import SessionExpired, ZraftError
+from .errors import ClientError, SessionExpired, WriteRequest, ZraftError
 from .light import LightSession, Written
+from .requests import CallState
 from .watching import WatchEvent, WatchHandler, WatchManager
 
 log = logging.getLogger(__name__)
 
 
+DEFAULT_SESSION_TIMEOUT = 5.0
+
+
 class Session(LightSession):
-    def __init__(self, peers: str | Sequence[str], timeout: float = 5.0, **options: Any) -> None:
-        """Open a session with ``timeout`` seconds of allowed silence (see LightSession for
-        ``options``)."""
+    def __init__(
+        self,
+        peers: str | Sequence[str],
+        session_timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        """Open a session with ``session_timeout`` seconds of allowed silence, after which
+        the cluster expires it (see LightSession for ``options``: its ``timeout`` is the
+        default time a call may take, as there).
+
+        Deprecated: ``timeout=`` without ``session_timeout`` still means the session's
+        timeout, as it did before the two were told apart (with a DeprecationWarning).
+        """
+        if session_timeout is None:
+            session_timeout = DEFAULT_SESSION_TIMEOUT
+            if "timeout" in options:
+                warnings.warn(
+                    "Session(timeout=...) is the session's expiry only when session_timeout "
+                    "is not given; pass session_timeout= (timeout= is the per-call default, "
+                    "as in LightSession)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                session_timeout = options.pop("timeout")
+        timeout = session_timeout
         if not 0 < timeout <= 86_400:
             raise ValueError("a session timeout is between 0 and 86400 seconds")
         super().__init__(peers, **options)
@@ -47,7 +74,7 @@ class Session(LightSession):
         self._last_activity = time.monotonic()
         self._closed = threading.Event()
         try:
-            self._call_write("session_open", int(timeout * 1000), None)
+            self._write("session_open", int(timeout * 1000), None)
         except BaseException:
             super().close()  # no session: its connection goes too
             raise
@@ -64,7 +91,12 @@ class Session(LightSession):
     def write(self, command: Any, timeout: float | None = None, temporary: bool = False) -> Any:
         """A write; with ``temporary=True`` the data it creates belongs to this session.
         Every write of an expired session is refused (``SessionExpired``)."""
-        return self._call_write("session_write", [temporary, command], timeout)
+        return self._write("session_write", [temporary, command], timeout)
+
+    def retry(self, error: ClientError, timeout: float | None = None) -> Any:
+        """``LightSession.retry``: the write that raised ``error`` again, exactly once."""
+        self._check_open()
+        return super().retry(error, timeout)
 
     def write_indexed(  # type: ignore[override]
         self, command: Any, timeout: float | None = None, temporary: bool = False
@@ -178,7 +210,7 @@ class Session(LightSession):
                 self._watches.stop()
             if not self.expired:
                 try:
-                    self._call_write("session_close", None, None)
+                    self._write("session_close", None, None)
                 except ZraftError as error:  # it will expire on its own
                     log.warning("closing session %s: %s", self.client_id, error)
             self._keepalive.join(timeout=5)
@@ -202,22 +234,21 @@ class Session(LightSession):
         if self.expired:
             raise SessionExpired(f"session {self.client_id} expired")
 
-    def _call_write(self, op: str, payload: Any, timeout: float | None) -> Any:
+    def _write(self, op: str, payload: Any, timeout: float | None) -> Any:
         self._check_open()
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            sent = time.monotonic()
-            try:
-                result = self._call(op, payload, timeout, seq=seq, acked=self._acked)
-            except SessionExpired:
-                self._mark_expired()
-                raise
-            self._acked = seq
-            # The leader heard us no earlier than we sent: counting from the answer would
-            # let a slow round trip eat into the next ping's margin.
-            self._last_activity = sent
-            return result
+        return super()._write(op, payload, timeout)
+
+    def _write_request(self, request: WriteRequest, timeout: float | None, state: CallState) -> Any:
+        sent = time.monotonic()
+        try:
+            result = super()._write_request(request, timeout, state)
+        except SessionExpired:
+            self._mark_expired()
+            raise
+        # The leader heard us no earlier than we sent: counting from the answer would
+        # let a slow round trip eat into the next ping's margin.
+        self._last_activity = sent
+        return result
 
     def _keep_alive(self) -> None:
         """Ping when the session has been idle for half its timeout, counted from the last

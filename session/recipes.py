@@ -2,7 +2,7 @@
 
 A lock (on the key-value backend)::
 
-    with Session(peers, timeout=5) as s:
+    with Session(peers, session_timeout=5) as s:
         with Lock(s, "locks/report") as token:
             storage.write(data, fencing_token=token)   # the storage refuses older tokens
 

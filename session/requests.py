@@ -8,8 +8,10 @@ timeout, with the back-off of ``RetryPolicy``).
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from zraft.transport import ClientReply, ClientRequest
 from .errors import (
     AllPeersFailed,
     BackendError,
+    ClientError,
     ClusterExists,
     MalformedReply,
     NotStable,
@@ -29,7 +32,9 @@ from .errors import (
     PeersChanged,
     Rejected,
     RequestTimeout,
+    ResultForgotten,
     SessionExpired,
+    WriteRequest,
 )
 from .tracker import LeaderTracker
 
@@ -46,11 +51,126 @@ class RetryPolicy:
 
 
 class TryAgain(Exception):
-    """This attempt failed in a way another attempt may fix."""
+    """This attempt failed in a way another attempt may fix; ``final`` is the error to
+    raise if no time is left for one (default: ``RequestTimeout``)."""
 
-    def __init__(self, why: str, wait: float = 0.0) -> None:
+    def __init__(self, why: str, wait: float = 0.0, final: ClientError | None = None) -> None:
         super().__init__(why)
         self.wait = wait
+        self.final = final
+
+
+# Wait before sending a write again that was too far ahead of its session's acknowledged
+# results: its earlier writes' answers must come first.
+TOO_FAR_AHEAD_WAIT = 0.02
+DEFAULT_RETRY_WINDOW = 30.0
+# How far ahead of its acknowledged results a session sends writes, until a leader's
+# refusal names its own limit: the server's default.
+DEFAULT_RESULTS_WINDOW = 4_096
+
+
+class CallState:
+    """What one write call learned across its attempts."""
+
+    __slots__ = ("maybe_applied",)
+
+    def __init__(self, maybe_applied: bool = False) -> None:
+        # True once an attempt may have reached a leader without its answer coming back.
+        self.maybe_applied = maybe_applied
+
+
+class AckTracker:
+    """A session's writes by seq, and the ``acked`` it sends: the highest seq at or below
+    which every write has a known outcome, so the cluster may forget those results.
+
+    A write is open from ``issue`` until its outcome is known (``answered``: a result, a
+    backend refusal, or definitely not applied). One whose outcome is unknown (``unknown``)
+    stays open, pinning ``acked`` below it, so a retry with the same seq still finds its
+    result, until it is retried and answered, ``release``d, or ``retry_window`` seconds
+    pass (then the cluster may forget it, and a retry raises ``ResultForgotten``).
+    Answers come in any order; ``acked`` costs O(1) amortised per write.
+    """
+
+    def __init__(
+        self,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.retry_window = retry_window
+        self.clock = clock
+        self.issued = 0
+        # seq -> None while in flight, or the clock time an unknown outcome's pin ends.
+        # Seqs are issued in order, so the first key is the lowest open one.
+        self._open: OrderedDict[int, float | None] = OrderedDict()
+
+    def issue(self) -> int:
+        self.issued += 1
+        self._open[self.issued] = None
+        return self.issued
+
+    def answered(self, seq: int) -> None:
+        self._open.pop(seq, None)
+
+    def unknown(self, seq: int) -> None:
+        if seq in self._open:
+            self._open[seq] = self.clock() + self.retry_window
+
+    def release(self, seq: int) -> None:
+        """Give up on learning ``seq``'s outcome: the cluster may forget it."""
+        self._open.pop(seq, None)
+
+    def reopen(self, seq: int) -> bool:
+        """A retry of ``seq`` is going out: True if its seq is still pinned (so the cluster
+        still has its result, if it was applied), and then it is in flight again."""
+        if seq not in self._open:
+            return False
+        self._open[seq] = None
+        return True
+
+    def pinned(self, seq: int) -> bool:
+        return seq in self._open
+
+    def acked(self) -> int:
+        open_ = self._open
+        if not open_:
+            return self.issued
+        now: float | None = None
+        while open_:
+            lowest, until = next(iter(open_.items()))
+            if until is None:
+                return lowest - 1
+            if now is None:
+                now = self.clock()
+            if until > now:
+                return lowest - 1
+            del open_[lowest]  # the retry window passed: let the cluster forget it
+        return self.issued
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+def results_limit(reply: ClientReply) -> int | None:
+    """The leader's ``max_results_per_client``, from a ``too_far_ahead`` refusal."""
+    result = reply.result
+    if isinstance(result, list) and len(result) == 2 and type(result[1]) is int:
+        return result[1] if result[1] > 0 else None
+    return None
+
+
+def finish_write_error(
+    error: ClientError, request: WriteRequest, state: CallState, acks: AckTracker
+) -> None:
+    """Label a write's error with what it says about the write, and settle its seq."""
+    error.request = request
+    if isinstance(error, Rejected):
+        error.maybe_applied = False  # the backend's own answer to this very seq
+    else:
+        error.maybe_applied = state.maybe_applied or isinstance(error, ResultForgotten)
+    if error.maybe_applied:
+        acks.unknown(request.seq)
+    else:
+        acks.answered(request.seq)
 
 
 class SessionCore:
@@ -66,13 +186,48 @@ class SessionCore:
         fail_timeout: float | None,
         timeout: float,
         retry: RetryPolicy | None,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
     ) -> None:
         self.client_id = client_id or f"{prefix}-{uuid.uuid4().hex}"
         self.election_timeout = election_timeout
         self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
         self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+        self.retry_policy = retry or RetryPolicy()
         self._request_ids = itertools.count(1)
+        self._acks = AckTracker(retry_window)
+
+    @property
+    def retry_window(self) -> float:
+        """How long a write whose outcome is unknown can still be retried exactly once."""
+        return self._acks.retry_window
+
+    def abandon(self, error: ClientError) -> None:
+        """Give up on a write whose outcome is unknown: the cluster may forget its result
+        (until then it keeps every later write's result too, and slows this session down
+        once they are ``max_results_per_client``)."""
+        request = error.request
+        if request is not None and request.client_id == self.client_id:
+            self._acks.release(request.seq)
+
+    def _retry_request(self, error: ClientError) -> tuple[WriteRequest, bool]:
+        """The request a ``retry(error)`` sends, and whether it may have been applied:
+        the same seq while that is pinned; a new one for a write definitely not applied."""
+        request = error.request
+        if request is None:
+            raise ValueError(f"not a write's error, nothing to retry: {error!r}")
+        if request.client_id != self.client_id:
+            raise ValueError("a write is retried by the session that made it")
+        if self._acks.reopen(request.seq):
+            return request, error.maybe_applied
+        if error.maybe_applied:
+            forgotten = ResultForgotten(
+                f"request {request.seq}'s outcome is unknown and its retry window passed "
+                "(or it was abandoned): the cluster may have forgotten it"
+            )
+            forgotten.request = request
+            raise forgotten
+        # Definitely not applied: a new write of the same command is just as exact.
+        return WriteRequest(request.op, request.payload, self.client_id, self._acks.issue()), False
 
     @property
     def leader(self) -> str:
@@ -87,7 +242,7 @@ class SessionCore:
         """How long one try at one peer may take."""
         if remaining <= 0:
             raise TryAgain("out of time")
-        return min(remaining, self.retry.attempt_timeout or max(self.election_timeout, 0.2))
+        return min(remaining, self.retry_policy.attempt_timeout or max(self.election_timeout, 0.2))
 
 
 def membership_payload(
@@ -169,6 +324,10 @@ def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
         raise TryAgain(f"{peer} is not the leader")
     if code == "retry":
         raise TryAgain(f"{peer} asked for a retry", 0.01)
+    if code == "too_far_ahead":
+        tracker.succeeded(peer)
+        reason = str(reply.result[0]) if isinstance(reply.result, list) else reason
+        raise TryAgain(reason, TOO_FAR_AHEAD_WAIT, Overloaded(reason))
     tracker.succeeded(peer)  # it answered as leader would: keep talking to it
     if code == "not_supported":
         raise NotSupported(reason, code)
@@ -184,6 +343,8 @@ def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
         raise SessionExpired(reason)
     if code == "overloaded":
         raise Overloaded(reason)
+    if code == "forgotten":
+        raise ResultForgotten(reason)
     raise Rejected(reason, code)
 
 
@@ -215,6 +376,8 @@ def retrying_kwargs(policy: RetryPolicy, timeout: float, left: float) -> dict[st
 def _timed_out(timeout: float) -> Any:
     def fail(state: tenacity.RetryCallState) -> Any:
         error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TryAgain) and error.final is not None:
+            raise error.final
         raise RequestTimeout(f"no answer within {timeout:.2f}s (last: {error})")
 
     return fail

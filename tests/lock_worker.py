@@ -39,7 +39,7 @@ def fenced_append(storage: LightSession, token: int, name: str) -> bool:
 
 def main() -> None:
     peers, timeout, name = sys.argv[1].split(","), float(sys.argv[2]), sys.argv[3]
-    with Session(peers, timeout=timeout) as session, LightSession(peers) as storage:
+    with Session(peers, session_timeout=timeout) as session, LightSession(peers) as storage:
         lock = Lock(session, "locks/test", holder=name)
         say("ready")
         while True:

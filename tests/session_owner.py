@@ -26,7 +26,7 @@ def say(line: str) -> None:
 
 def main() -> None:
     peers, timeout, key = sys.argv[1].split(","), float(sys.argv[2]), sys.argv[3]
-    session = Session(peers, timeout=timeout)
+    session = Session(peers, session_timeout=timeout)
     session.write(kv.put(key, "owned"), temporary=True)
     if sys.argv[4:] == ["watch"]:
         session.query(kv.get(key), watch=lambda event: say(f"fired {event.reason}"))

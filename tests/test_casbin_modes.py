@@ -123,7 +123,7 @@ def test_a_watch_driven_waker_follows_changes_without_polling(tmp_path: Path) ->
     with LocalCluster(3, tmp_path, extra_args=["--backend", BACKEND]) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        watching_session = Session(cluster.peers, timeout=10.0)
+        watching_session = Session(cluster.peers, session_timeout=10.0)
         a, b = casbin.Enforcer(RBAC), casbin.Enforcer(RBAC)
         writer = connect(a, cluster.peers, use_watches=True)
         # Idle reads only when a watch fires (the fallback poll is far beyond the test).

@@ -65,7 +65,7 @@ def test_a_live_session_survives_a_leader_kill(tmp_path: Path) -> None:
         cluster.start()
         leader = cluster.wait_for_leader()
         with (
-            Session(cluster.peers, timeout=TIMEOUT) as session,
+            Session(cluster.peers, session_timeout=TIMEOUT) as session,
             LightSession(cluster.peers) as reader,
         ):
             session.write(kv.put("mine", 1), temporary=True)
@@ -104,7 +104,7 @@ def test_an_expired_session_refuses_every_write(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 3) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        session = Session(cluster.peers, timeout=1.0)
+        session = Session(cluster.peers, session_timeout=1.0)
         try:
             session.write(kv.put("t", 1), temporary=True)
             session._closed.set()  # its keep-alive stops: the owner goes silent

@@ -31,7 +31,7 @@ def test_a_thousand_idle_sessions_stay_alive(tmp_path: Path) -> None:
         sessions = []
         try:
             for i in range(SESSIONS):
-                session = Session(cluster.peers, timeout=TIMEOUT)
+                session = Session(cluster.peers, session_timeout=TIMEOUT)
                 session.write(kv.put(f"present/{i}", i), temporary=True)
                 sessions.append(session)
             pids = [cluster.processes[p].pid for p in cluster.peers]

@@ -57,7 +57,7 @@ def _session(monkeypatch: pytest.MonkeyPatch, leader: SlowLeader) -> Session:
 
     monkeypatch.setattr(LightSession, "_send", send)
     # A retry after a lost ping goes to another peer, which (scripted) answers as leader.
-    return Session(["p1:1", "p2:1", "p3:1"], timeout=TIMEOUT)
+    return Session(["p1:1", "p2:1", "p3:1"], session_timeout=TIMEOUT)
 
 
 @pytest.mark.timeout(60)

@@ -53,7 +53,10 @@ def test_a_watch_fires_once_per_arming_in_commit_order(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 3) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=TIMEOUT) as watcher, LightSession(cluster.peers) as w:
+        with (
+            Session(cluster.peers, session_timeout=TIMEOUT) as watcher,
+            LightSession(cluster.peers) as w,
+        ):
             seen = Recorder()
             assert watcher.query(kv.get("a"), watch=seen) == {"found": False, "value": None}
             listing = watcher.query(kv.list_prefix("dir/"), watch=seen)
@@ -86,7 +89,7 @@ def test_change_leader_fires_when_the_leader_dies(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 3) as cluster:
         cluster.start()
         leader = cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=TIMEOUT) as watcher:
+        with Session(cluster.peers, session_timeout=TIMEOUT) as watcher:
             watcher.query(kv.get("k"), watch=True)
             watcher.query(kv.get("j"), watch=True)
             cluster.kill(leader)
@@ -113,8 +116,8 @@ def test_a_thousand_watches_on_a_thousand_keys_all_fire_on_a_bulk_change(tmp_pat
     with local_cluster(tmp_path, 3) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=5) as watcher:
-            owner = Session(cluster.peers, timeout=5)
+        with Session(cluster.peers, session_timeout=5) as watcher:
+            owner = Session(cluster.peers, session_timeout=5)
             for key in keys:
                 owner.write(kv.put(key, 1), temporary=True)
             seen = Recorder()
@@ -143,7 +146,7 @@ def test_an_owners_expiry_fires_watches_on_its_keys(tmp_path: Path) -> None:
         )  # fmt: skip
         try:
             assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
-            with Session(cluster.peers, timeout=5) as watcher:
+            with Session(cluster.peers, session_timeout=5) as watcher:
                 assert watcher.query(kv.get("holder"), watch=True)["found"]
                 owner.kill()
                 (event,) = list(watcher.watch_events(timeout=TIMEOUT + 4 * E))
@@ -187,7 +190,7 @@ def test_a_slow_callback_does_not_starve_the_keep_alive(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 3) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=TIMEOUT) as s, LightSession(cluster.peers) as w:
+        with Session(cluster.peers, session_timeout=TIMEOUT) as s, LightSession(cluster.peers) as w:
             slow_done = threading.Event()
 
             def slow(event: WatchEvent) -> None:
@@ -211,7 +214,7 @@ def test_watch_events_for_asyncio(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 3) as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=TIMEOUT) as s, LightSession(cluster.peers) as w:
+        with Session(cluster.peers, session_timeout=TIMEOUT) as s, LightSession(cluster.peers) as w:
             s.query(kv.get("k"), watch=True)
             w.write(kv.put("k", 1))
 
@@ -229,7 +232,7 @@ def test_a_backend_that_cannot_name_keys_refuses_watches(tmp_path: Path) -> None
     with local_cluster(tmp_path, 3, "--backend", "tests.append_backend:AppendLog") as cluster:
         cluster.start()
         cluster.wait_for_leader()
-        with Session(cluster.peers, timeout=TIMEOUT) as s:
+        with Session(cluster.peers, session_timeout=TIMEOUT) as s:
             assert s.query("anything") == []
             with pytest.raises(NotSupported):
                 s.query("anything", watch=True)

@@ -29,6 +29,7 @@ from .zmq_transport import (
     ZMQ_POLLIN,
     ChannelClosed,
     CurveSettings,
+    NotSent,
     TransportTimeout,
     client_socket,
 )
@@ -39,7 +40,8 @@ _RETRY_SEND_S = 0.001  # while a connection is being set up
 # Frames read per reader callback before the loop gets a turn (the rest follow at once).
 _MAX_READS_PER_CALLBACK = 256
 
-# [loop time due, tie-breaker, the request's future (None once answered), peer, timeout]
+# [loop time due, tie-breaker, the request's future (None once answered), peer, timeout,
+#  request id]
 _Deadline = list[Any]
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
@@ -66,6 +68,11 @@ class AsyncClientChannel:
         self._waiting: dict[int, asyncio.Future[ClientReply]] = {}
         # Per peer: requests not sent yet, with the loop time by which a connection must exist.
         self._outbox: dict[str, list[tuple[ClientRequest, float]]] = {}
+        # Requests on the wire (sent, not answered): request id -> peer, and a count per
+        # peer. A peer with requests on the wire is connected, so a send that would block
+        # means its send queue is full: back-pressure, not a missing connection.
+        self._sent: dict[int, str] = {}
+        self._on_wire: dict[str, int] = {}
         self._flush_scheduled = False
         # Request deadlines: a heap served by one timer for the earliest, rather than a timer
         # per request (asyncio's TimerHandle was the biggest part of a request's client CPU).
@@ -100,7 +107,9 @@ class AsyncClientChannel:
             self._flush()  # alone in flight: nothing to batch it with, so no loop turn first
         else:
             self._schedule_flush(loop, 0.0)
-        deadline: _Deadline = [now + timeout, next(self._deadline_order), future, peer, timeout]
+        deadline: _Deadline = [
+            now + timeout, next(self._deadline_order), future, peer, timeout, req.request_id
+        ]
         self._add_deadline(loop, deadline)
         try:
             return await future
@@ -108,6 +117,9 @@ class AsyncClientChannel:
             deadline[2] = None
             if self._waiting.get(req.request_id) is future:
                 del self._waiting[req.request_id]
+            sent_to = self._sent.pop(req.request_id, None)
+            if sent_to is not None:
+                self._on_wire[sent_to] -= 1
 
     def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: _Deadline) -> None:
         deadlines = self._deadlines
@@ -128,9 +140,15 @@ class AsyncClientChannel:
         now = loop.time() + _CLOCK_RESOLUTION
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, _, future, peer, timeout = heapq.heappop(deadlines)
+            _, _, future, peer, timeout, request_id = heapq.heappop(deadlines)
             if future is not None and not future.done():
-                future.set_exception(TransportTimeout(f"no reply from {peer} within {timeout}s"))
+                if request_id in self._sent:
+                    error = TransportTimeout(f"no reply from {peer} within {timeout}s")
+                else:  # still queued behind a full send queue: it never left
+                    error = NotSent(
+                        f"not sent to {peer} within {timeout}s (send queue full)", True
+                    )
+                future.set_exception(error)
         if deadlines:
             self._deadline_timer = loop.call_at(deadlines[0][0], self._expire_due)
 
@@ -167,10 +185,15 @@ class AsyncClientChannel:
                 try:
                     sock.send(frame, zmq.NOBLOCK)
                 except zmq.Again:
-                    break  # no connection yet (ZMQ_IMMEDIATE): try again shortly
+                    # No connection yet (ZMQ_IMMEDIATE), or its send queue is full: try
+                    # again shortly.
+                    break
                 except zmq.ZMQError as error:
                     log.warning("sending to %s failed: %s", peer, error)
                     break
+                for r, _ in live[sent : sent + count]:
+                    self._sent[r.request_id] = peer
+                self._on_wire[peer] = self._on_wire.get(peer, 0) + count
                 sent += count
             # ZMQ_FD is edge-triggered and a send can consume its edge: replies that came
             # meanwhile would wait for the next one unless read now.
@@ -189,8 +212,10 @@ class AsyncClientChannel:
         future = self._waiting.get(req.request_id)
         if future is None or future.done():
             return True
-        if now >= connect_by:
-            future.set_exception(TransportTimeout(f"no connection to {peer}"))
+        if now >= connect_by and not self._on_wire.get(peer):
+            # Nothing of ours on the wire to it: no connection. With requests on the wire
+            # the queue is merely full; this one waits, within its own deadline.
+            future.set_exception(NotSent(f"no connection to {peer}"))
             return True
         return False
 

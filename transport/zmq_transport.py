@@ -108,6 +108,15 @@ class TransportTimeout(TransportError):
     """No (matching) reply arrived in time."""
 
 
+class NotSent(TransportTimeout):
+    """The request never left this process (no connection to the peer in time, or its
+    send queue stayed full: ``queue_full``): the peer cannot have acted on it."""
+
+    def __init__(self, message: str, queue_full: bool = False) -> None:
+        super().__init__(message)
+        self.queue_full = queue_full
+
+
 class ChannelClosed(TransportError):
     """The client channel was closed: before the request, or while it waited."""
 
@@ -1042,7 +1051,9 @@ class ClientChannel:
         frame = encode(req, cluster_id=self.cluster_id, sender=self.client_id)
         while True:
             if not sock.poll(_remaining_ms(connect_by), zmq.POLLOUT):
-                raise TransportTimeout(f"no connection to {peer}")
+                # One request at a time on this socket: a send queue cannot be full of our
+                # own requests, so this is a missing connection (or a peer not reading).
+                raise NotSent(f"no connection to {peer}")
             try:
                 sock.send(frame, zmq.NOBLOCK)
                 break

@@ -95,6 +95,11 @@ _KEYS: dict[str, _Key] = {
     "max_client_requests": _Key(
         "int", "client requests in flight at a peer before new ones get 'overloaded'", minimum=1
     ),
+    "max_results_per_client": _Key(
+        "int",
+        "results a client may leave unacknowledged before its writes get 'overloaded'",
+        minimum=1,
+    ),
     "curve_secret_key": _Key("path", "CurveZMQ secret key file", optional=True),
     "curve_public_key": _Key("path", "CurveZMQ public key file", optional=True),
     "curve_authorized_keys": _Key(
@@ -174,6 +179,7 @@ class Settings:
     check_quorum: bool = True
     max_frame_bytes: int = 64 << 20
     max_client_requests: int = 10_000
+    max_results_per_client: int = 4_096
     curve_secret_key: Path | None = None
     curve_public_key: Path | None = None
     curve_authorized_keys: Path | None = None

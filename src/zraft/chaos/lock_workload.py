@@ -104,7 +104,7 @@ class LockWorkload(Workload):
         try:
             session = Session(
                 list(context.peers),
-                timeout=SESSION_TIMEOUT,
+                session_timeout=SESSION_TIMEOUT,
                 cluster_id=context.cluster_id,
                 election_timeout=context.election_timeout,
             )
