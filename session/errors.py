@@ -47,6 +47,11 @@ class AllPeersFailed(ClientError):
     ``maybe_applied``: an earlier attempt may have reached a peer that then failed."""
 
 
+class NotRetryable(ZraftError, ValueError):
+    """``retry`` was given an error it cannot retry: not a write's, or another session's
+    (a caller's mistake; nothing was sent)."""
+
+
 class ResultForgotten(ClientError):
     """The cluster no longer has this write's result, so a retry cannot tell whether it
     was applied: the session acknowledged it (its retry window passed, or it was

@@ -26,6 +26,7 @@ from .errors import (
     ClientError,
     ClusterExists,
     MalformedReply,
+    NotRetryable,
     NotStable,
     NotSupported,
     Overloaded,
@@ -214,9 +215,9 @@ class SessionCore:
         the same seq while that is pinned; a new one for a write definitely not applied."""
         request = error.request
         if request is None:
-            raise ValueError(f"not a write's error, nothing to retry: {error!r}")
+            raise NotRetryable(f"not a write's error, nothing to retry: {error!r}")
         if request.client_id != self.client_id:
-            raise ValueError("a write is retried by the session that made it")
+            raise NotRetryable("a write is retried by the session that made it")
         if self._acks.reopen(request.seq):
             return request, error.maybe_applied
         if error.maybe_applied:
