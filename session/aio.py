@@ -324,6 +324,7 @@ class AsyncLightSession(SessionCore):
             state.maybe_applied = True  # proposed, then overtaken: it may still commit
         elif reply.error == "too_far_ahead":
             limit = results_limit(reply)
+            self._acks.learn_limit(limit)
             if limit is not None and limit < self._window:
                 self._window = limit  # hold later writes back to the leader's limit
         return interpret(self.tracker, peer, reply)

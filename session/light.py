@@ -55,6 +55,7 @@ from .requests import (
     membership_payload,
     peers_from_status,
     pick_peer,
+    results_limit,
     retrying_kwargs,
     settle_pause,
 )
@@ -310,6 +311,8 @@ class LightSession(SessionCore):
             raise
         if state is not None and reply.error == "retry":
             state.maybe_applied = True  # proposed, then overtaken: it may still commit
+        elif reply.error == "too_far_ahead":
+            self._acks.learn_limit(results_limit(reply))  # pins give way sooner
         result = interpret(self.tracker, peer, reply)
         self._last_index = reply.index
         return result

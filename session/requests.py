@@ -65,6 +65,9 @@ class TryAgain(Exception):
 # results: its earlier writes' answers must come first.
 TOO_FAR_AHEAD_WAIT = 0.02
 DEFAULT_RETRY_WINDOW = 30.0
+# The peers' default max_results_per_client (zraft.actors.state_machine): a session learns
+# the real one from the first refusal that names it.
+SERVER_RESULTS_LIMIT = 4_096
 # How far ahead of its acknowledged results a session sends writes, until a leader's
 # refusal names its own limit: the server's default.
 DEFAULT_RESULTS_WINDOW = 4_096
@@ -87,18 +90,24 @@ class AckTracker:
     A write is open from ``issue`` until its outcome is known (``answered``: a result, a
     backend refusal, or definitely not applied). One whose outcome is unknown (``unknown``)
     stays open, pinning ``acked`` below it, so a retry with the same seq still finds its
-    result, until it is retried and answered, ``release``d, or ``retry_window`` seconds
-    pass (then the cluster may forget it, and a retry raises ``ResultForgotten``).
-    Answers come in any order; ``acked`` costs O(1) amortised per write.
+    result, until it is retried and answered, ``release``d, ``retry_window`` seconds pass,
+    or more than ``keep_behind`` later writes were issued (then the cluster may forget it,
+    and a retry raises ``ResultForgotten``). The last bound keeps a session that never
+    retries from being slowed down by its own pins: the cluster holds at most
+    ``max_results_per_client`` results a client has not acknowledged, and half of that
+    stays free for writes in flight. Answers come in any order; ``acked`` costs O(1)
+    amortised per write.
     """
 
     def __init__(
         self,
         retry_window: float = DEFAULT_RETRY_WINDOW,
         clock: Callable[[], float] = time.monotonic,
+        keep_behind: int = SERVER_RESULTS_LIMIT // 2,
     ) -> None:
         self.retry_window = retry_window
         self.clock = clock
+        self.keep_behind = keep_behind
         self.issued = 0
         # seq -> None while in flight, or the clock time an unknown outcome's pin ends.
         # Seqs are issued in order, so the first key is the lowest open one.
@@ -140,12 +149,18 @@ class AckTracker:
             lowest, until = next(iter(open_.items()))
             if until is None:
                 return lowest - 1
-            if now is None:
-                now = self.clock()
-            if until > now:
-                return lowest - 1
-            del open_[lowest]  # the retry window passed: let the cluster forget it
+            if self.issued - lowest <= self.keep_behind:
+                if now is None:
+                    now = self.clock()
+                if until > now:
+                    return lowest - 1
+            del open_[lowest]  # its retry window passed: let the cluster forget it
         return self.issued
+
+    def learn_limit(self, limit: int | None) -> None:
+        """The leader's ``max_results_per_client`` (from a refusal): keep pins within half."""
+        if limit is not None:
+            self.keep_behind = min(self.keep_behind, max(1, limit // 2))
 
     def __len__(self) -> int:
         return len(self._open)

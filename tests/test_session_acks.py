@@ -69,6 +69,31 @@ def test_a_pin_ends_when_released_or_when_its_retry_window_passes() -> None:
     assert not acks.reopen(2)  # too late for an exactly-once retry
 
 
+@pytest.mark.timeout(30)
+def test_a_pin_gives_way_to_later_writes_so_a_session_that_never_retries_is_not_slowed() -> None:
+    """A caller that lets timed-out writes go never retries them: its pins must not hold
+    ``acked`` until the cluster's results limit refuses its new writes."""
+    clock = Clock()
+    acks = AckTracker(retry_window=1000.0, clock=clock)
+    assert acks.keep_behind == 2048  # half the peers' default max_results_per_client
+    acks.issue()
+    acks.unknown(1)
+    for _ in range(2048):
+        acks.answered(acks.issue())
+    assert acks.acked() == 0 and acks.pinned(1)  # still retryable exactly once
+    acks.answered(acks.issue())
+    assert acks.acked() == 2050 and not acks.reopen(1)  # a retry now: ResultForgotten
+    acks.learn_limit(512)  # a leader with a lower limit said so in a refusal
+    assert acks.keep_behind == 256
+    acks.learn_limit(None)
+    assert acks.keep_behind == 256
+    acks.issue()
+    acks.unknown(2051)
+    for _ in range(257):
+        acks.answered(acks.issue())
+    assert acks.acked() == acks.issued
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("seed", range(3))
 def test_acked_matches_a_brute_force_low_water_mark_with_thousands_in_flight(seed: int) -> None:
@@ -94,8 +119,13 @@ def test_acked_matches_a_brute_force_low_water_mark_with_thousands_in_flight(see
             else:
                 assert acks.reopen(seq)
                 open_[seq] = None
-        # an expired pin counts as settled once it is the lowest open seq
-        while open_ and (until := open_[min(open_)]) is not None and until <= clock.now:
+        # an expired pin counts as settled once it is the lowest open seq; so does one too
+        # far behind the newest write
+        while (
+            open_
+            and (until := open_[min(open_)]) is not None
+            and (until <= clock.now or acks.issued - min(open_) > acks.keep_behind)
+        ):
             del open_[min(open_)]
         expected = min(open_) - 1 if open_ else acks.issued
         assert acks.acked() == expected

@@ -35,7 +35,6 @@ from zraft.session import (
     AsyncLightSession,
     ClientError,
     LightSession,
-    Overloaded,
     Rejected,
 )
 
@@ -389,14 +388,16 @@ class FloodWorkload(Workload):
 
     Checked like the counter (nothing lost, doubled or invented; a write reported as
     definitely not applied must be absent), and more strictly: an increment is always a
-    valid command, so any ``Rejected`` is an anomaly (a valid write refused). ``Overloaded``
-    is back-pressure, allowed: it promises the write was never proposed, and the check holds
-    it to that."""
+    valid command, so any ``Rejected`` is an anomaly (a valid write refused). An error that
+    says the write was definitely not applied (``Overloaded``: back-pressure, allowed; not
+    sent) is held to that. An unknown outcome is retried with ``session.retry`` as the API
+    documents, which must apply it at most once."""
 
     name = "flood"
     clients = 1
     IN_FLIGHT = 2000
     IDS_PER_KEY = 400  # the backend re-encodes a key's list on each increment: keep it short
+    RETRIES = 5  # an unknown outcome is retried (same seq) this often before it is left
 
     def __init__(self, seed: int, history_path: Path | None = None) -> None:
         super().__init__(seed, history_path)
@@ -423,32 +424,47 @@ class FloodWorkload(Workload):
         try:
             while not stop.is_set():
                 while len(tasks) < self.IN_FLIGHT:
-                    tasks.add(asyncio.create_task(self._one(session, client, context.op_timeout)))
+                    one = self._one(session, client, context.op_timeout, stop)
+                    tasks.add(asyncio.create_task(one))
                 _, tasks = await asyncio.wait(tasks, timeout=0.1, return_when="FIRST_COMPLETED")
             if tasks:  # each ends within its own timeout
                 await asyncio.wait(tasks)
         finally:
             await session.close()
 
-    async def _one(self, session: AsyncLightSession, client: int, timeout: float) -> None:
+    async def _one(
+        self, session: AsyncLightSession, client: int, timeout: float, stop: threading.Event
+    ) -> None:
         number = next(self._ids)
         key, unique = f"flood-{number // self.IDS_PER_KEY}", f"{client}-{number}"
         self.keys.add(key)
         handle = self.history.invoke(client, "incr", key, value=unique)
-        try:
-            result = await session.write(incr(key, unique), timeout)
-        except Rejected as error:
-            self.history.fail(handle)
-            self.refused.append(f"{unique}: {error}")
-        except Overloaded:
-            self.history.fail(handle)
-        except AllPeersFailed:
-            self.history.unknown(handle)
-            await asyncio.sleep(0.05)  # everyone is down: do not spin
-        except ClientError:
-            self.history.unknown(handle)
-        else:
-            self.history.ok(handle, result["count"])
+        error: ClientError | None = None
+        for _ in range(self.RETRIES + 1):
+            try:
+                if error is None:
+                    result = await session.write(incr(key, unique), timeout)
+                else:  # as the docs say: the same request again, applied at most once
+                    result = await session.retry(error, timeout)
+            except Rejected as refused:
+                self.history.fail(handle)
+                self.refused.append(f"{unique}: {refused}")
+                return
+            except ClientError as failed:
+                if not failed.maybe_applied:  # definitely not applied (Overloaded, not sent)
+                    self.history.fail(handle)
+                    return
+                error = failed
+                if stop.is_set():
+                    break
+                if isinstance(failed, AllPeersFailed):
+                    await asyncio.sleep(0.05)  # everyone is down: do not spin
+            else:
+                self.history.ok(handle, result["count"])
+                return
+        self.history.unknown(handle)
+        if error is not None:
+            session.abandon(error)  # the cluster may forget it; later writes go on
 
     def final_read(self, session: LightSession, timeout: float) -> None:
         self.final = read_lists(session, sorted(self.keys), timeout)
