@@ -23,23 +23,37 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from zraft.core import Configuration, Entry, EntryKind, HardState
+from zraft.core import (
+    AppendEntries,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    InstallSnapshot,
+    SnapshotMeta,
+)
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import DirectoryIdentity, IdentityFile
 from zraft.transport import ClientChannel, ClientRequest, CurveSettings, TransportError
 
 log = logging.getLogger(__name__)
 
+# What only a leader sends: a joiner takes its founding from the first of these.
+_LEADER_MESSAGES = frozenset({AppendEntries, Heartbeat, InstallSnapshot})
+
 # How long a founding peer waits for each listed peer's answer before founding anyway (its
 # fellow founders may not have started yet).
 PROBE_TIMEOUT_S = 1.0
 
+_REFUSAL_LOG_INTERVAL_S = 10.0
 REFUSED_OTHER_FOUNDING = "other-founding"
 REFUSED_REPLACED_PEER = "replaced-peer"
 
@@ -92,6 +106,13 @@ def open_identity(
         raise DirectoryRefused(
             f"{where} belongs to peer {identity.peer_id}, not {peer_id} (the --peer-id given)"
         )
+    founded = identity.founding and not identity.founding_pending
+    if not state_present and (founded or identity.known):
+        raise DirectoryRefused(
+            f"{where} belongs to peer {peer_id} of cluster {cluster_id!r}, but its Raft state "
+            "is gone (deleted?): its votes and log are lost. Remove the peer from the "
+            "cluster, empty the directory, start it without --peers and add it back"
+        )
     return identity
 
 
@@ -103,14 +124,17 @@ def new_identity(cluster_id: str, peer_id: str, founding: Iterable[str] = ()) ->
         instance=uuid.uuid4().hex,
         cluster_uuid=founding_uuid(cluster_id, voters) if voters else "",
         founding=voters,
+        founding_pending=bool(voters),
     )
 
 
 def write_founding(
     raft_log: SegmentedLog, hard_state_file: HardStateFile, voters: Iterable[str]
 ) -> HardState:
-    """The founding entry and its hard state (term 1, committed), durably. Idempotent on a
-    directory with no state: a crash half-way is mended by calling it again."""
+    """The founding entry and its hard state (term 1, committed), durably. The identity
+    records the founding as pending first: a crash before the entry is durable leaves no
+    state, and the next start writes it again; a crash after it leaves the entry (term 0
+    in the hard state until the first election, which is as safe)."""
     entry = founding_entry(voters)
     raft_log.append([entry])  # durable when it returns
     hard_state = HardState(term=1, vote=None, commit=1)
@@ -132,13 +156,24 @@ def probe_before_founding(
     others = sorted(set(voters) - {peer_id})
 
     def ask(peer: str) -> dict[str, Any] | None:
-        try:
-            with ClientChannel(cluster_id, f"founding-probe-{peer_id}", curve) as channel:
-                request = ClientRequest(1, "identity", {"peer": peer_id})
-                reply = channel.request(peer, request, PROBE_TIMEOUT_S)
-        except TransportError:
-            return None
-        return reply.result if reply.ok and isinstance(reply.result, dict) else None
+        """Its answer; None if it is not up. A peer that answers without saying (shedding
+        load, say) is asked again, and if it never says, that blocks founding: only a
+        silent peer may be a fellow founder still starting."""
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        error = None
+        with ClientChannel(cluster_id, f"founding-probe-{peer_id}", curve) as channel:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    reply = channel.request(
+                        peer, ClientRequest(1, "identity", {"peer": peer_id}), left
+                    )
+                except TransportError:
+                    break
+                if reply.ok and isinstance(reply.result, dict):
+                    return reply.result
+                error = reply.error or "no answer"
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        return None if error is None else {"unsure": error}
 
     if not others:
         return None
@@ -147,6 +182,11 @@ def probe_before_founding(
     for peer, answer in answers:
         if answer is None:
             continue
+        if "unsure" in answer:
+            return (
+                f"peer {peer} answers but could not say whether it knows {peer_id} "
+                f"({answer['unsure']}); try again"
+            )
         known = answer.get("known")
         if isinstance(known, str) and known:
             return (
@@ -168,19 +208,26 @@ def probe_before_founding(
 class IdentityGuard:
     """Admits peer frames of our founding from members we know, and records whom we know.
 
-    Called by the transport for every peer frame (``admit``) and by the peer actor when the
-    configuration changes (``set_members``) and for the ``identity`` op. The fast path (a
-    member we know, our founding) takes no lock and writes nothing.
+    Called by the transport for every peer frame (``admit``), by the peer actor when the
+    configuration in force changes (``set_members``) and for the ``identity`` op, and by the
+    state machine for every committed configuration and installed snapshot. The fast path
+    (a member we know, our founding) takes no lock and writes nothing.
+
+    A member's instance is forgotten, so that it may come back with a new directory, when a
+    committed configuration applied after we recorded it leaves it out, and when a snapshot
+    is installed past that point (the configurations it covers are not seen one by one).
     """
 
     def __init__(self, identity_file: IdentityFile, identity: DirectoryIdentity) -> None:
         self._file = identity_file
         self._identity = identity
         self._known: dict[str, str] = dict(identity.known)
+        self._since: dict[str, int] = dict(identity.known_since)
         self._members: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self.origin: tuple[str, str] = (identity.cluster_uuid, identity.instance)
-        self._logged: set[tuple[str, str, str]] = set()
+        self.applied_index: Callable[[], int] = lambda: 0
+        self._last_logged: dict[str, float] = {}  # reason -> when it was last logged
 
     @property
     def identity(self) -> DirectoryIdentity:
@@ -193,8 +240,12 @@ class IdentityGuard:
     def known(self, peer: str) -> str | None:
         return self._known.get(peer)
 
-    def admit(self, sender: str, origin: tuple[str, str]) -> str | None:
-        """Why a frame from ``sender`` with ``origin`` is refused, or None to accept it."""
+    def admit(
+        self, sender: str, origin: tuple[str, str], messages: Sequence[object] = ()
+    ) -> str | None:
+        """Why a frame from ``sender`` with ``origin`` is refused, or None to accept it.
+        ``messages`` (the frame's) are looked at only on the slow path: a joiner learns its
+        founding from a leader's message, not from anyone's hello."""
         their_uuid, their_instance = origin
         mine = self.origin[0]
         if their_uuid == mine and self._known.get(sender) == their_instance:
@@ -209,26 +260,42 @@ class IdentityGuard:
                 self._refuse(sender, REFUSED_REPLACED_PEER, their_instance, known)
                 return REFUSED_REPLACED_PEER
             changed = False
-            if their_uuid and not mine:  # a joiner learns its founding from its first member
+            if their_uuid and not mine and any(type(m) in _LEADER_MESSAGES for m in messages):
                 self.origin = (their_uuid, self.origin[1])
                 log.info("%s: joined founding %s (via %s)", self._identity.peer_id,
                          their_uuid[:8], sender)  # fmt: skip
                 changed = True
-            if known is None and sender in self._members:
+            # Only a frame of our own founding vouches for an instance (an unfounded peer's
+            # claim would let anyone lock a member out).
+            if known is None and sender in self._members and their_uuid and their_uuid == mine:
                 self._known[sender] = their_instance
+                self._since[sender] = self.applied_index()
                 changed = True
             if changed:
                 self._save()
         return None
 
-    def set_members(self, members: frozenset[str], settled: bool) -> None:
-        """The configuration in force. Once it is settled, members it left out are forgotten:
-        a peer removed and added back with a new directory is a new member, not a replaced
-        one."""
+    def set_members(self, members: frozenset[str]) -> None:
+        """The configuration in force (appended, maybe not committed): whom we record."""
+        self._members = members
+
+    def committed(self, config: Configuration, index: int) -> None:
+        """A committed configuration at ``index``: members it leaves out that we recorded
+        before it are forgotten (a peer removed and added back with a new directory is a
+        new member, not a replaced one)."""
+        if config.joint:
+            return
+        self._forget(lambda peer: peer not in config.members and self._since[peer] < index)
+
+    def snapshot_installed(self, meta: SnapshotMeta) -> None:
+        self._forget(lambda peer: self._since[peer] < meta.index)
+
+    def _forget(self, stale: Callable[[str], bool]) -> None:
         with self._lock:
-            self._members = members
-            if settled and any(peer not in members for peer in self._known):
-                self._known = {p: i for p, i in self._known.items() if p in members}
+            gone = [peer for peer in self._known if stale(peer)]
+            if gone:
+                for peer in gone:
+                    del self._known[peer], self._since[peer]
                 self._save()
 
     def founded(self, voters: Iterable[str]) -> None:
@@ -251,17 +318,19 @@ class IdentityGuard:
             self._identity,
             cluster_uuid=self.origin[0],
             founding=self._identity.founding if founding is None else founding,
+            founding_pending=self._identity.founding_pending or founding is not None,
             known=dict(self._known),
+            known_since=dict(self._since),
         )
         self._file.save(self._identity)
 
     def _refuse(self, sender: str, reason: str, theirs: str, ours: str) -> None:
-        key = (sender, reason, theirs)
-        if key in self._logged:
+        # Once per reason every few seconds: frames with made-up origins cannot flood the log
+        # (each refusal is counted by the transport anyway).
+        now = time.monotonic()
+        if now - self._last_logged.get(reason, -_REFUSAL_LOG_INTERVAL_S) < _REFUSAL_LOG_INTERVAL_S:
             return
-        if len(self._logged) > 1024:
-            self._logged.clear()
-        self._logged.add(key)
+        self._last_logged[reason] = now
         if reason == REFUSED_OTHER_FOUNDING:
             log.error(
                 "%s: refusing peer %s: it belongs to another founding of this cluster "

@@ -149,7 +149,7 @@ class PeerActor(LoopActor):
         self.members: frozenset[str] = frozenset()
         self.peers_key: tuple[Any, ...] = ()
         self.identity_guard = identity_guard
-        self.guard_key: tuple[Configuration, bool] | None = None
+        self.guard_config: Configuration | None = None
         self.role = node.role
         self.leader = node.leader
         self.leader_since: float | None = None  # wall clock, comparable across processes
@@ -514,11 +514,9 @@ class PeerActor(LoopActor):
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
         self._track_peers(drop=True)  # after the last word to a removed peer went out
-        if self.identity_guard is not None:
-            guard_key = (node.config, node.membership_stable)
-            if guard_key != self.guard_key:
-                self.guard_key = guard_key
-                self.identity_guard.set_members(node.config.members, guard_key[1])
+        if self.identity_guard is not None and node.config is not self.guard_config:
+            self.guard_config = node.config
+            self.identity_guard.set_members(node.config.members)
         if self.was_member and node.id not in node.config.members and node.membership_stable:
             log.warning("%s: removed from the cluster by %s; stopping", node.id, node.config)
             self.was_member = False

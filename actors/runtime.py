@@ -35,7 +35,7 @@ from zraft.storage import (
     SnapshotStore,
     StorageError,
 )
-from zraft.storage.identity import IdentityFile
+from zraft.storage.identity import DirectoryIdentity, IdentityFile
 from zraft.transport import CurveSettings, TransportError, ZmqTransport
 
 from .founding import (
@@ -151,12 +151,16 @@ class PeerRuntime:
         hard_state, _ = hard_state_file.load()
         latest = snapshots.latest()
         present = has_state(raft_log, hard_state, latest is not None)
-        guard = self._identity(IdentityFile(log_dir, fsync=s.fsync), state_present=present)
-        founding = guard.identity.founding
-        if founding and not present:  # also mends a crash between identity and log
-            hard_state = write_founding(raft_log, hard_state_file, founding)
-            log.info("%s founded cluster %r with voters %s", self.peer_id, s.cluster_id,
-                     ", ".join(founding))  # fmt: skip
+        identity_file = IdentityFile(log_dir, fsync=s.fsync)
+        identity = self._identity(identity_file, state_present=present)
+        if identity.founding_pending:
+            if not present:  # founding now, or mending a crash before its entry was durable
+                hard_state = write_founding(raft_log, hard_state_file, identity.founding)
+                log.info("%s founded cluster %r with voters %s", self.peer_id, s.cluster_id,
+                         ", ".join(identity.founding))  # fmt: skip
+            identity = replace(identity, founding_pending=False)
+            identity_file.save(identity)
+        guard = IdentityGuard(identity_file, identity)
         backend = load_backend(s.backend)()
         backend.init(self.peer_id)
         # The configuration comes from the log and the snapshots alone (the founding entry
@@ -168,6 +172,10 @@ class PeerRuntime:
             meta, path, extra = latest
             state.install(meta, Path(path), extra)
             raft_log.restore_to_snapshot(meta.index, meta.term)
+        # From now on (not for the recovered snapshot): configurations that commit and
+        # snapshots received tell the guard whom to forget.
+        state.on_config, state.on_snapshot = guard.committed, guard.snapshot_installed
+        guard.applied_index = lambda: state.applied_index
         entries = raft_log.entries(raft_log.first_index, raft_log.last_index + 1)
         node = Node(
             self.peer_id,
@@ -290,7 +298,9 @@ class PeerRuntime:
         if not s.log_thread:
             self._hosted = [log_ref]
 
-    def _identity(self, identity_file: IdentityFile, *, state_present: bool) -> IdentityGuard:
+    def _identity(
+        self, identity_file: IdentityFile, *, state_present: bool
+    ) -> DirectoryIdentity:
         """Check the directory is ours (or make it ours, founding if the settings say so)."""
         s = self.settings
         identity = open_identity(
@@ -303,7 +313,7 @@ class PeerRuntime:
         if may_found and self.peer_id in s.peers:
             fresh = new_identity(s.cluster_id, self.peer_id, s.peers)
             if identity is not None:  # a joiner that never heard from a cluster
-                fresh = replace(fresh, instance=identity.instance, known=identity.known)
+                fresh = replace(fresh, instance=identity.instance)
             refused = probe_before_founding(
                 s.cluster_id, self.peer_id, s.peers, fresh.cluster_uuid, _curve(s)
             )
@@ -314,7 +324,7 @@ class PeerRuntime:
         elif identity is None:
             identity = new_identity(s.cluster_id, self.peer_id)
             identity_file.save(identity)
-        return IdentityGuard(identity_file, identity)
+        return identity
 
     def stop(self) -> None:
         if self.stopped.is_set():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -116,6 +117,10 @@ class ReplicatedState:
     ) -> None:
         self.backend = backend
         self.config = initial_config
+        # Told every committed configuration as it is applied (with its index), and every
+        # snapshot installed: the identity guard forgets the members they left out.
+        self.on_config: Callable[[Configuration, int], None] = _ignore
+        self.on_snapshot: Callable[[SnapshotMeta], None] = _ignore
         self.applied_index = 0
         self.applied_term = 0
         self.max_clients = max_clients
@@ -151,6 +156,7 @@ class ReplicatedState:
         index, term, kind, data = entry
         if kind is EntryKind.CONFIG:
             self.config = data
+            self.on_config(data, index)
             return _new(Applied, (index, term, None, _NO_KEYS, None, 0))
         if kind is EntryKind.NOOP:
             return _new(Applied, (index, term, None, _NO_KEYS, None, 0))
@@ -279,6 +285,11 @@ class ReplicatedState:
             self._sessions = sessions
         self.config = meta.config
         self.applied_index, self.applied_term = meta.index, meta.term
+        self.on_snapshot(meta)
+
+
+def _ignore(*_: Any) -> None:
+    pass
 
 
 def _parse_tables(raw: Any) -> OrderedDict[str, _ClientRecord]:

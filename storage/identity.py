@@ -47,7 +47,11 @@ class DirectoryIdentity:
     instance: str
     cluster_uuid: str = ""  # "" until founded here or learned from a member
     founding: tuple[str, ...] = ()  # the voters this peer founded with; () for a joiner
+    founding_pending: bool = False  # founding recorded, its log entry not yet durable
     known: dict[str, str] = field(default_factory=dict)  # member -> its instance
+    # member -> the applied index when its instance was recorded: a committed configuration
+    # after that which leaves the member out makes it forgettable (see IdentityGuard).
+    known_since: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,7 +61,9 @@ class DirectoryIdentity:
             "instance": self.instance,
             "cluster_uuid": self.cluster_uuid,
             "founding": list(self.founding),
+            "founding_pending": self.founding_pending,
             "known": dict(sorted(self.known.items())),
+            "known_since": dict(sorted(self.known_since.items())),
         }
 
     @staticmethod
@@ -80,13 +86,23 @@ class DirectoryIdentity:
             isinstance(k, str) and isinstance(v, str) for k, v in known.items()
         ):
             raise ValueError("known must map peer ids to instance ids")
+        since = raw.get("known_since", {})
+        if not isinstance(since, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in since.items()
+        ):
+            raise ValueError("known_since must map peer ids to log indexes")
+        pending = raw.get("founding_pending", False)
+        if type(pending) is not bool:
+            raise ValueError("founding_pending must be true or false")
         return DirectoryIdentity(
             raw["cluster_id"],
             raw["peer_id"],
             raw["instance"],
             raw["cluster_uuid"],
             tuple(founding),
+            pending,
             dict(known),
+            {peer: since.get(peer, 0) for peer in known},
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from zraft.actors.founding import (
     open_identity,
     write_founding,
 )
-from zraft.core import Configuration, EntryKind, HardState, Heartbeat
+from zraft.core import Configuration, EntryKind, HardState, Heartbeat, SnapshotMeta
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import CorruptIdentityError, DirectoryIdentity, IdentityFile
 from zraft.transport import (
@@ -59,12 +60,31 @@ def test_open_identity_refuses_another_cluster_another_peer_and_unlabelled_state
     assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=False) is None
     with pytest.raises(DirectoryRefused, match="no identity.json"):
         open_identity(file, cluster_id="zraft", peer_id=A, state_present=True)
-    file.save(new_identity("zraft", A, [A]))
+    pending = new_identity("zraft", A, [A])
+    file.save(pending)  # founding recorded, entry not durable yet: mended at the next start
+    assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=False) == pending
     with pytest.raises(DirectoryRefused, match="belongs to cluster 'zraft', not 'other'"):
         open_identity(file, cluster_id="other", peer_id=A, state_present=True)
     with pytest.raises(DirectoryRefused, match=f"belongs to peer {A}, not {B}"):
         open_identity(file, cluster_id="zraft", peer_id=B, state_present=True)
     assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=True) is not None
+
+
+def test_an_identity_whose_raft_state_was_deleted_is_refused(tmp_path: Path) -> None:
+    """Log, hard state and snapshots removed, identity.json kept: the peer's votes and log
+    are gone, as if wiped, though its instance is the same."""
+    file = IdentityFile(tmp_path)
+    founded = replace(new_identity("zraft", A, [A, B]), founding_pending=False)
+    file.save(founded)
+    with pytest.raises(DirectoryRefused, match="Raft state is gone"):
+        open_identity(file, cluster_id="zraft", peer_id=A, state_present=False)
+    joined = replace(new_identity("zraft", C), cluster_uuid="u", known={A: "a1"})
+    file.save(joined)
+    with pytest.raises(DirectoryRefused, match="Raft state is gone"):
+        open_identity(file, cluster_id="zraft", peer_id=C, state_present=False)
+    # A joiner that only learned its founding, and crashed before storing anything, is fine.
+    file.save(replace(joined, known={}))
+    assert open_identity(file, cluster_id="zraft", peer_id=C, state_present=False) is not None
 
 
 def test_the_founding_entry_is_durable_and_written_again_after_a_crash(tmp_path: Path) -> None:
@@ -83,41 +103,56 @@ def guard(tmp_path: Path, identity: DirectoryIdentity) -> tuple[IdentityGuard, I
     return IdentityGuard(file, identity), file
 
 
+BEAT = (Heartbeat(2, A, C, 0, 0),)  # what a leader sends
+
+
 def test_the_guard_refuses_another_founding_and_a_replaced_member(tmp_path: Path) -> None:
     g, file = guard(tmp_path, new_identity("zraft", A, [A, B, C]))
     ours = g.cluster_uuid
-    g.set_members(frozenset({A, B, C}), settled=True)
+    g.set_members(frozenset({A, B, C}))
     assert g.admit(B, (ours, "b1")) is None
     assert g.admit(B, (ours, "b1")) is None
     assert file.load().known == {B: "b1"}  # type: ignore[union-attr]
     assert g.admit(B, (ours, "b2")) == REFUSED_REPLACED_PEER
     assert g.admit(C, (founding_uuid("zraft", [C]), "c1")) == REFUSED_OTHER_FOUNDING
-    assert g.admit(C, ("", "c1")) is None  # a joiner not founded yet: only its instance counts
+    assert g.admit(C, ("", "c1")) is None  # a peer not founded yet: admitted...
+    assert g.known(C) is None  # ...but its word does not record an instance
     assert g.describe(B) == {"cluster_uuid": ours, "instance": g.identity.instance, "known": "b1"}
 
 
-def test_strangers_are_not_recorded_and_a_settled_removal_forgets(tmp_path: Path) -> None:
+def test_strangers_are_not_recorded_and_a_committed_removal_forgets(tmp_path: Path) -> None:
     g, file = guard(tmp_path, new_identity("zraft", A, [A, B, C]))
     ours = g.cluster_uuid
-    g.set_members(frozenset({A, B}), settled=False)
+    applied = [10]
+    g.applied_index = lambda: applied[0]
+    g.set_members(frozenset({A, B}))
     assert g.admit(C, (ours, "c1")) is None and g.known(C) is None  # not a member: no record
-    g.set_members(frozenset({A, B, C}), settled=False)
+    g.set_members(frozenset({A, B, C}))
     g.admit(C, (ours, "c1"))
     assert g.known(C) == "c1"
-    g.set_members(frozenset({A, B}), settled=False)  # a removal under way: remembered
+    g.committed(Configuration(frozenset({A, B}), frozenset({A, B, C})), 12)  # joint: not yet
     assert g.admit(C, (ours, "c2")) == REFUSED_REPLACED_PEER
-    g.set_members(frozenset({A, B}), settled=True)  # committed: c may come back anew
+    g.committed(Configuration.of([A, B]), 9)  # an older configuration, replayed: no effect
+    assert g.known(C) == "c1"
+    g.committed(Configuration.of([A, B]), 13)  # committed after we knew it: c may come back
     assert g.known(C) is None and C not in file.load().known  # type: ignore[union-attr]
-    g.set_members(frozenset({A, B, C}), settled=False)
+    applied[0] = 20
     assert g.admit(C, (ours, "c2")) is None and g.known(C) == "c2"
+    assert file.load().known_since == {C: 20}  # type: ignore[union-attr]
+    g.snapshot_installed(SnapshotMeta(15, 2, Configuration.of([A, B, C])))
+    assert g.known(C) == "c2"  # recorded after the snapshot's point
+    g.snapshot_installed(SnapshotMeta(25, 2, Configuration.of([A, B, C])))
+    assert g.known(C) is None  # a removal and re-adding may hide inside it
 
 
-def test_a_joiner_learns_its_founding_once_and_durably(tmp_path: Path) -> None:
+def test_a_joiner_learns_its_founding_from_a_leader_once_and_durably(tmp_path: Path) -> None:
     g, file = guard(tmp_path, new_identity("zraft", C))
     first = founding_uuid("zraft", [A, B])
-    assert g.admit(A, (first, "a1")) is None
+    assert g.admit(B, (founding_uuid("zraft", [B]), "b1")) is None  # a hello: learns nothing
+    assert g.cluster_uuid == ""
+    assert g.admit(A, (first, "a1"), BEAT) is None
     assert g.cluster_uuid == first and file.load().cluster_uuid == first  # type: ignore[union-attr]
-    assert g.admit(B, (founding_uuid("zraft", [B]), "b1")) == REFUSED_OTHER_FOUNDING
+    assert g.admit(B, (founding_uuid("zraft", [B]), "b1"), BEAT) == REFUSED_OTHER_FOUNDING
 
 
 def test_bootstrap_founding_records_the_voters(tmp_path: Path) -> None:

@@ -360,7 +360,7 @@ class _Origins:
         self.origin = origin
         self.known = known
 
-    def admit(self, sender: str, origin: tuple[str, str]) -> str | None:
+    def admit(self, sender: str, origin: tuple[str, str], messages: object = ()) -> str | None:
         if origin[0] != self.origin[0]:
             return "other-founding"
         return None if self.known.get(sender) == origin[1] else "replaced-peer"

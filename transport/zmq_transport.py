@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,8 +95,8 @@ class OriginCheck(Protocol):
 
     origin: Origin
 
-    def admit(self, sender: str, origin: Origin) -> str | None:
-        """Why the frame is refused (a short stable reason), or None."""
+    def admit(self, sender: str, origin: Origin, messages: Sequence[WireMessage]) -> str | None:
+        """Why the frame (its ``messages``) is refused (a short stable reason), or None."""
         ...
 
 
@@ -823,7 +823,7 @@ class ZmqTransport:
                 self._reject(counts, "unauthenticated-peer", routing_id)
                 continue
             if check is not None and decoded.origin is not None:
-                refused = check.admit(decoded.sender, decoded.origin)
+                refused = check.admit(decoded.sender, decoded.origin, decoded.messages)
                 if refused is not None:
                     self._reject(counts, refused, routing_id)
                     continue
