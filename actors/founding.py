@@ -32,13 +32,16 @@ from typing import Any
 
 from zraft.core import (
     AppendEntries,
+    AppendResponse,
     Configuration,
     Entry,
     EntryKind,
     HardState,
     Heartbeat,
+    HeartbeatResponse,
     InstallSnapshot,
     SnapshotMeta,
+    VoteResponse,
 )
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import DirectoryIdentity, IdentityFile
@@ -48,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # What only a leader sends: a joiner takes its founding from the first of these.
 _LEADER_MESSAGES = frozenset({AppendEntries, Heartbeat, InstallSnapshot})
+# What a peer promises: a vote, or that it holds entries. Only these (and hellos) are
+# refused from a member whose directory changed.
+_PROMISES = frozenset({VoteResponse, AppendResponse, HeartbeatResponse})
 
 # How long a founding peer waits for each listed peer's answer before founding anyway (its
 # fellow founders may not have started yet).
@@ -257,6 +263,12 @@ class IdentityGuard:
                 return REFUSED_OTHER_FOUNDING
             known = self._known.get(sender)
             if known is not None and known != their_instance:
+                # What a wiped member lost is its promises: its votes and its acknowledgements
+                # are refused. What it says as a candidate or leader is safe to hear (votes
+                # go by the log, not by who asks), and a follower that missed its removal
+                # and return must hear it to catch up and learn that it may forget it.
+                if messages and not any(type(m) in _PROMISES for m in messages):
+                    return None
                 self._refuse(sender, REFUSED_REPLACED_PEER, their_instance, known)
                 return REFUSED_REPLACED_PEER
             changed = False

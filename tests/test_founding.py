@@ -18,7 +18,15 @@ from zraft.actors.founding import (
     open_identity,
     write_founding,
 )
-from zraft.core import Configuration, EntryKind, HardState, Heartbeat, SnapshotMeta
+from zraft.core import (
+    AppendResponse,
+    Configuration,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    SnapshotMeta,
+    VoteResponse,
+)
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import CorruptIdentityError, DirectoryIdentity, IdentityFile
 from zraft.transport import (
@@ -113,7 +121,13 @@ def test_the_guard_refuses_another_founding_and_a_replaced_member(tmp_path: Path
     assert g.admit(B, (ours, "b1")) is None
     assert g.admit(B, (ours, "b1")) is None
     assert file.load().known == {B: "b1"}  # type: ignore[union-attr]
-    assert g.admit(B, (ours, "b2")) == REFUSED_REPLACED_PEER
+    assert g.admit(B, (ours, "b2")) == REFUSED_REPLACED_PEER  # its hello
+    # Its promises (a vote, an acknowledgement) are refused; what it says as a candidate or
+    # leader is heard (votes go by the log), and records nothing.
+    assert g.admit(B, (ours, "b2"), (VoteResponse(3, B, A, True),)) == REFUSED_REPLACED_PEER
+    assert g.admit(B, (ours, "b2"), (AppendResponse(3, B, A, True, 5),)) == REFUSED_REPLACED_PEER
+    assert g.admit(B, (ours, "b2"), (Heartbeat(3, B, A, 5, 1),)) is None
+    assert g.known(B) == "b1"
     assert g.admit(C, (founding_uuid("zraft", [C]), "c1")) == REFUSED_OTHER_FOUNDING
     assert g.admit(C, ("", "c1")) is None  # a peer not founded yet: admitted...
     assert g.known(C) is None  # ...but its word does not record an instance

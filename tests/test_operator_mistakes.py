@@ -9,6 +9,7 @@ fails the test if two peers ever claim leadership of the same term.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,3 +287,40 @@ def test_two_peers_given_the_same_id(tmp_path: Path) -> None:
             twin.close()
         assert agreed_value(cluster, "x") == {"found": True, "value": "v1"}
         assert all(cluster.alive(p) for p in (a, b, c))
+
+
+@pytest.mark.timeout(180)
+def test_a_follower_that_missed_a_removal_accepts_the_peer_added_back(tmp_path: Path) -> None:
+    """P is removed, wiped and added back while C is down: C, catching up, must forget P's
+    old directory when it applies the removal, not refuse the new one forever (it would
+    then never follow P as leader)."""
+    with watched_cluster(tmp_path, 4) as (cluster, _):
+        a, b, c, p = cluster.peers
+        cluster.start()
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", 1))
+        cluster.wait_for(
+            lambda: p in json.loads((cluster.data_dir(c) / "identity.json").read_text())["known"],
+            10,
+            "c to know p's directory",
+        )
+        cluster.stop_peer(c)
+        with session(cluster, [a, b, p]) as s:
+            s.remove(p, timeout=20)
+            cluster.kill(p)
+            cluster.wipe(p)
+            cluster.start_peer(p, members=[])
+            s.add_learner(p, timeout=20)
+            s.promote(p, timeout=30)
+            for i in range(10):
+                s.write(kv.put(f"k{i}", i))
+        cluster.start_peer(c)
+        with session(cluster) as s:
+            s.write(kv.put("back", 1))
+            s.transfer_leadership(p, timeout=20)
+            s.write(kv.put("under-p", 1))
+        assert settled_query(cluster, c, "under-p") == {"found": True, "value": 1}
+        status = cluster.status(c)
+        assert status is not None
+        assert status["metrics"].get("transport_rejected_replaced-peer", 0) == 0
