@@ -89,8 +89,11 @@ def serving(data_dir: Path, *extra: str, **kwargs: object) -> Iterator[Serve]:
 
 @contextmanager
 def listening(port: int) -> Iterator[socket.socket]:
-    """Something else listening on ``port`` of 127.0.0.1."""
+    """Something else listening on ``port`` of 127.0.0.1. With SO_REUSEADDR, as zmq binds
+    (and so a restarted peer): connections the peer closed may linger in TIME_WAIT on its
+    port, but a socket still listening there makes the bind fail all the same."""
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
         sock.listen()
