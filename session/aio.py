@@ -25,7 +25,6 @@ from zraft.transport import (
     ChannelClosed,
     ClientReply,
     CurveSettings,
-    NotSent,
     TransportError,
     TransportTimeout,
 )
@@ -56,7 +55,6 @@ from .requests import (
     membership_payload,
     peers_from_status,
     pick_peer,
-    results_limit,
     retrying_kwargs,
     settle_pause,
 )
@@ -307,26 +305,15 @@ class AsyncLightSession(SessionCore):
         acked = self._acks.acked() if seq else 0
         try:
             reply = await self._send(peer, op, payload, per_try, seq, acked)
-        except NotSent as error:  # it never left: nothing to learn about the write
-            if not error.queue_full:  # a full queue is back-pressure, not a failed peer
-                self.tracker.failed(peer)
-            raise TryAgain(f"{peer}: {error}") from None
-        except TransportTimeout as error:
-            if state is not None:
-                state.maybe_applied = True  # sent, unanswered: it may be in the log
-            self.tracker.failed(peer)
-            raise TryAgain(f"{peer}: {error}") from None
+        except TransportTimeout as error:  # NotSent included
+            raise self._send_failed(peer, error, state) from None
         except SessionClosed:
             if state is not None:
                 state.maybe_applied = True  # closed while it was out
             raise
-        if state is not None and reply.error == "retry":
-            state.maybe_applied = True  # proposed, then overtaken: it may still commit
-        elif reply.error == "too_far_ahead":
-            limit = results_limit(reply)
-            self._acks.learn_limit(limit)
-            if limit is not None and limit < self._window:
-                self._window = limit  # hold later writes back to the leader's limit
+        limit = self._replied(reply, state)
+        if limit is not None and limit < self._window:
+            self._window = limit  # hold later writes back to the leader's limit
         return interpret(self.tracker, peer, reply)
 
     async def _send(

@@ -27,7 +27,6 @@ from zraft.transport import (
     ClientChannel,
     ClientReply,
     CurveSettings,
-    NotSent,
     TransportError,
     TransportTimeout,
 )
@@ -55,7 +54,6 @@ from .requests import (
     membership_payload,
     peers_from_status,
     pick_peer,
-    results_limit,
     retrying_kwargs,
     settle_pause,
 )
@@ -297,22 +295,13 @@ class LightSession(SessionCore):
         acked = self._acks.acked() if seq else 0
         try:
             reply = self._send(peer, op, payload, per_try, seq, acked)
-        except NotSent as error:  # it never left: nothing to learn about the write
-            self.tracker.failed(peer)
-            raise TryAgain(f"{peer}: {error}") from None
-        except TransportTimeout as error:
-            if state is not None:
-                state.maybe_applied = True  # sent, unanswered: it may be in the log
-            self.tracker.failed(peer)
-            raise TryAgain(f"{peer}: {error}") from None
+        except TransportTimeout as error:  # NotSent included
+            raise self._send_failed(peer, error, state) from None
         except SessionClosed:
             if state is not None:
                 state.maybe_applied = True  # closed while it was out
             raise
-        if state is not None and reply.error == "retry":
-            state.maybe_applied = True  # proposed, then overtaken: it may still commit
-        elif reply.error == "too_far_ahead":
-            self._acks.learn_limit(results_limit(reply))  # pins give way sooner
+        self._replied(reply, state)
         result = interpret(self.tracker, peer, reply)
         self._last_index = reply.index
         return result

@@ -18,7 +18,7 @@ from typing import Any
 import tenacity
 
 from zraft.core import Configuration
-from zraft.transport import ClientReply, ClientRequest
+from zraft.transport import ClientReply, ClientRequest, NotSent, TransportError
 
 from .errors import (
     AllPeersFailed,
@@ -249,6 +249,30 @@ class SessionCore:
     def leader(self) -> str:
         """The peer this session believes leads (confirmed by the last successful call)."""
         return self.tracker.leader
+
+    def _send_failed(self, peer: str, error: TransportError, state: CallState | None) -> TryAgain:
+        """What a failed send says, for the sync and asyncio attempts alike: one that never
+        left tells nothing about the write (and a full send queue nothing about the peer);
+        one sent and unanswered may be in the log."""
+        if isinstance(error, NotSent):
+            if not error.queue_full:
+                self.tracker.failed(peer)
+        else:
+            if state is not None:
+                state.maybe_applied = True
+            self.tracker.failed(peer)
+        return TryAgain(f"{peer}: {error}")
+
+    def _replied(self, reply: ClientReply, state: CallState | None) -> int | None:
+        """Note what a reply says about the write; the leader's results limit if it named
+        one (a ``too_far_ahead`` refusal)."""
+        if state is not None and reply.error == "retry":
+            state.maybe_applied = True  # proposed, then overtaken: it may still commit
+        elif reply.error == "too_far_ahead":
+            limit = results_limit(reply)
+            self._acks.learn_limit(limit)  # pins give way sooner
+            return limit
+        return None
 
     def _request(self, op: str, payload: Any, seq: int, acked: int) -> ClientRequest:
         """The next request of this session (a fresh request id)."""
