@@ -25,6 +25,7 @@ from zraft.transport import (
     ChannelClosed,
     ClientReply,
     CurveSettings,
+    NotSent,
     TransportError,
     TransportTimeout,
 )
@@ -89,6 +90,9 @@ class AsyncLightSession(SessionCore):
         self._held: list[tuple[int, int, asyncio.Future[None]]] = []
         self._held_order = itertools.count()
         self._held_timer: asyncio.TimerHandle | None = None
+        # When each peer last answered: a timeout from a peer that answered others since is
+        # load, not failure.
+        self._answered_at: dict[str, float] = {}
         self.tracker = LeaderTracker(peers, self.fail_timeout, election_timeout)
 
     @classmethod
@@ -300,17 +304,26 @@ class AsyncLightSession(SessionCore):
         self, op: str, payload: Any, deadline: float, seq: int, state: CallState | None
     ) -> Any:
         peer = pick_peer(self.tracker)
-        per_try = self._try_timeout(deadline - asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        per_try = self._try_timeout(deadline - sent_at)
         # Every attempt carries the acknowledgements as they are now (they may have grown).
         acked = self._acks.acked() if seq else 0
         try:
             reply = await self._send(peer, op, payload, per_try, seq, acked)
         except TransportTimeout as error:  # NotSent included
+            if not isinstance(error, NotSent) and self._answered_at.get(peer, -1.0) > sent_at:
+                # It answered others since this went out: slow under load, not failed (with
+                # thousands in flight, marking it failed sends them all elsewhere).
+                if state is not None:
+                    state.maybe_applied = True
+                raise TryAgain(f"{peer}: {error}") from None
             raise self._send_failed(peer, error, state) from None
         except SessionClosed:
             if state is not None:
                 state.maybe_applied = True  # closed while it was out
             raise
+        self._answered_at[peer] = loop.time()
         limit = self._replied(reply, state)
         if limit is not None and limit < self._window:
             self._window = limit  # hold later writes back to the leader's limit
