@@ -68,6 +68,14 @@ def watched_cluster(tmp_path: Path, size: int) -> Iterator[tuple[LocalCluster, L
         assert not watch.split_terms(), f"two leaders in one term: {watch.split_terms()}"
 
 
+def start_with_x(cluster: LocalCluster) -> None:
+    """Every peer started, a leader elected, and ``x = v1`` acknowledged."""
+    cluster.start()
+    cluster.wait_for_leader()
+    with session(cluster) as s:
+        s.write(kv.put("x", "v1"))
+
+
 def session(cluster: LocalCluster, peers: list[str] | None = None) -> LightSession:
     return LightSession(peers or cluster.peers, cluster_id=cluster.cluster_id, timeout=10)
 
@@ -125,10 +133,7 @@ def test_restart_with_a_different_peers_list_cannot_split_the_cluster(tmp_path: 
     """The reproduction: A restarted alone with ``--peers A`` must not lead alone."""
     with watched_cluster(tmp_path, 3) as (cluster, _):
         a, b, c = cluster.peers
-        cluster.start()
-        cluster.wait_for_leader()
-        with session(cluster) as s:
-            s.write(kv.put("x", "v1"))
+        start_with_x(cluster)
         for peer in (a, b, c):
             cluster.stop_peer(peer)
 
@@ -152,10 +157,7 @@ def test_restart_with_a_different_peers_list_cannot_split_the_cluster(tmp_path: 
 @pytest.mark.timeout(180)
 def test_restart_with_no_peers_keeps_the_configuration_of_the_log(tmp_path: Path) -> None:
     with watched_cluster(tmp_path, 3) as (cluster, _):
-        cluster.start()
-        cluster.wait_for_leader()
-        with session(cluster) as s:
-            s.write(kv.put("x", "v1"))
+        start_with_x(cluster)
         for peer in cluster.peers:
             cluster.stop_peer(peer)
         for peer in cluster.peers:
@@ -174,10 +176,7 @@ def test_restart_with_no_peers_keeps_the_configuration_of_the_log(tmp_path: Path
 def test_a_directory_of_another_cluster_or_peer_is_refused(tmp_path: Path, mistake: str) -> None:
     with watched_cluster(tmp_path, 3) as (cluster, _):
         a, b, _c = cluster.peers
-        cluster.start()
-        cluster.wait_for_leader()
-        with session(cluster) as s:
-            s.write(kv.put("x", "v1"))
+        start_with_x(cluster)
         cluster.stop_peer(a)
         if mistake == "cluster-id":
             cluster.peer_args[a] = ["--cluster-id", "another"]
@@ -270,10 +269,7 @@ def test_two_peers_given_the_same_id(tmp_path: Path) -> None:
     whether it is told to found or to join."""
     with watched_cluster(tmp_path, 3) as (cluster, _):
         a, b, c = cluster.peers
-        cluster.start()
-        cluster.wait_for_leader()
-        with session(cluster) as s:
-            s.write(kv.put("x", "v1"))
+        start_with_x(cluster)
         twin = LocalCluster(0, tmp_path / "twin", cluster_id=cluster.cluster_id)
         twin.peers = list(cluster.peers)
         try:
