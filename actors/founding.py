@@ -5,7 +5,9 @@ The rule (docs/configuration.md, "what `peers` means"):
 * A directory holding no state founds the cluster if the settings list this peer among
   ``peers``: its first log entry (index 1, term 1, committed) is the configuration of those
   voters, written durably before the peer answers anything. Founders given the same list
-  write the same entry, so their logs agree from the start.
+  write the same entry, so their logs agree from the start. It founds only once every other
+  founder has answered (``await_founders``), none knowing it from an earlier directory, and
+  it records the instance each answered with.
 * A directory holding no state whose peer is not among ``peers`` (or with no ``peers``)
   joins: it waits, empty, until a leader adds it.
 * A directory holding state never founds again: its configuration comes from its log and
@@ -21,13 +23,14 @@ directory was replaced since we first heard from it, is refused and counted.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zraft.core import (
@@ -45,7 +48,14 @@ from zraft.core import (
 )
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import DirectoryIdentity, IdentityFile
-from zraft.transport import ClientChannel, ClientRequest, CurveSettings, TransportError
+from zraft.transport import (
+    ClientChannel,
+    ClientReply,
+    ClientRequest,
+    CurveSettings,
+    TransportError,
+    ZmqTransport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +65,12 @@ _LEADER_MESSAGES = frozenset({AppendEntries, Heartbeat, InstallSnapshot})
 # refused from a member whose directory changed.
 _PROMISES = frozenset({VoteResponse, AppendResponse, HeartbeatResponse})
 
-# How long a founding peer waits for each listed peer's answer before founding anyway (its
-# fellow founders may not have started yet).
+# How long a founding peer waits for each listed peer's answer in one round of probes, the
+# pause between rounds, and how often it repeats whom it is still waiting for.
 PROBE_TIMEOUT_S = 1.0
+_PROBE_ATTEMPT_S = 0.25
+_PROBE_PAUSE_S = 0.2
+_WAIT_LOG_INTERVAL_S = 30.0
 
 _REFUSAL_LOG_INTERVAL_S = 10.0
 REFUSED_OTHER_FOUNDING = "other-founding"
@@ -112,8 +125,10 @@ def open_identity(
         raise DirectoryRefused(
             f"{where} belongs to peer {identity.peer_id}, not {peer_id} (the --peer-id given)"
         )
-    founded = identity.founding and not identity.founding_pending
-    if not state_present and (founded or identity.known):
+    # Known members but no state: the state was deleted (a founding still pending knows the
+    # other founders already, and writes its entry next).
+    pending = identity.founding_pending
+    if not state_present and not pending and (identity.founding or identity.known):
         raise DirectoryRefused(
             f"{where} belongs to peer {peer_id} of cluster {cluster_id!r}, but its Raft state "
             "is gone (deleted?): its votes and log are lost. Remove the peer from the "
@@ -148,33 +163,104 @@ def write_founding(
     return hard_state
 
 
-def probe_before_founding(
+@dataclass(frozen=True)
+class FoundingVerdict:
+    """What the answers of the other founders say: refuse (why), wait (for whom), or found
+    (recording the instance each of them answered with)."""
+
+    refused: str | None = None
+    waiting_for: tuple[str, ...] = ()
+    instances: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return self.refused is None and not self.waiting_for
+
+
+def judge_founding(
     cluster_id: str,
     peer_id: str,
+    instance: str,
+    voters: Iterable[str],
+    founding: str,
+    answers: Mapping[str, dict[str, Any] | None],
+) -> FoundingVerdict:
+    """Whether a pristine peer may found, from every other founder's answer (None: silent).
+
+    Founding waits until every other founder has answered, once: only a peer that ran with
+    us can say that this empty directory is a wiped one, and any of them may be the only one
+    that does (the others down, or never started while we ran). Each answer records the
+    other's instance, so that from the founding on every founder knows every other's
+    directory, and a founder wiped later is recognised by all of them. A founder that
+    founded already and knows this directory by its current instance heard all the others
+    at its founding, on our behalf too: we found at once.
+    """
+    waiting: list[str] = []
+    instances: dict[str, str] = {}
+    counted = False  # a founder that founded already counted this directory as a founder's
+    for peer, answer in sorted(answers.items()):
+        if answer is None:
+            waiting.append(peer)
+            continue
+        if "unsure" in answer:
+            waiting.append(peer)
+            continue
+        known = answer.get("known")
+        if isinstance(known, str) and known and known != instance:
+            return FoundingVerdict(
+                refused=f"this data directory is empty, but peer {peer} knows {peer_id} from "
+                f"an earlier one (instance {known[:8]}): it was wiped or replaced and its "
+                f"votes and log are lost. Remove {peer_id} from the cluster, then start it "
+                "without --peers and add it back"
+            )
+        theirs = answer.get("cluster_uuid") or answer.get("would_found")
+        if isinstance(theirs, str) and theirs and theirs != founding:
+            what = "already runs" if answer.get("cluster_uuid") else "would found"
+            return FoundingVerdict(
+                refused=f"peer {peer} {what} a founding of cluster {cluster_id!r} with other "
+                f"peers than {sorted(set(voters))}: give every founder the same --peers, or "
+                "to join a running cluster start without --peers and use `zraft members add`"
+            )
+        counted = counted or known == instance
+        theirs_instance = answer.get("instance")
+        if isinstance(theirs_instance, str) and theirs_instance:
+            instances[peer] = theirs_instance
+    if counted:
+        # It founded with this very directory's answer: every founder answered it then, so
+        # the ones silent now need not be heard again (they may be down for good).
+        waiting = []
+    return FoundingVerdict(waiting_for=tuple(waiting), instances=instances)
+
+
+def ask_founders(
+    cluster_id: str,
+    peer_id: str,
+    instance: str,
     voters: Iterable[str],
     founding: str,
     curve: CurveSettings | None = None,
-) -> str | None:
-    """Ask the other listed peers whether founding here would be a mistake; returns why, or
-    None. Founding is wrong when a listed peer knows this peer from an earlier data
-    directory (this one was wiped: its votes and log are gone) or runs another founding.
-    Peers that do not answer in time are taken to be fellow founders still starting."""
+) -> dict[str, dict[str, Any] | None]:
+    """Every other listed peer's ``identity`` answer (None if it is not up). A peer that
+    answers without saying (shedding load, say) is asked again until the probe's time is
+    up, then reported as unsure."""
     others = sorted(set(voters) - {peer_id})
+    question = {"peer": peer_id, "instance": instance, "founding": founding}
 
     def ask(peer: str) -> dict[str, Any] | None:
-        """Its answer; None if it is not up. A peer that answers without saying (shedding
-        load, say) is asked again, and if it never says, that blocks founding: only a
-        silent peer may be a fellow founder still starting."""
         deadline = time.monotonic() + PROBE_TIMEOUT_S
         error = None
         with ClientChannel(cluster_id, f"founding-probe-{peer_id}", curve) as channel:
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    reply = channel.request(
-                        peer, ClientRequest(1, "identity", {"peer": peer_id}), left
-                    )
-                except TransportError:
+            for attempt in itertools.count(1):
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
+                request = ClientRequest(attempt, "identity", question)
+                try:
+                    # Short attempts: a request that reached a founder's responder just as it
+                    # closed is lost; the next reaches the peer it became.
+                    reply = channel.request(peer, request, min(left, _PROBE_ATTEMPT_S))
+                except TransportError:
+                    continue
                 if reply.ok and isinstance(reply.result, dict):
                     return reply.result
                 error = reply.error or "no answer"
@@ -182,33 +268,101 @@ def probe_before_founding(
         return None if error is None else {"unsure": error}
 
     if not others:
-        return None
+        return {}
     with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
-        answers = list(zip(others, pool.map(ask, others), strict=True))
-    for peer, answer in answers:
-        if answer is None:
-            continue
-        if "unsure" in answer:
-            return (
-                f"peer {peer} answers but could not say whether it knows {peer_id} "
-                f"({answer['unsure']}); try again"
-            )
-        known = answer.get("known")
-        if isinstance(known, str) and known:
-            return (
-                f"this data directory is empty, but peer {peer} knows {peer_id} from an "
-                f"earlier one (instance {known[:8]}): it was wiped or replaced and its votes "
-                f"and log are lost. Remove {peer_id} from the cluster, then start it without "
-                "--peers and add it back"
-            )
-        theirs = answer.get("cluster_uuid")
-        if isinstance(theirs, str) and theirs and theirs != founding:
-            return (
-                f"peer {peer} already runs a founding of cluster {cluster_id!r} with other "
-                f"peers than {sorted(voters)}: to join it, start without --peers and add "
-                "this peer with `zraft members add`"
-            )
-    return None
+        return dict(zip(others, pool.map(ask, others), strict=True))
+
+
+def await_founders(
+    cluster_id: str,
+    peer_id: str,
+    instance: str,
+    voters: Iterable[str],
+    founding: str,
+    *,
+    listen_host: str,
+    curve: CurveSettings | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, str]:
+    """Wait until this pristine peer may found; the other founders' instances.
+
+    Meanwhile the peer answers the others' probes on its own address (``FounderResponder``),
+    so founders started together find each other at once. Raises ``DirectoryRefused`` when
+    founding here would be a mistake; waits (logging whom for) while a founder is silent.
+    A signal ends the wait like any other start-up step.
+    """
+    voters = tuple(sorted(set(voters)))
+    responder = FounderResponder(cluster_id, peer_id, instance, founding, listen_host, curve)
+    waited_for: tuple[str, ...] = ()
+    next_log = 0.0
+    with responder:
+        while True:
+            answers = ask_founders(cluster_id, peer_id, instance, voters, founding, curve)
+            verdict = judge_founding(cluster_id, peer_id, instance, voters, founding, answers)
+            if verdict.refused is not None:
+                raise DirectoryRefused(f"{peer_id} will not found a cluster: {verdict.refused}")
+            if verdict.found:
+                return dict(verdict.instances)
+            now = time.monotonic()
+            if verdict.waiting_for != waited_for or now >= next_log:
+                waited_for, next_log = verdict.waiting_for, now + _WAIT_LOG_INTERVAL_S
+                log.warning(
+                    "%s: waiting for %s to answer before founding cluster %r: every founder "
+                    "must be up once, so that a wiped peer can never found again",
+                    peer_id, ", ".join(verdict.waiting_for), cluster_id,
+                )  # fmt: skip
+            if stop is None:
+                time.sleep(_PROBE_PAUSE_S)
+            elif stop.wait(_PROBE_PAUSE_S):
+                raise DirectoryRefused(f"{peer_id} stopped while waiting to found")
+
+
+class FounderResponder:
+    """Answers ``identity`` on a pristine founder's address while it waits to found: that it
+    holds nothing yet, its instance, and the founding it would make. Everything else is
+    turned away (no leader here yet); peer frames are dropped."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        peer_id: str,
+        instance: str,
+        founding: str,
+        listen_host: str,
+        curve: CurveSettings | None,
+    ) -> None:
+        self._answer = {
+            "cluster_uuid": "",
+            "instance": instance,
+            "known": None,
+            "would_found": founding,
+        }
+        self._transport = ZmqTransport(
+            cluster_id=cluster_id,
+            peer_id=peer_id,
+            listen_host=listen_host,
+            peers=(),
+            on_peer_messages=lambda _messages: None,
+            on_client_requests=self._answer_requests,
+            curve=curve,
+        )
+
+    def _answer_requests(self, requests: list[tuple[bytes, ClientRequest]]) -> None:
+        replies = []
+        for routing_id, request in requests:
+            if request.op == "identity":
+                reply = ClientReply(request.request_id, True, dict(self._answer))
+            else:
+                reply = ClientReply(request.request_id, False, "founding", "not_leader", None)
+            replies.append((routing_id, reply))
+        self._transport.reply(replies)
+
+    def __enter__(self) -> FounderResponder:
+        self._transport.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._transport.close()
 
 
 class IdentityGuard:

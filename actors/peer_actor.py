@@ -444,7 +444,7 @@ class PeerActor(LoopActor):
 
     def _identity(self, request: ClientRequest) -> ClientReply:
         """Our founding and data directory, and the one we know ``peer`` by: asked by a peer
-        about to found (founding.probe_before_founding)."""
+        about to found (founding.await_founders)."""
         payload = request.payload if isinstance(request.payload, dict) else {}
         peer = payload.get("peer")
         if self.identity_guard is None or not (peer is None or isinstance(peer, str)):

@@ -41,10 +41,10 @@ from zraft.transport import CurveSettings, TransportError, ZmqTransport
 from .founding import (
     DirectoryRefused,
     IdentityGuard,
+    await_founders,
     has_state,
     new_identity,
     open_identity,
-    probe_before_founding,
     write_founding,
 )
 from .log_actor import LogActor
@@ -311,15 +311,25 @@ class PeerRuntime:
         )
         may_found = not state_present and (identity is None or not identity.cluster_uuid)
         if may_found and self.peer_id in s.peers:
-            fresh = new_identity(s.cluster_id, self.peer_id, s.peers)
-            if identity is not None:  # a joiner that never heard from a cluster
-                fresh = replace(fresh, instance=identity.instance)
-            refused = probe_before_founding(
-                s.cluster_id, self.peer_id, s.peers, fresh.cluster_uuid, _curve(s)
+            if identity is None:
+                # The instance is durable before any founder hears of it: one that records it
+                # must never see another from this directory unless it was wiped.
+                identity = new_identity(s.cluster_id, self.peer_id)
+                identity_file.save(identity)
+            fresh = replace(
+                new_identity(s.cluster_id, self.peer_id, s.peers), instance=identity.instance
             )
-            if refused is not None:
-                raise DirectoryRefused(f"{self.peer_id} will not found a cluster: {refused}")
-            identity = fresh
+            instances = await_founders(
+                s.cluster_id,
+                self.peer_id,
+                fresh.instance,
+                s.peers,
+                fresh.cluster_uuid,
+                listen_host=_listen_host(self.peer_id),
+                curve=_curve(s),
+                stop=self.stopped,
+            )
+            identity = replace(fresh, known=instances, known_since=dict.fromkeys(instances, 0))
             identity_file.save(identity)
         elif identity is None:
             identity = new_identity(s.cluster_id, self.peer_id)

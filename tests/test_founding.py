@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,8 +13,10 @@ from zraft.actors.founding import (
     REFUSED_OTHER_FOUNDING,
     REFUSED_REPLACED_PEER,
     DirectoryRefused,
+    FoundingVerdict,
     IdentityGuard,
     founding_uuid,
+    judge_founding,
     new_identity,
     open_identity,
     write_founding,
@@ -197,3 +200,57 @@ def test_peer_frames_carry_an_origin_and_only_a_hello_is_empty() -> None:
         frame = encode_batch([beat], cluster_id="zraft", sender=A, origin=bad)  # type: ignore[arg-type]
         with pytest.raises(FrameError, match="bad-origin"):
             decode_batch(frame, cluster_id="zraft", max_frame_bytes=1 << 20)
+
+
+FOUNDING = founding_uuid("zraft", [A, B, C])
+
+
+def judge(answers: dict[str, dict[str, Any] | None]) -> FoundingVerdict:
+    return judge_founding("zraft", A, "a1", [A, B, C], FOUNDING, answers)
+
+
+def pristine(instance: str, founding: str = FOUNDING) -> dict[str, Any]:
+    return {"cluster_uuid": "", "instance": instance, "known": None, "would_found": founding}
+
+
+def founded(instance: str, known: str | None = None) -> dict[str, Any]:
+    return {"cluster_uuid": FOUNDING, "instance": instance, "known": known}
+
+
+def test_founding_waits_until_every_other_founder_has_answered() -> None:
+    """A silent founder may be the only one that ran with this peer's wiped directory: with
+    it down, an empty directory and a first start look the same to everyone else."""
+    verdict = judge({B: pristine("b1"), C: None})
+    assert not verdict.found and verdict.refused is None
+    assert verdict.waiting_for == (C,)
+    unsure = judge({B: pristine("b1"), C: {"unsure": "overloaded"}})
+    assert unsure.waiting_for == (C,)
+    # A founder that founded with this directory's answer (it knows our instance) heard
+    # every founder then: no need to wait for one that has gone down since.
+    assert judge({B: founded("b1", known="a1"), C: None}).found
+    # All answered: found, recording each founder's instance.
+    verdict = judge({B: pristine("b1"), C: founded("c1", known="a1")})
+    assert verdict.found and dict(verdict.instances) == {B: "b1", C: "c1"}
+    # A founded peer that does not know us, or a listed joiner (no founding yet), vouches.
+    joiner = {"cluster_uuid": "", "instance": "c1", "known": None}
+    assert judge({B: founded("b1"), C: joiner}).found
+
+
+def test_founding_is_refused_when_any_answer_says_it_is_a_mistake() -> None:
+    wiped = judge({B: founded("b1", known="a0"), C: None})
+    assert wiped.refused is not None and "wiped or replaced" in wiped.refused
+    other = judge({B: {"cluster_uuid": founding_uuid("zraft", [A, B]), "instance": "b1"}, C: None})
+    assert other.refused is not None and "already runs a founding" in other.refused
+    mismatched = judge({B: pristine("b1", founding_uuid("zraft", [B, C])), C: pristine("c1")})
+    assert mismatched.refused is not None and "would found a founding" in mismatched.refused
+
+
+def test_a_pending_founding_that_knows_its_fellows_is_not_taken_for_lost_state(
+    tmp_path: Path,
+) -> None:
+    """A crash between recording the founders' instances and writing the founding entry:
+    the next start writes the entry, it does not refuse the directory as wiped."""
+    file = IdentityFile(tmp_path)
+    pending = replace(new_identity("zraft", A, [A, B]), known={B: "b1"}, known_since={B: 0})
+    file.save(pending)
+    assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=False) == pending

@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -231,6 +232,63 @@ def test_a_wiped_peer_restarted_under_its_old_id_is_refused(tmp_path: Path) -> N
             s.promote(wiped, timeout=30)
             s.write(kv.put("back", 1))
         assert settled_query(cluster, wiped, "k19") == {"found": True, "value": 19}
+
+
+def identity_of(cluster: LocalCluster, peer: str) -> dict[str, Any]:
+    identity: dict[str, Any] = json.loads((cluster.data_dir(peer) / "identity.json").read_text())
+    return identity
+
+
+def waits_to_found(cluster: LocalCluster, peer: str, *silent: str) -> None:
+    """``peer`` is up, has founded nothing, and says it waits for ``silent``."""
+
+    def waiting_line() -> str | None:
+        lines = [line for line in peer_log(cluster, peer).splitlines() if "waiting for" in line]
+        return lines[-1] if lines else None
+
+    line = cluster.wait_for(waiting_line, 20, f"{peer} to wait for {silent}")
+    assert all(other in line for other in silent), line
+    assert cluster.alive(peer)
+    assert not identity_of(cluster, peer)["cluster_uuid"]
+
+
+@pytest.mark.timeout(240)
+def test_a_wiped_founder_never_founds_again_even_with_every_peer_that_knew_it_down(
+    tmp_path: Path,
+) -> None:
+    """With the peers that ran with A down, nothing up could tell A's wiped directory from a
+    first start. So founding waits until every founder has answered once, and each records
+    the others' directories: a wiped founder then waits, and is refused by the first peer
+    that comes back, instead of founding with those that never met it."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, c = cluster.peers
+        cluster.start_peer(a)
+        cluster.start_peer(b)
+        waits_to_found(cluster, a, c)
+        waits_to_found(cluster, b, c)
+        with session(cluster, [a, b]) as early, pytest.raises(ZraftError):
+            early.write(kv.put("x", "early"), timeout=3)
+
+        cluster.start_peer(c)
+        cluster.wait_for_leader()
+        with session(cluster) as s:
+            s.write(kv.put("x", "v1"))
+        for peer in cluster.peers:  # recorded at the founding, from the founders' answers
+            assert set(identity_of(cluster, peer)["known"]) == set(cluster.peers) - {peer}
+
+        for peer in cluster.peers:
+            cluster.stop_peer(peer)
+        cluster.wipe(a)
+        cluster.start_peer(a)
+        waits_to_found(cluster, a, b, c)
+        cluster.start_peer(c)
+        line = one_line(exits_refused(cluster, a), "will not found a cluster")
+        assert "wiped or replaced" in line and c in line
+
+        cluster.start_peer(b)
+        cluster.wait_for_leader(among=[b, c])
+        with session(cluster, [b, c]) as s:
+            assert s.query(kv.get("x")) == {"found": True, "value": "v1"}
 
 
 @pytest.mark.timeout(180)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import itertools
+import json
 import logging
 import random
 import shutil
@@ -322,8 +323,10 @@ class OperatorNemesis(Nemesis):
                 event.anomalies.append(
                     f"{peer} served its directory under another cluster id (exit {code})"
                 )
-            else:  # no listed peer answered its probe (a partition): the others refuse it
-                event.notes.append(f"wiped start not refused at start (exit {code})")
+            elif _founded(cluster.data_dir(peer)):
+                event.anomalies.append(f"{peer} founded again on a wiped directory")
+            else:  # a listed peer it must hear from was cut off: it still waits to found
+                event.notes.append(f"wiped start still waiting to found (exit {code})")
         elif not cluster.alive(peer):
             event.anomalies.append(f"{peer} did not run with {self.mistake}")
         cluster.local.kill(peer)
@@ -337,6 +340,15 @@ class OperatorNemesis(Nemesis):
 
     def _aside(self, peer: str) -> Path:
         return self.cluster.root / "aside" / peer.replace(":", "_")
+
+
+def _founded(data_dir: Path) -> bool:
+    """Whether the peer serving ``data_dir`` founded a cluster there (its identity says so)."""
+    try:
+        identity = json.loads((data_dir / "identity.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(identity.get("founding")) and bool(identity.get("cluster_uuid"))
 
 
 def _mentions(path: Path) -> int:
