@@ -13,7 +13,7 @@ The rule (docs/configuration.md, "what `peers` means"):
 * A directory holding state never founds again: its configuration comes from its log and
   snapshots alone, and ``peers`` is ignored (a differing value is logged once).
 
-``create`` founds through the ``bootstrap`` op, by the same function (``found``).
+``create`` founds its first peer alone through the ``bootstrap`` op (``IdentityGuard.founded``).
 
 ``IdentityGuard`` then keeps the founding honest on the wire: every peer frame carries
 (cluster uuid, instance) and a frame of another founding, or from a member whose data
@@ -81,11 +81,16 @@ class DirectoryRefused(Exception):
     """The data directory is not the one these settings may serve (one line, for operators)."""
 
 
-def founding_uuid(cluster_id: str, voters: Iterable[str]) -> str:
-    """The founding's id: the same for every founder given the same cluster id and voters,
-    different for a founding with another list (a typo, a peer started alone)."""
-    text = "\0".join([cluster_id, *sorted(set(voters))])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def founding_uuid(
+    cluster_id: str, voters: Iterable[str], instances: Mapping[str, str] | None = None
+) -> str:
+    """A founding's id. Without ``instances``: the founding list's id, the same for every
+    founder given the same cluster id and voters (how founders check they agree). With the
+    founders' directory instances: the cluster uuid itself, different for every founding,
+    even of the same list (a lone founder wiped and started again founds another)."""
+    parts = [cluster_id, *sorted(set(voters))]
+    parts += [f"{peer}={instance}" for peer, instance in sorted((instances or {}).items())]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def founding_entry(voters: Iterable[str]) -> Entry:
@@ -166,15 +171,22 @@ def write_founding(
 @dataclass(frozen=True)
 class FoundingVerdict:
     """What the answers of the other founders say: refuse (why), wait (for whom), or found
-    (recording the instance each of them answered with)."""
+    ``cluster_uuid``, knowing the other members' directories (``instances``)."""
 
     refused: str | None = None
     waiting_for: tuple[str, ...] = ()
     instances: Mapping[str, str] = field(default_factory=dict)
+    cluster_uuid: str = ""
 
     @property
     def found(self) -> bool:
         return self.refused is None and not self.waiting_for
+
+
+def _instances(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {p: i for p, i in value.items() if isinstance(p, str) and isinstance(i, str) and i}
 
 
 def judge_founding(
@@ -182,7 +194,6 @@ def judge_founding(
     peer_id: str,
     instance: str,
     voters: Iterable[str],
-    founding: str,
     answers: Mapping[str, dict[str, Any] | None],
 ) -> FoundingVerdict:
     """Whether a pristine peer may found, from every other founder's answer (None: silent).
@@ -191,18 +202,23 @@ def judge_founding(
     us can say that this empty directory is a wiped one, and any of them may be the only one
     that does (the others down, or never started while we ran). Each answer records the
     other's instance, so that from the founding on every founder knows every other's
-    directory, and a founder wiped later is recognised by all of them. A founder that
-    founded already and knows this directory by its current instance heard all the others
-    at its founding, on our behalf too: we found at once.
+    directory, and a founder wiped later is recognised by all of them. The founding's uuid
+    covers the founders' directories as well as the list, so a founding made again (a lone
+    founder wiped and restarted) is another founding, refused by the members of the first.
+
+    A founder that founded already answers with the directories it knows. If it knows this
+    one by its current instance, it heard every founder (us included) at its founding: we
+    take its founding and what it knows, not what the others answer now (one of them may
+    have been wiped since). If it does not know this directory at all, we were removed or
+    never were a founder of it: refused.
     """
+    voters = tuple(sorted(set(voters)))
+    listed = founding_uuid(cluster_id, voters)
     waiting: list[str] = []
     instances: dict[str, str] = {}
-    counted = False  # a founder that founded already counted this directory as a founder's
+    founded: dict[str, dict[str, Any]] = {}
     for peer, answer in sorted(answers.items()):
-        if answer is None:
-            waiting.append(peer)
-            continue
-        if "unsure" in answer:
+        if answer is None or "unsure" in answer:
             waiting.append(peer)
             continue
         known = answer.get("known")
@@ -213,23 +229,46 @@ def judge_founding(
                 f"votes and log are lost. Remove {peer_id} from the cluster, then start it "
                 "without --peers and add it back"
             )
-        theirs = answer.get("cluster_uuid") or answer.get("would_found")
-        if isinstance(theirs, str) and theirs and theirs != founding:
-            what = "already runs" if answer.get("cluster_uuid") else "would found"
+        uuid = answer.get("cluster_uuid")
+        their_list = answer.get("founding") or answer.get("would_found")
+        if isinstance(their_list, str) and their_list and their_list != listed:
+            what = "already runs" if uuid else "would found"
             return FoundingVerdict(
                 refused=f"peer {peer} {what} a founding of cluster {cluster_id!r} with other "
-                f"peers than {sorted(set(voters))}: give every founder the same --peers, or "
+                f"peers than {list(voters)}: give every founder the same --peers, or "
                 "to join a running cluster start without --peers and use `zraft members add`"
             )
-        counted = counted or known == instance
-        theirs_instance = answer.get("instance")
-        if isinstance(theirs_instance, str) and theirs_instance:
-            instances[peer] = theirs_instance
-    if counted:
-        # It founded with this very directory's answer: every founder answered it then, so
-        # the ones silent now need not be heard again (they may be down for good).
-        waiting = []
-    return FoundingVerdict(waiting_for=tuple(waiting), instances=instances)
+        if isinstance(uuid, str) and uuid:
+            founded[peer] = answer
+            continue
+        theirs = answer.get("instance")
+        if isinstance(theirs, str) and theirs:
+            instances[peer] = theirs
+    if founded:
+        uuids = {answer["cluster_uuid"] for answer in founded.values()}
+        knowing = [p for p, answer in founded.items() if answer.get("known") == instance]
+        if len(uuids) > 1:
+            return FoundingVerdict(
+                refused=f"peers {', '.join(founded)} run different foundings of cluster "
+                f"{cluster_id!r}: one of them was founded again; not joining either"
+            )
+        if not knowing:
+            return FoundingVerdict(
+                refused=f"peer {next(iter(founded))} already runs this founding of cluster "
+                f"{cluster_id!r} without this data directory ({peer_id} was removed, or "
+                "never answered as a founder): start it without --peers and add it with "
+                "`zraft members add`"
+            )
+        witness = founded[knowing[0]]
+        vouched = _instances(witness.get("members"))
+        vouched.pop(peer_id, None)
+        if isinstance(witness.get("instance"), str):
+            vouched[knowing[0]] = witness["instance"]
+        return FoundingVerdict(cluster_uuid=witness["cluster_uuid"], instances=vouched)
+    if waiting:
+        return FoundingVerdict(waiting_for=tuple(waiting))
+    uuid = founding_uuid(cluster_id, voters, {**instances, peer_id: instance})
+    return FoundingVerdict(cluster_uuid=uuid, instances=instances)
 
 
 def ask_founders(
@@ -283,8 +322,9 @@ def await_founders(
     listen_host: str,
     curve: CurveSettings | None = None,
     stop: threading.Event | None = None,
-) -> dict[str, str]:
-    """Wait until this pristine peer may found; the other founders' instances.
+) -> FoundingVerdict:
+    """Wait until this pristine peer may found; the verdict to found by. ``founding`` is the
+    founding list's id (``founding_uuid`` of the cluster id and voters).
 
     Meanwhile the peer answers the others' probes on its own address (``FounderResponder``),
     so founders started together find each other at once. Raises ``DirectoryRefused`` when
@@ -298,11 +338,11 @@ def await_founders(
     with responder:
         while True:
             answers = ask_founders(cluster_id, peer_id, instance, voters, founding, curve)
-            verdict = judge_founding(cluster_id, peer_id, instance, voters, founding, answers)
+            verdict = judge_founding(cluster_id, peer_id, instance, voters, answers)
             if verdict.refused is not None:
                 raise DirectoryRefused(f"{peer_id} will not found a cluster: {verdict.refused}")
             if verdict.found:
-                return dict(verdict.instances)
+                return verdict
             now = time.monotonic()
             if verdict.waiting_for != waited_for or now >= next_log:
                 waited_for, next_log = verdict.waiting_for, now + _WAIT_LOG_INTERVAL_S
@@ -449,6 +489,12 @@ class IdentityGuard:
         """A committed configuration at ``index``: members it leaves out that we recorded
         before it are forgotten (a peer removed and added back with a new directory is a
         new member, not a replaced one)."""
+        if self._identity.founding_pending:
+            # The founding entry (a ``bootstrap``'s) is committed: from now on, state found
+            # missing at start is state lost, not a founding to finish.
+            with self._lock:
+                self._identity = replace(self._identity, founding_pending=False)
+                self._file.save(self._identity)
         if config.joint:
             return
         self._forget(lambda peer: peer not in config.members and self._since[peer] < index)
@@ -468,15 +514,23 @@ class IdentityGuard:
         """This pristine joiner founds now (the ``bootstrap`` op): record it durably."""
         founding = tuple(sorted(set(voters)))
         with self._lock:
-            self.origin = (founding_uuid(self._identity.cluster_id, founding), self.origin[1])
+            instance = self.origin[1]
+            uuid = founding_uuid(
+                self._identity.cluster_id, founding, {self._identity.peer_id: instance}
+            )
+            self.origin = (uuid, instance)
             self._save(founding)
 
     def describe(self, asker: str | None) -> dict[str, Any]:
-        """The answer to the ``identity`` op."""
+        """The answer to the ``identity`` op: our founding (its uuid and list), our
+        directory, the one we know ``asker`` by, and every member directory we know."""
+        founders = self._identity.founding
         return {
             "cluster_uuid": self.origin[0],
             "instance": self.origin[1],
             "known": self._known.get(asker) if asker else None,
+            "members": dict(self._known),
+            "founding": founding_uuid(self._identity.cluster_id, founders) if founders else "",
         }
 
     def _save(self, founding: tuple[str, ...] | None = None) -> None:

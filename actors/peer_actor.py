@@ -143,6 +143,7 @@ class PeerActor(LoopActor):
         # oldest come first
         self.reads: dict[int, tuple[Identity, int, Any, int, tuple[str, int] | None]] = {}
         self.ticks = 0
+        self.askers: dict[str, int] = {}  # peers answered outside the configuration -> until
         self.undrained = 0  # inputs stepped since the output was last gathered
         self._contexts = itertools.count(1)
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
@@ -175,6 +176,8 @@ class PeerActor(LoopActor):
             node.tick()
             self.ticks += 1
             self._forget_lost_reads()
+            if self.askers and min(self.askers.values()) <= self.ticks:
+                self.peers_key = ()  # an asker's time is up: the next drain lets it go
             if node.role is Role.LEADER:
                 self._expire_silent_sessions()
                 self.session_actor.tell(WATCH_TICK)  # held watch polls time out
@@ -505,6 +508,7 @@ class PeerActor(LoopActor):
                 else:
                     outgoing.append(msg)
             if outgoing:
+                self._reach_askers(outgoing)
                 self.send(outgoing)
             if ready.must_persist or ready.messages_after_persist:
                 self._persist(ready)
@@ -525,6 +529,23 @@ class PeerActor(LoopActor):
             self._answer_membership()
         self.flush()
 
+    def _reach_askers(self, messages: list[Any]) -> None:
+        """Answers to a peer we do not track yet go out too: a voter that has not received
+        the configuration that made it one (a promoted learner, a peer added directly) must
+        answer the candidates, or an election that needs its vote never ends. The peer stays
+        reachable for a few election timeouts after it last asked (the transport has
+        admitted and the guard checked its frames)."""
+        until = self.ticks + 4 * self.node.options.election_ticks
+        new = False
+        for msg in messages:
+            dst = msg.dst
+            if dst not in self.members:
+                new = new or dst not in self.askers
+                self.askers[dst] = until
+        if new:
+            self.peers_key = ()
+            self._track_peers(drop=False)
+
     def _track_peers(self, drop: bool) -> None:
         """Connect to peers we must now reach before the messages to them go; with ``drop``
         also disconnect from those we need no more (only once the drain has sent its last
@@ -532,7 +553,7 @@ class PeerActor(LoopActor):
         # Whom to reach changes only with the configuration (a new object), the leader or the
         # peers the leader tracks (removed ones are dropped): recomputed only then.
         node = self.node
-        peers_key = (node.config, node.leader, len(node.progress))
+        peers_key = (node.config, node.leader, len(node.progress), frozenset(self.askers))
         if peers_key == self.peers_key:
             return
         wanted = self._wanted_peers()
@@ -658,7 +679,9 @@ class PeerActor(LoopActor):
         removed peer until it learns its removal committed), and a leader we do not know
         yet (a peer being added hears from the leader before it holds the configuration)."""
         node = self.node
-        wanted = node.config.members | node.progress.keys()
+        if self.askers:
+            self.askers = {p: t for p, t in self.askers.items() if t > self.ticks}
+        wanted = node.config.members | node.progress.keys() | self.askers.keys()
         return wanted | {node.leader} if node.leader is not None else wanted
 
 

@@ -319,7 +319,7 @@ class PeerRuntime:
             fresh = replace(
                 new_identity(s.cluster_id, self.peer_id, s.peers), instance=identity.instance
             )
-            instances = await_founders(
+            verdict = await_founders(
                 s.cluster_id,
                 self.peer_id,
                 fresh.instance,
@@ -329,7 +329,12 @@ class PeerRuntime:
                 curve=_curve(s),
                 stop=self.stopped,
             )
-            identity = replace(fresh, known=instances, known_since=dict.fromkeys(instances, 0))
+            identity = replace(
+                fresh,
+                cluster_uuid=verdict.cluster_uuid,
+                known=dict(verdict.instances),
+                known_since=dict.fromkeys(verdict.instances, 0),
+            )
             identity_file.save(identity)
         elif identity is None:
             identity = new_identity(s.cluster_id, self.peer_id)

@@ -134,7 +134,13 @@ def test_the_guard_refuses_another_founding_and_a_replaced_member(tmp_path: Path
     assert g.admit(C, (founding_uuid("zraft", [C]), "c1")) == REFUSED_OTHER_FOUNDING
     assert g.admit(C, ("", "c1")) is None  # a peer not founded yet: admitted...
     assert g.known(C) is None  # ...but its word does not record an instance
-    assert g.describe(B) == {"cluster_uuid": ours, "instance": g.identity.instance, "known": "b1"}
+    assert g.describe(B) == {
+        "cluster_uuid": ours,
+        "instance": g.identity.instance,
+        "known": "b1",
+        "members": {B: "b1"},
+        "founding": founding_uuid("zraft", [A, B, C]),
+    }
 
 
 def test_strangers_are_not_recorded_and_a_committed_removal_forgets(tmp_path: Path) -> None:
@@ -177,7 +183,12 @@ def test_bootstrap_founding_records_the_voters(tmp_path: Path) -> None:
     g.founded([A])
     stored = file.load()
     assert stored is not None and stored.founding == (A,)
-    assert stored.cluster_uuid == founding_uuid("zraft", [A]) == g.cluster_uuid
+    # The uuid covers the founder's directory: founding again on a wiped one is another.
+    uuid = founding_uuid("zraft", [A], {A: g.identity.instance})
+    assert stored.cluster_uuid == uuid == g.cluster_uuid != founding_uuid("zraft", [A])
+    assert stored.founding_pending
+    g.committed(Configuration.of([A]), 1)  # the founding entry committed: no longer pending
+    assert file.load().founding_pending is False  # type: ignore[union-attr]
 
 
 def test_peer_frames_carry_an_origin_and_only_a_hello_is_empty() -> None:
@@ -202,19 +213,28 @@ def test_peer_frames_carry_an_origin_and_only_a_hello_is_empty() -> None:
             decode_batch(frame, cluster_id="zraft", max_frame_bytes=1 << 20)
 
 
-FOUNDING = founding_uuid("zraft", [A, B, C])
+LISTED = founding_uuid("zraft", [A, B, C])  # the founding list's id
+RUNNING = founding_uuid("zraft", [A, B, C], {A: "a1", B: "b1", C: "c0"})
 
 
 def judge(answers: dict[str, dict[str, Any] | None]) -> FoundingVerdict:
-    return judge_founding("zraft", A, "a1", [A, B, C], FOUNDING, answers)
+    return judge_founding("zraft", A, "a1", [A, B, C], answers)
 
 
-def pristine(instance: str, founding: str = FOUNDING) -> dict[str, Any]:
-    return {"cluster_uuid": "", "instance": instance, "known": None, "would_found": founding}
+def pristine(instance: str, listed: str = LISTED) -> dict[str, Any]:
+    return {"cluster_uuid": "", "instance": instance, "known": None, "would_found": listed}
 
 
-def founded(instance: str, known: str | None = None) -> dict[str, Any]:
-    return {"cluster_uuid": FOUNDING, "instance": instance, "known": known}
+def founded(
+    instance: str, known: str | None = None, members: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "cluster_uuid": RUNNING,
+        "instance": instance,
+        "known": known,
+        "members": members or {},
+        "founding": LISTED,
+    }
 
 
 def test_founding_waits_until_every_other_founder_has_answered() -> None:
@@ -225,24 +245,39 @@ def test_founding_waits_until_every_other_founder_has_answered() -> None:
     assert verdict.waiting_for == (C,)
     unsure = judge({B: pristine("b1"), C: {"unsure": "overloaded"}})
     assert unsure.waiting_for == (C,)
-    # A founder that founded with this directory's answer (it knows our instance) heard
-    # every founder then: no need to wait for one that has gone down since.
-    assert judge({B: founded("b1", known="a1"), C: None}).found
-    # All answered: found, recording each founder's instance.
-    verdict = judge({B: pristine("b1"), C: founded("c1", known="a1")})
-    assert verdict.found and dict(verdict.instances) == {B: "b1", C: "c1"}
-    # A founded peer that does not know us, or a listed joiner (no founding yet), vouches.
+    # All answered, all pristine (or a listed joiner): found, recording each one's instance,
+    # under a uuid of the list and the founders' directories.
     joiner = {"cluster_uuid": "", "instance": "c1", "known": None}
-    assert judge({B: founded("b1"), C: joiner}).found
+    verdict = judge({B: pristine("b1"), C: joiner})
+    assert verdict.found and dict(verdict.instances) == {B: "b1", C: "c1"}
+    assert verdict.cluster_uuid == founding_uuid("zraft", [A, B, C], {A: "a1", B: "b1", C: "c1"})
+
+
+def test_a_founder_that_knows_this_directory_settles_it_with_what_it_knows() -> None:
+    """It founded with our answer, so it heard every founder then: no need to wait for one
+    that has gone down since; and what it knows of the others beats what they answer now
+    (C's disk was replaced since the founding: C's new instance must not be vouched for)."""
+    witness = founded("b1", known="a1", members={A: "a1", C: "c0"})
+    for c_answer in (None, pristine("c1")):
+        verdict = judge({B: witness, C: c_answer})
+        assert verdict.found and verdict.cluster_uuid == RUNNING
+        assert dict(verdict.instances) == {B: "b1", C: "c0"}
 
 
 def test_founding_is_refused_when_any_answer_says_it_is_a_mistake() -> None:
     wiped = judge({B: founded("b1", known="a0"), C: None})
     assert wiped.refused is not None and "wiped or replaced" in wiped.refused
-    other = judge({B: {"cluster_uuid": founding_uuid("zraft", [A, B]), "instance": "b1"}, C: None})
+    # Founded without ever hearing this directory: it was removed, or never a founder.
+    removed = judge({B: founded("b1"), C: pristine("c1")})
+    assert removed.refused is not None and "without this data directory" in removed.refused
+    other_list = dict(founded("b1", known="a1"), founding=founding_uuid("zraft", [A, B]))
+    other = judge({B: other_list, C: None})
     assert other.refused is not None and "already runs a founding" in other.refused
     mismatched = judge({B: pristine("b1", founding_uuid("zraft", [B, C])), C: pristine("c1")})
     assert mismatched.refused is not None and "would found a founding" in mismatched.refused
+    twice = dict(founded("c1", known="a1"), cluster_uuid=founding_uuid("zraft", [A, B, C], {}))
+    split = judge({B: founded("b1", known="a1"), C: twice})
+    assert split.refused is not None and "different foundings" in split.refused
 
 
 def test_a_pending_founding_that_knows_its_fellows_is_not_taken_for_lost_state(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ import pytest
 
 from tests.cluster_support import local_cluster
 from zraft.backends import kv
-from zraft.local import ClusterError, LocalCluster
-from zraft.session import LightSession, ZraftError
+from zraft.local import ClusterError, LocalCluster, free_ports
+from zraft.session import LightSession, ZraftError, create
 from zraft.transport import TransportTimeout
 
 PEER_EXIT_S = 15.0  # a refused start exits within this (it never reaches an election)
@@ -239,6 +240,14 @@ def identity_of(cluster: LocalCluster, peer: str) -> dict[str, Any]:
     return identity
 
 
+def uuid_of(cluster: LocalCluster, peer: str) -> str:
+    """The founding uuid ``peer``'s directory records ('' before it has one, or a file)."""
+    try:
+        return str(identity_of(cluster, peer)["cluster_uuid"])
+    except (OSError, ValueError):
+        return ""
+
+
 def waits_to_found(cluster: LocalCluster, peer: str, *silent: str) -> None:
     """``peer`` is up, has founded nothing, and says it waits for ``silent``."""
 
@@ -289,6 +298,80 @@ def test_a_wiped_founder_never_founds_again_even_with_every_peer_that_knew_it_do
         cluster.wait_for_leader(among=[b, c])
         with session(cluster, [b, c]) as s:
             assert s.query(kv.get("x")) == {"found": True, "value": "v1"}
+
+
+@pytest.mark.timeout(180)
+def test_a_removed_founder_wiped_and_restarted_with_its_old_flags_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Every founder recorded every other at the founding: a founded peer that does not know
+    this directory means it was removed (or never a founder), so it may only join."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, c = cluster.peers
+        start_with_x(cluster)
+        with session(cluster) as s:
+            if cluster.leader() == c:
+                s.transfer_leadership(a, timeout=20)
+            s.remove(c, timeout=20)
+            s.write(kv.put("x", "v2"))
+        cluster.kill(c)
+        cluster.wipe(c)
+        cluster.start_peer(c)  # its unit file: --peers a, b, c
+        line = one_line(exits_refused(cluster, c), "will not found a cluster")
+        assert "without this data directory" in line and "members add" in line
+        assert agreed_value(cluster, "x") == {"found": True, "value": "v2"}
+
+
+@pytest.mark.timeout(180)
+def test_a_lone_founder_wiped_and_restarted_founds_another_cluster_the_members_refuse(
+    tmp_path: Path,
+) -> None:
+    """Founded by one peer (``--peers A``, as ``create`` does), then grown: nobody can tell
+    A's wiped directory from a first start, but the founding uuid covers the founder's
+    directory, so A's new founding is another one and the members refuse all of its frames."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, c = cluster.peers
+        cluster.start_peer(a, members=[a])
+        for peer in (b, c):
+            cluster.start_peer(peer, members=[])
+        cluster.wait_for_leader(among=[a])
+        with session(cluster) as s:
+            for peer in (b, c):
+                s.add_learner(peer, timeout=20)
+                s.promote(peer, timeout=30)
+            s.write(kv.put("x", "v1"))
+        first = identity_of(cluster, b)["cluster_uuid"]
+        cluster.kill(a)
+        cluster.wipe(a)
+        cluster.start_peer(a, members=[a])
+        founded = cluster.wait_for(lambda: uuid_of(cluster, a), 20, "a to found")
+        assert founded != first
+        cluster.wait_for_leader(among=[b, c])
+        with session(cluster, [b, c]) as s:
+            s.write(kv.put("x", "v2"))
+            assert refusals(cluster, a, "other-founding") > 0  # b and c still reach a
+            assert s.query(kv.get("x")) == {"found": True, "value": "v2"}
+
+
+@pytest.mark.timeout(120)
+def test_a_created_cluster_founder_whose_raft_state_is_lost_is_refused(tmp_path: Path) -> None:
+    """``create`` founds through the ``bootstrap`` op; once that founding entry commits, a
+    start that finds the Raft state gone (identity kept) refuses, rather than found again
+    with the same directory instance (its fellows would count its empty votes)."""
+    peers = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    a = peers[0]
+    with create(peers, root=tmp_path / "c", timeout=40) as made:
+        local = made.local
+        made.session.write(kv.put("x", "v1"))
+        local.wait_for(
+            lambda: not identity_of(local, a)["founding_pending"], 10, "the founding to commit"
+        )
+        local.kill(a)
+        for part in ("log", "hard_state", "snapshots"):
+            shutil.rmtree(local.data_dir(a) / part, ignore_errors=True)
+        local.start_peer(a, members=[])  # as create started it
+        line = one_line(exits_refused(local, a), "Raft state")
+        assert "is gone" in line
 
 
 @pytest.mark.timeout(180)
