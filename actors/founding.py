@@ -278,6 +278,7 @@ def ask_founders(
     voters: Iterable[str],
     founding: str,
     curve: CurveSettings | None = None,
+    routes: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any] | None]:
     """Every other listed peer's ``identity`` answer (None if it is not up). A peer that
     answers without saying (shedding load, say) is asked again until the probe's time is
@@ -288,7 +289,8 @@ def ask_founders(
     def ask(peer: str) -> dict[str, Any] | None:
         deadline = time.monotonic() + PROBE_TIMEOUT_S
         error = None
-        with ClientChannel(cluster_id, f"founding-probe-{peer_id}", curve) as channel:
+        probe = f"founding-probe-{peer_id}"
+        with ClientChannel(cluster_id, probe, curve, routes=routes) as channel:
             for attempt in itertools.count(1):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -321,6 +323,7 @@ def await_founders(
     *,
     listen_host: str,
     curve: CurveSettings | None = None,
+    routes: Mapping[str, str] | None = None,
     stop: threading.Event | None = None,
 ) -> FoundingVerdict:
     """Wait until this pristine peer may found; the verdict to found by. ``founding`` is the
@@ -337,7 +340,7 @@ def await_founders(
     next_log = 0.0
     with responder:
         while True:
-            answers = ask_founders(cluster_id, peer_id, instance, voters, founding, curve)
+            answers = ask_founders(cluster_id, peer_id, instance, voters, founding, curve, routes)
             verdict = judge_founding(cluster_id, peer_id, instance, voters, answers)
             if verdict.refused is not None:
                 raise DirectoryRefused(f"{peer_id} will not found a cluster: {verdict.refused}")

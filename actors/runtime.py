@@ -327,6 +327,7 @@ class PeerRuntime:
                 fresh.cluster_uuid,
                 listen_host=_listen_host(self.peer_id),
                 curve=_curve(s),
+                routes=s.route_map(),
                 stop=self.stopped,
             )
             identity = replace(

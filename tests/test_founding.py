@@ -13,8 +13,10 @@ from zraft.actors.founding import (
     REFUSED_OTHER_FOUNDING,
     REFUSED_REPLACED_PEER,
     DirectoryRefused,
+    FounderResponder,
     FoundingVerdict,
     IdentityGuard,
+    ask_founders,
     founding_uuid,
     judge_founding,
     new_identity,
@@ -289,3 +291,17 @@ def test_a_pending_founding_that_knows_its_fellows_is_not_taken_for_lost_state(
     pending = replace(new_identity("zraft", A, [A, B]), known={B: "b1"}, known_since={B: 0})
     file.save(pending)
     assert open_identity(file, cluster_id="zraft", peer_id=A, state_present=False) == pending
+
+
+def test_founders_are_asked_through_their_routes() -> None:
+    """Behind a proxy or NAT a founder is reached at its route, not at its id."""
+    from zraft.local import free_ports
+
+    listening, unreachable = (f"127.0.0.1:{port}" for port in free_ports(2))
+    with FounderResponder("zraft", listening, "b1", LISTED, "127.0.0.1", None):
+        routes = {unreachable: listening}
+        answers = ask_founders("zraft", A, "a1", [A, unreachable], LISTED, None, routes)
+        assert answers[unreachable] == pristine("b1")
+        assert ask_founders("zraft", A, "a1", [A, unreachable], LISTED, None) == {
+            unreachable: None
+        }

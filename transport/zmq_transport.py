@@ -1017,12 +1017,14 @@ class ClientChannel:
         curve: CurveSettings | None = None,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        routes: Mapping[str, str] | None = None,
     ) -> None:
         if not client_id or len(client_id) > MAX_PEER_ID_LEN:
             raise ValueError("client_id must be a non-empty string of at most 256 characters")
         self.cluster_id = cluster_id
         self.client_id = client_id
         self._curve = curve
+        self._routes = dict(routes or {})  # peer id -> address to connect to, if another
         self._max_frame_bytes = max_frame_bytes
         # One process-wide context (and its I/O thread) for every client channel, so a
         # process can hold thousands of sessions.
@@ -1099,16 +1101,21 @@ class ClientChannel:
         sock = self._sockets.get(peer)
         if sock is None:
             sock = self._sockets[peer] = client_socket(
-                self._ctx, peer, self._curve, self._max_frame_bytes
+                self._ctx, peer, self._curve, self._max_frame_bytes, self._routes.get(peer)
             )
         return sock
 
 
 def client_socket(
-    ctx: zmq.Context[Any], peer: str, curve: CurveSettings | None, max_frame_bytes: int
+    ctx: zmq.Context[Any],
+    peer: str,
+    curve: CurveSettings | None,
+    max_frame_bytes: int,
+    address: str | None = None,
 ) -> Any:
-    """A client's DEALER to ``peer`` (sync or asyncio, as ``ctx`` is)."""
-    host, port = split_address(peer)
+    """A client's DEALER to ``peer`` (sync or asyncio, as ``ctx`` is), connected to
+    ``address`` where that differs from the peer's id (a route: a proxy, a NAT)."""
+    host, port = split_address(address or peer)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.copy_threshold = _COPY_THRESHOLD
