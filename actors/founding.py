@@ -22,6 +22,7 @@ directory was replaced since we first heard from it, is refused and counted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -290,11 +291,18 @@ def ask_founders(
         deadline = time.monotonic() + PROBE_TIMEOUT_S
         error = None
         probe = f"founding-probe-{peer_id}"
-        with ClientChannel(cluster_id, probe, curve, routes=routes) as channel:
+        with contextlib.ExitStack() as stack:
+            # At its route (a proxy, a NAT) and, in turn, at its id: a route may carry only
+            # the peers' own traffic.
+            channels = [stack.enter_context(ClientChannel(cluster_id, probe, curve))]
+            if routes and peer in routes:
+                channel = ClientChannel(cluster_id, probe, curve, routes=routes)
+                channels.insert(0, stack.enter_context(channel))
             for attempt in itertools.count(1):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                channel = channels[attempt % len(channels)]
                 request = ClientRequest(attempt, "identity", question)
                 try:
                     # Short attempts: a request that reached a founder's responder just as it
