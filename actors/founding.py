@@ -62,8 +62,8 @@ log = logging.getLogger(__name__)
 
 # What only a leader sends: a joiner takes its founding from the first of these.
 _LEADER_MESSAGES = frozenset({AppendEntries, Heartbeat, InstallSnapshot})
-# What a peer promises: a vote, or that it holds entries. Only these (and hellos) are
-# refused from a member whose directory changed.
+# What a peer promises: a vote, or that it holds entries. Only these are refused from a
+# member whose directory changed.
 _PROMISES = frozenset({VoteResponse, AppendResponse, HeartbeatResponse})
 
 # How long a founding peer waits for each listed peer's answer in one round of probes, the
@@ -471,8 +471,11 @@ class IdentityGuard:
                 # What a wiped member lost is its promises: its votes and its acknowledgements
                 # are refused. What it says as a candidate or leader is safe to hear (votes
                 # go by the log, not by who asks), and a follower that missed its removal
-                # and return must hear it to catch up and learn that it may forget it.
-                if messages and not any(type(m) in _PROMISES for m in messages):
+                # and return must hear it to catch up and learn that it may forget it. A
+                # hello promises nothing and records nothing here: refusing it would only
+                # raise a false alarm about a member removed and added back while we were
+                # away (a wiped peer that was not has no configuration, so no hellos).
+                if not any(type(m) in _PROMISES for m in messages):
                     return None
                 self._refuse(sender, REFUSED_REPLACED_PEER, their_instance, known)
                 return REFUSED_REPLACED_PEER

@@ -476,9 +476,15 @@ class PeerActor(LoopActor):
             reply = self._not_leader(request)
             return [(identity, reply)]
         target = Configuration.of(voters, learners)
-        if self.node.membership_stable and self.node.config == target:
-            # Already in force: a retry of a change whose answer was lost, or a no-op.
-            return [(identity, ClientReply(request.request_id, True, target.to_wire()))]
+        config = self.node.config
+        if config.voters == target.voters and config.learners == target.learners:
+            if self.node.membership_stable:
+                # Already in force: a retry of a change whose answer was lost, or a no-op.
+                return [(identity, ClientReply(request.request_id, True, target.to_wire()))]
+            # This very change is under way (a retry of one that timed out): answer when it
+            # settles, as the first attempt would have; its `old` is the config it left.
+            self.membership_waiters.append((identity, request.request_id, target))
+            return []
         old = payload.get("old")
         if old is not None and frozenset(old) != self.node.config.voters:
             return [(identity, ClientReply(request.request_id, False, None, "peers_changed"))]

@@ -126,7 +126,7 @@ def test_the_guard_refuses_another_founding_and_a_replaced_member(tmp_path: Path
     assert g.admit(B, (ours, "b1")) is None
     assert g.admit(B, (ours, "b1")) is None
     assert file.load().known == {B: "b1"}  # type: ignore[union-attr]
-    assert g.admit(B, (ours, "b2")) == REFUSED_REPLACED_PEER  # its hello
+    assert g.admit(B, (ours, "b2")) is None  # its hello: heard, vouches for nothing
     # Its promises (a vote, an acknowledgement) are refused; what it says as a candidate or
     # leader is heard (votes go by the log), and records nothing.
     assert g.admit(B, (ours, "b2"), (VoteResponse(3, B, A, True),)) == REFUSED_REPLACED_PEER
@@ -156,7 +156,8 @@ def test_strangers_are_not_recorded_and_a_committed_removal_forgets(tmp_path: Pa
     g.admit(C, (ours, "c1"))
     assert g.known(C) == "c1"
     g.committed(Configuration(frozenset({A, B}), frozenset({A, B, C})), 12)  # joint: not yet
-    assert g.admit(C, (ours, "c2")) == REFUSED_REPLACED_PEER
+    promise = (AppendResponse(3, C, A, True, 5),)
+    assert g.admit(C, (ours, "c2"), promise) == REFUSED_REPLACED_PEER
     g.committed(Configuration.of([A, B]), 9)  # an older configuration, replayed: no effect
     assert g.known(C) == "c1"
     g.committed(Configuration.of([A, B]), 13)  # committed after we knew it: c may come back

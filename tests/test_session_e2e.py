@@ -15,6 +15,7 @@ import pytest
 from tests.cluster_support import local_cluster
 from zraft.backends import kv
 from zraft.chaos import ProxiedLinks
+from zraft.core import Configuration
 from zraft.local import LocalCluster, free_ports
 from zraft.session import (
     AllPeersFailed,
@@ -27,6 +28,7 @@ from zraft.session import (
     ZraftError,
     create,
 )
+from zraft.transport import ClientChannel, ClientRequest, TransportTimeout
 
 E = 0.5  # election timeout, seconds
 
@@ -117,6 +119,45 @@ def test_members_come_from_the_leader_and_settled_waits_out_a_change(tmp_path: P
             settled = session.members(timeout=30, settled=True)
             assert not settled.joint and settled.learners == {newcomer}
             assert settled.voters == frozenset(cluster.peers)
+
+
+@pytest.mark.timeout(120)
+def test_a_membership_change_retried_while_it_is_under_way_waits_for_it(tmp_path: Path) -> None:
+    """A change whose first attempt timed out (its joint configuration appended, not yet
+    committed) is sent again, as a session's retries do: the leader must take the retry for
+    the same change and answer when it settles, not refuse it because the voters in force
+    are no longer the ``old`` it names."""
+    with LocalCluster(3, tmp_path, election_timeout=3000) as cluster:
+        cluster.start()
+        leader = cluster.wait_for_leader(timeout=30)
+        followers = [p for p in cluster.peers if p != leader]
+        (port,) = free_ports(1)
+        payload = {
+            "voters": sorted(cluster.peers),
+            "learners": [f"127.0.0.1:{port}"],
+            "old": sorted(cluster.peers),
+        }
+        outcome: list[Any] = []
+        with ClientChannel(cluster.cluster_id, "changer") as channel:
+            for peer in followers:
+                cluster.signal(peer, signal.SIGSTOP)
+            try:
+                with pytest.raises(TransportTimeout):  # appended, cannot commit
+                    channel.request(leader, ClientRequest(1, "set_members", payload), 0.5)
+                retry = threading.Thread(
+                    target=lambda: outcome.append(
+                        channel.request(leader, ClientRequest(2, "set_members", payload), 20)
+                    )
+                )
+                retry.start()
+                time.sleep(0.5)  # the retry reached the leader while the change is joint
+            finally:
+                for peer in followers:
+                    cluster.signal(peer, signal.SIGCONT)
+            retry.join(30)
+        (reply,) = outcome
+        assert reply.ok, reply
+        assert Configuration.from_wire(reply.result).learners == {payload["learners"][0]}
 
 
 @contextmanager
