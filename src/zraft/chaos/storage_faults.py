@@ -22,6 +22,7 @@ import enum
 import errno
 import logging
 import random
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,10 +63,16 @@ class DiskFaults:
         self.writes = 0  # durable writes that succeeded
         self.fired = 0  # writes failed on purpose
         self.torn = False  # a torn write happened: the process is as good as dead
+        # A peer writes snapshots on a worker thread while its log actor appends.
+        self._lock = threading.Lock()
 
     def admit(self, action: str, where: str) -> bool:
         """Called before a durable write. Returns False to let it through; True if it is
         to be torn (the caller writes a part, then calls ``tear``); raises the fault."""
+        with self._lock:
+            return self._admit(action, where)
+
+    def _admit(self, action: str, where: str) -> bool:
         if self.torn:
             raise StorageError(
                 f"cannot {action} {where}: the process died in a torn write (injected); "
@@ -76,6 +83,7 @@ class DiskFaults:
             return False
         self.fired += 1
         if self.kind is FaultKind.TORN_WRITE:
+            self.torn = True  # now: no other thread's write may get through after this one
             return True
         if self.kind is FaultKind.NO_SPACE:
             cause = OSError(errno.ENOSPC, "injected: no space left on device")
@@ -85,8 +93,7 @@ class DiskFaults:
         raise translate_os_error(cause, where, action) from cause
 
     def tear(self, action: str, where: str) -> StorageError:
-        """The error a torn write raises; from now on every write fails."""
-        self.torn = True
+        """The error a torn write raises (every write after it fails already)."""
         log.warning("injecting a torn write into %s %s", action, where)
         cause = OSError(errno.EIO, "injected torn write: the process died mid-write")
         error = translate_os_error(cause, where, action)
