@@ -9,6 +9,7 @@ store fails here.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import random
 import shutil
@@ -17,12 +18,20 @@ from pathlib import Path
 import pytest
 
 from tests.storage_worlds import KINDS, StorageWorld
+from zraft.chaos.storage_faults import FaultyHardState, FaultyLog, FaultySnapshots
 from zraft.core.types import Configuration, Entry, EntryKind, HardState, SnapshotMeta
 from zraft.storage import (
     CorruptSnapshotError,
+    HardStateFile,
+    HardStateStorage,
     LogLockedError,
     LogStorage,
+    MemoryHardState,
+    MemoryLog,
+    MemorySnapshotStore,
+    SegmentedLog,
     SnapshotStorage,
+    SnapshotStore,
     StorageError,
 )
 from zraft.storage.snapshots import META_NAME
@@ -405,3 +414,48 @@ def test_an_install_a_crash_cut_short_leaves_the_old_snapshot(
     again = world.open_snapshots()
     assert again.latest()[0].index == 7  # type: ignore[index]
     assert not os.path.exists(tmp)  # a restart cleans up what the crash left
+
+
+# --------------------------------------------------------------------------- the shapes
+
+
+def _members(protocol: type) -> dict[str, object]:
+    """Each member the protocol declares: a property, or a method's signature."""
+    found: dict[str, object] = {}
+    for name, value in vars(protocol).items():
+        if isinstance(value, property):
+            found[name] = "property"
+        elif callable(value) and not name.startswith("_"):
+            found[name] = inspect.signature(value)
+    return found
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("protocol", "implementations"),
+    [
+        (LogStorage, [SegmentedLog, MemoryLog, FaultyLog]),
+        (HardStateStorage, [HardStateFile, MemoryHardState, FaultyHardState]),
+        (SnapshotStorage, [SnapshotStore, MemorySnapshotStore, FaultySnapshots]),
+    ],
+    ids=["log", "hard-state", "snapshots"],
+)
+def test_every_implementation_has_the_protocols_shape(
+    protocol: type, implementations: list[type]
+) -> None:
+    """What a type checker would say, checked here because CI runs no type checker: the
+    same members, properties as properties, the same parameters and defaults."""
+    wanted = _members(protocol)
+    assert len(wanted) >= 2  # load and save are the fewest
+    for cls in implementations:
+        for name, shape in wanted.items():
+            member = inspect.getattr_static(cls, name, None)
+            assert member is not None, f"{cls.__name__} lacks {name}"
+            if shape == "property":
+                assert isinstance(member, property), f"{cls.__name__}.{name} is no property"
+                continue
+            assert isinstance(shape, inspect.Signature)
+            have = inspect.signature(member)
+            assert [(p.name, p.default) for p in have.parameters.values()] == [
+                (p.name, p.default) for p in shape.parameters.values()
+            ], f"{cls.__name__}.{name}{have} differs from {protocol.__name__}.{name}{shape}"
