@@ -47,7 +47,7 @@ from zraft.core import (
     SnapshotMeta,
     VoteResponse,
 )
-from zraft.storage import HardStateFile, SegmentedLog
+from zraft.storage import HardStateStorage, LogStorage
 from zraft.storage.identity import DirectoryIdentity, IdentityFile
 from zraft.transport import (
     ClientChannel,
@@ -98,7 +98,7 @@ def founding_entry(voters: Iterable[str]) -> Entry:
     return Entry(1, 1, EntryKind.CONFIG, Configuration.of(voters))
 
 
-def has_state(raft_log: SegmentedLog, hard_state: HardState, has_snapshot: bool) -> bool:
+def has_state(raft_log: LogStorage, hard_state: HardState, has_snapshot: bool) -> bool:
     return bool(raft_log.last_index or hard_state.term or hard_state.vote or has_snapshot)
 
 
@@ -156,7 +156,7 @@ def new_identity(cluster_id: str, peer_id: str, founding: Iterable[str] = ()) ->
 
 
 def write_founding(
-    raft_log: SegmentedLog, hard_state_file: HardStateFile, voters: Iterable[str]
+    raft_log: LogStorage, hard_state_file: HardStateStorage, voters: Iterable[str]
 ) -> HardState:
     """The founding entry and its hard state (term 1, committed), durably. The identity
     records the founding as pending first: a crash before the entry is durable leaves no

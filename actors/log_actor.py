@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from zraft.core import Entry, HardState, Message
-from zraft.storage import HardStateFile, SegmentedLog, SnapshotStore
+from zraft.storage import HardStateStorage, LogStorage, SnapshotStorage
 
 from .loop_inbox import HostedActor
 from .messages import WAKE, CompactLog, InstallState, Persisted, PersistItem
@@ -38,9 +38,9 @@ class LogActor(HostedActor):
     def __init__(
         self,
         *,
-        raft_log: SegmentedLog,
-        hard_state_file: HardStateFile,
-        snapshots: SnapshotStore,
+        raft_log: LogStorage,
+        hard_state_file: HardStateStorage,
+        snapshots: SnapshotStorage,
         snapshot_lock: Any,
         queue: deque[PersistItem],
         send: Callable[[Iterable[Message]], None],

@@ -16,7 +16,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,9 +29,12 @@ from zraft.settings import Settings
 from zraft.storage import (
     CorruptSnapshotError,
     HardStateFile,
+    HardStateStorage,
     LogLockedError,
+    LogStorage,
     ReadOnlyStorageError,
     SegmentedLog,
+    SnapshotStorage,
     SnapshotStore,
     StorageError,
 )
@@ -66,9 +69,49 @@ class StartupError(Exception):
     is one line naming what failed; the exception behind it is chained as the cause."""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerStorage:
+    """The three stores a peer runs on (see ``zraft.storage.protocols``)."""
+
+    raft_log: LogStorage
+    hard_state: HardStateStorage
+    snapshots: SnapshotStorage
+
+
+# How a runtime opens its stores. The default is the disk under the settings' directories;
+# the fault suite passes one that wraps them (zraft.chaos.faulty_peer), never an env var.
+StorageOpener = Callable[[Settings], PeerStorage]
+
+
+def open_disk_storage(settings: Settings) -> PeerStorage:
+    """The peer's stores on disk, the log first: its lock refuses a second peer at once."""
+    log_dir = Path(settings.log_dir or settings.data_dir)
+    snapshot_dir = Path(settings.snapshot_dir or settings.data_dir)
+    raft_log = SegmentedLog(
+        log_dir / "log",
+        max_segment_size=settings.max_segment_size,
+        fsync=settings.fsync,
+        remove_in_background=True,
+    )
+    try:
+        hard_state_file = HardStateFile(log_dir / "hard_state", fsync=settings.fsync)
+        snapshots = SnapshotStore(
+            snapshot_dir / "snapshots",
+            backup=settings.snapshot_backup,
+            keep_backups=settings.snapshot_backups_kept,
+            fsync=settings.fsync,
+        )
+        (log_dir / "hard_state").mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        raft_log.close()  # its lock must not outlive a failed start
+        raise
+    return PeerStorage(raft_log, hard_state_file, snapshots)
+
+
 class PeerRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, open_storage: StorageOpener | None = None) -> None:
         self.settings = settings
+        self.open_storage = open_storage or open_disk_storage
         self.peer_id = settings.require_peer_id()
         self.failed = threading.Event()
         self.removed = threading.Event()  # a committed configuration left this peer out
@@ -79,7 +122,7 @@ class PeerRuntime:
         self.peer: pykka.ActorRef[Any] | None = None
         self._hosted: list[HostedRef] = []
         self._metrics_server: MetricsServer | None = None
-        self._raft_log: SegmentedLog | None = None  # closed by stop(): frees its lock file
+        self._raft_log: LogStorage | None = None  # closed by stop(): frees its lock file
 
     # ------------------------------------------------------------------ life cycle
 
@@ -132,22 +175,10 @@ class PeerRuntime:
     def _start(self) -> None:
         s = self.settings
         log_dir = Path(s.log_dir or s.data_dir)
-        snapshot_dir = Path(s.snapshot_dir or s.data_dir)
-        raft_log = SegmentedLog(
-            log_dir / "log",
-            max_segment_size=s.max_segment_size,
-            fsync=s.fsync,
-            remove_in_background=True,
-        )
+        storage = self.open_storage(s)
+        raft_log, hard_state_file = storage.raft_log, storage.hard_state
+        snapshots = storage.snapshots
         self._raft_log = raft_log
-        hard_state_file = HardStateFile(log_dir / "hard_state", fsync=s.fsync)
-        snapshots = SnapshotStore(
-            snapshot_dir / "snapshots",
-            backup=s.snapshot_backup,
-            keep_backups=s.snapshot_backups_kept,
-            fsync=s.fsync,
-        )
-        (log_dir / "hard_state").mkdir(parents=True, exist_ok=True)
         hard_state, _ = hard_state_file.load()
         latest = snapshots.latest()
         present = has_state(raft_log, hard_state, latest is not None)

@@ -16,7 +16,7 @@ import pykka
 
 from zraft.backends.base import Failure
 from zraft.core import Entry, EntryKind
-from zraft.storage import SnapshotStore
+from zraft.storage import SnapshotStorage
 from zraft.transport import ClientReply
 
 from .loop_inbox import InlineCapable, InlineRef
@@ -86,7 +86,7 @@ class SessionActor(InlineCapable):
         *,
         peer_id: str,
         state: ReplicatedState,
-        snapshots: SnapshotStore,
+        snapshots: SnapshotStorage,
         snapshot_lock: Any,
         max_log_count: int,
         reply: Replier,

@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from zraft.core import InstallSnapshot, Message
-from zraft.storage import SnapshotStore
+from zraft.storage import SnapshotStorage
 from zraft.transport import SnapshotOffer, SnapshotReady, SnapshotReceiver, send_snapshot
 from zraft.transport.zmq_transport import split_address
 
@@ -53,7 +53,7 @@ class SnapshotActor(pykka.ThreadingActor):
         *,
         peer_id: str,
         cluster_id: str,
-        snapshots: SnapshotStore,
+        snapshots: SnapshotStorage,
         snapshot_lock: Any,
         listen_host: str,
         listen_port: int,

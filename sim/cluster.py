@@ -24,6 +24,7 @@ from zraft.core import (
     Role,
     SnapshotMeta,
 )
+from zraft.storage.memory import MemoryHardState, MemoryLog, MemoryVolume
 
 from .checker import SafetyChecker
 
@@ -73,8 +74,41 @@ class Disk:
 DiskFactory = Callable[[str, SnapshotMeta], Disk]
 
 
+class TwinDisk(Disk):
+    """A disk whose log and hard state are the storage layer's in-memory twins: a restarted
+    peer sees exactly what ``MemoryLog`` and ``MemoryHardState`` recover from their volume
+    (the snapshot payload, a tuple of entries here, stays in the ``Disk`` fields)."""
+
+    def __init__(self, bootstrap: SnapshotMeta) -> None:
+        super().__init__(snapshot=bootstrap)
+        self.volume = MemoryVolume()
+        self.hard_file = MemoryHardState(self.volume)
+        self.log: MemoryLog | None = None
+
+    def reopen(self) -> None:
+        self.volume.crash()  # the process that held the log is gone
+        self.log = MemoryLog(self.volume)
+        self.hard_state, _ = self.hard_file.load()
+        self.entries = self.log.entries(self.log.first_index, self.log.last_index + 1)
+
+    def write(self, ready: Ready, snapshot_data: tuple[Entry, ...] | None) -> None:
+        assert self.log is not None
+        if ready.snapshot is not None:
+            self.snapshot, self.snapshot_data = ready.snapshot, snapshot_data or ()
+            self.log.reset(ready.snapshot.index, ready.snapshot.term)
+        if ready.entries:
+            self.log.append(ready.entries)
+        if ready.hard_state is not None:
+            self.hard_file.save(ready.hard_state)
+
+    def compact(self, meta: SnapshotMeta, data: tuple[Entry, ...]) -> None:
+        assert self.log is not None
+        self.snapshot, self.snapshot_data = meta, data
+        self.log.compact(meta.index, meta.term)  # at or below the stable index: never a reset
+
+
 def memory_disk(peer: str, bootstrap: SnapshotMeta) -> Disk:
-    return Disk(snapshot=bootstrap)
+    return TwinDisk(bootstrap)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Durable storage for a zraft peer: the segmented log, the hard state and snapshots.
 
 Plain synchronous classes that do their own fsyncs; the actor layer owns one instance of
-each and calls them from a single thread.
+each and calls them from a single thread. Callers name the protocols (``LogStorage``,
+``HardStateStorage``, ``SnapshotStorage``); the in-memory twins (``MemoryLog``,
+``MemoryHardState``, ``MemorySnapshotStore`` over a ``MemoryVolume``) behave the same.
 """
 
 from .errors import (
@@ -20,6 +22,8 @@ from .errors import (
 )
 from .hard_state import HardStateFile
 from .log import SegmentedLog
+from .memory import MemoryHardState, MemoryLog, MemorySnapshotStore, MemoryVolume
+from .protocols import HardStateStorage, LatestSnapshot, LogStorage, SnapshotStorage
 from .snapshots import SnapshotStore
 
 __all__ = [
@@ -28,12 +32,20 @@ __all__ = [
     "CorruptRecordError",
     "CorruptSnapshotError",
     "HardStateFile",
+    "HardStateStorage",
+    "LatestSnapshot",
     "LogBrokenError",
     "LogLockedError",
+    "LogStorage",
+    "MemoryHardState",
+    "MemoryLog",
+    "MemorySnapshotStore",
+    "MemoryVolume",
     "MissingSegmentError",
     "ReadOnlyStorageError",
     "RecordError",
     "SegmentedLog",
+    "SnapshotStorage",
     "SnapshotStore",
     "StorageError",
     "StorageFullError",

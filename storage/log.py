@@ -66,33 +66,6 @@ _READ_CHUNK = 1 << 20  # bytes read from disk at a time when serving a range
 _MAX_READ_FDS = 16  # read descriptors kept open (least recently used are closed)
 
 
-def _fsync_fault_budget() -> int | None:
-    """Fault injection for ``zraft chaos``: ``ZRAFT_FAULT_FSYNC_FAIL_AFTER=N`` in a peer's
-    environment makes every append sync after the first N fail with EIO, like a dying disk.
-    Unset (always, outside the fault suite): no effect."""
-    text = os.environ.get("ZRAFT_FAULT_FSYNC_FAIL_AFTER")
-    if text is None:
-        return None
-    try:
-        return max(0, int(text))
-    except ValueError:
-        log.error("ignoring ZRAFT_FAULT_FSYNC_FAIL_AFTER=%r: not an integer", text)
-        return None
-
-
-_fsyncs_before_fault = [_fsync_fault_budget()]  # one mutable cell: syncs left, or None
-
-
-def _fdatasync_batch(fd: int) -> None:
-    """``os.fdatasync`` of an appended batch, failing on purpose once the budget is spent."""
-    left = _fsyncs_before_fault[0]
-    if left is not None:
-        if left <= 0:
-            raise OSError(errno.EIO, "injected fsync failure (ZRAFT_FAULT_FSYNC_FAIL_AFTER)")
-        _fsyncs_before_fault[0] = left - 1
-    os.fdatasync(fd)
-
-
 def _closed_name(first: int, last: int) -> str:
     return f"{first:020d}-{last:020d}.seg"
 
@@ -518,7 +491,7 @@ class SegmentedLog:
                     raise OSError(errno.ENOSPC, "write wrote nothing")
                 view = view[written:]
             if self._fsync:
-                _fdatasync_batch(fd)
+                os.fdatasync(fd)
         except OSError as exc:
             self._roll_back(segment, before, exc)
             raise translate_os_error(exc, segment.path, "append to") from exc

@@ -44,7 +44,7 @@ _CHUNK = 1 << 20
 Latest = tuple[SnapshotMeta, str, dict[str, Any]]
 
 
-def _snap_name(index: int, term: int) -> str:
+def snapshot_dir_name(index: int, term: int) -> str:
     return f"snap-{index:020d}-{term:020d}"
 
 
@@ -73,7 +73,7 @@ def file_crc(path: str | os.PathLike[str]) -> tuple[int, int]:
     return size, crc
 
 
-def _data_files(root: str) -> list[str]:
+def data_files(root: str) -> list[str]:
     """Relative POSIX paths of every regular file under ``root`` except the meta file."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -85,7 +85,7 @@ def _data_files(root: str) -> list[str]:
     return found
 
 
-def _encode_meta(meta: SnapshotMeta, extra: dict[str, Any], files: dict[str, list[int]]) -> bytes:
+def encode_meta(meta: SnapshotMeta, extra: dict[str, Any], files: dict[str, list[int]]) -> bytes:
     payload = msgpack.packb(
         {
             "index": meta.index,
@@ -156,6 +156,41 @@ def _valid_data_name(name: object) -> bool:
         return False
 
 
+def snapshot_files(path: str) -> list[tuple[str, int]]:
+    """(relative path, size) of every file of the snapshot at ``path``: data files first,
+    the meta file last (the order a leader streams them in)."""
+    out = []
+    for rel in data_files(path) + [META_NAME]:
+        try:
+            size = os.stat(os.path.join(path, rel)).st_size
+        except OSError as exc:
+            raise translate_os_error(exc, os.path.join(path, rel), "stat") from exc
+        out.append((rel, size))
+    return out
+
+
+def check_files(root: str, files: dict[str, list[int]], with_crc: bool) -> None:
+    """Check the data files under ``root`` against the (size, crc32) ``files`` lists; with
+    ``with_crc`` their contents too. Raises ``CorruptSnapshotError``."""
+    for rel, (size, crc) in sorted(files.items()):
+        path = os.path.join(root, *rel.split("/"))
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):  # "a/b" where "a" is a file
+            raise CorruptSnapshotError(f"snapshot {root} lacks data file {rel}") from None
+        except OSError as exc:
+            raise translate_os_error(exc, path, "stat") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptSnapshotError(f"snapshot data {path} is not a regular file")
+        actual_size = info.st_size
+        if actual_size != size:
+            raise CorruptSnapshotError(
+                f"snapshot file {path} has {actual_size} bytes, meta says {size}"
+            )
+        if with_crc and file_crc(path)[1] != crc:
+            raise CorruptSnapshotError(f"snapshot file {path} fails its checksum")
+
+
 class SnapshotStore:
     """The snapshots of one peer, in ``directory``. Not thread-safe."""
 
@@ -201,13 +236,13 @@ class SnapshotStore:
             raise CorruptSnapshotError(
                 f"snapshot {path} holds index {meta.index} term {meta.term}, not its name's"
             )
-        self._check_files(path, files, with_crc=False)
+        check_files(path, files, with_crc=False)
         return meta, path, extra
 
     def verify(self, path: str) -> None:
         """Check every data file of a snapshot against the sizes and CRCs in its meta."""
         _, _, files = read_meta(path)
-        self._check_files(path, files, with_crc=True)
+        check_files(path, files, with_crc=True)
 
     def list_files(self, path: str) -> list[tuple[str, int]]:
         """(relative path, size) of every file of a snapshot, data files first, meta last.
@@ -215,14 +250,7 @@ class SnapshotStore:
         This is what a leader streams to a follower; the follower writes them, under the
         same relative paths, into the directory ``begin_install`` gave it.
         """
-        out = []
-        for rel in _data_files(path) + [META_NAME]:
-            try:
-                size = os.stat(os.path.join(path, rel)).st_size
-            except OSError as exc:
-                raise translate_os_error(exc, os.path.join(path, rel), "stat") from exc
-            out.append((rel, size))
-        return out
+        return snapshot_files(path)
 
     # ------------------------------------------------------------------ creating
 
@@ -241,12 +269,12 @@ class SnapshotStore:
         try:
             writer(tmp)
             files: dict[str, list[int]] = {}
-            for rel in _data_files(tmp):
+            for rel in data_files(tmp):
                 size, crc = file_crc(os.path.join(tmp, rel))
                 files[rel] = [size, crc]
             meta_path = os.path.join(tmp, META_NAME)
             with open(meta_path, "wb") as f:
-                f.write(_encode_meta(meta, dict(extra or {}), files))
+                f.write(encode_meta(meta, dict(extra or {}), files))
             return self._publish(tmp, meta)
         except OSError as exc:
             self._discard(tmp)
@@ -272,8 +300,8 @@ class SnapshotStore:
             raise ValueError(f"{tmpdir} was not returned by begin_install")
         try:
             meta, extra, files = read_meta(tmpdir)
-            self._check_files(tmpdir, files, with_crc=True)
-            unexpected = sorted(set(_data_files(tmpdir)) - set(files))
+            check_files(tmpdir, files, with_crc=True)
+            unexpected = sorted(set(data_files(tmpdir)) - set(files))
             if unexpected:
                 raise CorruptSnapshotError(f"received snapshot has unlisted files {unexpected}")
             current = self._snapshots()
@@ -316,7 +344,7 @@ class SnapshotStore:
                 for name in filenames:
                     _fsync_file(os.path.join(dirpath, name))
                 fsync_dir(dirpath)
-        final = os.path.join(self._dir, _snap_name(meta.index, meta.term))
+        final = os.path.join(self._dir, snapshot_dir_name(meta.index, meta.term))
         if os.path.exists(final):
             # Same index and term means the same state (the state machine is deterministic).
             log.info("snapshot %s already exists; discarding the new copy", final)
@@ -374,25 +402,6 @@ class SnapshotStore:
             if name.startswith(_TMP_PREFIX) and path not in self._active:
                 log.warning("removing half-written snapshot directory %s", path)
                 shutil.rmtree(path, ignore_errors=True)
-
-    def _check_files(self, root: str, files: dict[str, list[int]], with_crc: bool) -> None:
-        for rel, (size, crc) in sorted(files.items()):
-            path = os.path.join(root, *rel.split("/"))
-            try:
-                info = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):  # "a/b" where "a" is a file
-                raise CorruptSnapshotError(f"snapshot {root} lacks data file {rel}") from None
-            except OSError as exc:
-                raise translate_os_error(exc, path, "stat") from exc
-            if not stat.S_ISREG(info.st_mode):
-                raise CorruptSnapshotError(f"snapshot data {path} is not a regular file")
-            actual_size = info.st_size
-            if actual_size != size:
-                raise CorruptSnapshotError(
-                    f"snapshot file {path} has {actual_size} bytes, meta says {size}"
-                )
-            if with_crc and file_crc(path)[1] != crc:
-                raise CorruptSnapshotError(f"snapshot file {path} fails its checksum")
 
     def _sync_dir(self, path: str) -> None:
         if self._fsync:

@@ -28,8 +28,7 @@ from zraft.chaos.workloads import WORKLOADS, CounterWorkload, RegisterWorkload, 
 from zraft.cli import main
 from zraft.core import Entry
 from zraft.linearizability import History, Operation
-from zraft.storage import SegmentedLog, StorageError
-from zraft.storage import log as storage_log
+from zraft.storage import SegmentedLog
 
 LONG_MINUTES = float(os.environ.get("ZRAFT_CHAOS_MINUTES", "0") or 0)
 
@@ -154,24 +153,6 @@ def test_compare_logs_finds_a_diverging_committed_entry(tmp_path: Path) -> None:
     beyond = Convergence(ok=True)
     compare_logs(dirs, 3, beyond)  # entry 4 was never committed: may differ
     assert beyond.ok is True
-
-
-@pytest.mark.timeout(30)
-def test_the_fsync_fault_hook_fails_appends_once_its_budget_is_spent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(storage_log, "_fsyncs_before_fault", [1])
-    with SegmentedLog(tmp_path / "log") as raft_log:
-        raft_log.append([Entry(1, 1, data=b"a")])
-        with pytest.raises(StorageError, match="injected fsync failure"):
-            raft_log.append([Entry(2, 1, data=b"b")])
-        assert raft_log.last_index == 1  # the failed batch was cut back, never acknowledged
-    monkeypatch.setenv("ZRAFT_FAULT_FSYNC_FAIL_AFTER", "7")
-    assert storage_log._fsync_fault_budget() == 7
-    monkeypatch.setenv("ZRAFT_FAULT_FSYNC_FAIL_AFTER", "soon")
-    assert storage_log._fsync_fault_budget() is None  # ignored, with an error logged
-    monkeypatch.delenv("ZRAFT_FAULT_FSYNC_FAIL_AFTER")
-    assert storage_log._fsync_fault_budget() is None
 
 
 @pytest.mark.timeout(30)

@@ -14,12 +14,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zraft.bench.cli import add_bench_command, run_bench
 from zraft.chaos.cli import add_chaos_command, run_chaos
 from zraft.core import NodeOptions
 from zraft.sim import Cluster, LivenessFailure, SafetyViolation, ScheduleOptions, run_schedule
+
+if TYPE_CHECKING:
+    from zraft.actors.runtime import StorageOpener
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +131,11 @@ class _StopDuringStartUp(BaseException):
         self.signum = signum
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Run one peer in this process until SIGTERM/SIGINT or a fatal error."""
+def serve(args: argparse.Namespace, open_storage: StorageOpener | None = None) -> int:
+    """Run one peer in this process until SIGTERM/SIGINT or a fatal error.
+
+    ``open_storage`` (a ``zraft.actors.runtime.StorageOpener``) replaces the stores on disk;
+    only the fault suite passes one (zraft.chaos.faulty_peer)."""
     stop = threading.Event()
     starting = True
     runtime: Any = None  # a PeerRuntime, once made
@@ -151,7 +157,7 @@ def serve(args: argparse.Namespace) -> int:
 
             try:
                 settings = Settings.from_args(args)
-                runtime = PeerRuntime(settings)
+                runtime = PeerRuntime(settings, open_storage)
             except SettingsError as error:
                 sys.stderr.write(f"zraft serve: {error}\n")
                 return _leave(2)

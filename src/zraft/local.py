@@ -88,7 +88,9 @@ class LocalCluster:
         self.peers = [f"127.0.0.1:{port}" for port in free_ports(size)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.peer_args: dict[str, list[str]] = {}  # extra flags for one peer (its keys, say)
-        self.peer_env: dict[str, dict[str, str]] = {}  # extra environment (fault injection)
+        # What runs one peer instead of ``zraft serve`` (``python -m`` and its arguments;
+        # the fault suite's zraft.chaos.faulty_peer, say); the serve flags follow.
+        self.peer_launch: dict[str, list[str]] = {}
         self.client_curve = client_curve
         self.client = ClientChannel(cluster_id, f"local-{os.getpid()}", client_curve)
         self._session: Any = None  # a LightSession, made on the first write
@@ -110,8 +112,7 @@ class LocalCluster:
         command = [
             sys.executable,
             "-m",
-            "zraft",
-            "serve",
+            *self.peer_launch.get(peer, ["zraft", "serve"]),
             "--peer-id",
             peer,
             "--peers",
@@ -128,9 +129,8 @@ class LocalCluster:
             *self.peer_args.get(peer, []),
         ]
         logfile = open(data / "peer.log", "ab")  # noqa: SIM115 (owned by the process)
-        env = {**os.environ, **self.peer_env[peer]} if self.peer_env.get(peer) else None
         self.processes[peer] = subprocess.Popen(
-            command, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            command, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
         )
         logfile.close()
 

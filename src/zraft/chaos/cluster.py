@@ -28,8 +28,6 @@ from .proxy import ProxiedLinks
 
 log = logging.getLogger(__name__)
 
-FSYNC_FAULT_ENV = "ZRAFT_FAULT_FSYNC_FAIL_AFTER"  # read by zraft.storage.log
-
 
 class ChaosCluster:
     def __init__(
@@ -115,13 +113,14 @@ class ChaosCluster:
     def kill(self, peer: str) -> None:
         self.local.kill(peer)
 
-    def restart(self, peer: str, env: dict[str, str] | None = None) -> None:
-        """(Re)start a peer that is down, the way it was first started."""
+    def restart(self, peer: str, disk_faults: list[str] | None = None) -> None:
+        """(Re)start a peer that is down, the way it was first started; with
+        ``disk_faults`` (flags of zraft.chaos.faulty_peer) on a failing disk."""
         self.local.kill(peer)  # reaps an exited process; no-op when none
-        if env:
-            self.local.peer_env[peer] = env
+        if disk_faults:
+            self.local.peer_launch[peer] = ["zraft.chaos.faulty_peer", *disk_faults]
         else:
-            self.local.peer_env.pop(peer, None)
+            self.local.peer_launch.pop(peer, None)
         self.local.start_peer(peer, self.start_members.get(peer))
 
     def pause(self, peer: str) -> None:
@@ -217,7 +216,7 @@ class ChaosCluster:
             for peer in self.peers:
                 if peer in self.removed:
                     continue
-                if self.local.peer_env.get(peer) or not self.alive(peer):
+                if self.local.peer_launch.get(peer) or not self.alive(peer):
                     self.restart(peer)
                     done.append(f"restarted {peer}")
             self.busy.clear()

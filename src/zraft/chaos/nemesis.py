@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 from zraft.local import ClusterError
 from zraft.session import ZraftError
 
-from .cluster import FSYNC_FAULT_ENV, ChaosCluster
+from .cluster import ChaosCluster
+from .storage_faults import INJECTED_FSYNC_FAILURE
 
 log = logging.getLogger(__name__)
 
-INJECTED_FSYNC_FAILURE = "injected fsync failure"  # what storage.log says when it fires
 
 
 @dataclass(slots=True)
@@ -222,9 +222,10 @@ class MembershipNemesis(Nemesis):
 
 
 class FsyncNemesis(Nemesis):
-    """Restart a peer with a disk whose log fsync fails after a few calls
-    (``ZRAFT_FAULT_FSYNC_FAIL_AFTER``): the peer must stop rather than acknowledge what is
-    not durable. When the window ends it restarts with a good disk."""
+    """Restart a peer on a disk whose syncs fail after a few writes (through
+    ``python -m zraft.chaos.faulty_peer --fail-sync-after N``): the peer must stop rather
+    than acknowledge what is not durable. When the window ends it restarts with a good
+    disk."""
 
     name = "fsync"
     fired_before = 0  # failures the peer's log reported before this window
@@ -238,7 +239,7 @@ class FsyncNemesis(Nemesis):
         self.fired_before = _mentions(self.cluster.data_dir(peer) / "peer.log")
         after = int(rng.random() * 40)
         self.cluster.kill(peer)
-        self.cluster.restart(peer, env={FSYNC_FAULT_ENV: str(after)})
+        self.cluster.restart(peer, disk_faults=["--fail-sync-after", str(after)])
         event.description = f"fsync fails on {peer} after {after} syncs"
         return True
 
