@@ -87,6 +87,17 @@ class SnapshotReport:
     success: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedUpTo:
+    """The session actor, to the peer actor: how far the state machine has applied, and the
+    long-lived sessions' timeouts (ms) when they changed (a copy nobody changes; None: as
+    last sent)."""
+
+    index: int
+    term: int
+    sessions: dict[str, int] | None = None
+
+
 # ----------------------------------------------------------------------- to the log actor
 
 

@@ -36,6 +36,7 @@ from .messages import (
     LEADERSHIP_LOST,
     REPORT_METRICS,
     WATCH_TICK,
+    AppliedUpTo,
     ApplyBatch,
     AwaitWrites,
     ClientBatch,
@@ -101,12 +102,10 @@ class PeerActor(LoopTurningActor):
         log_actor: pykka.ActorRef[Any] | None = None,
         session_actor: pykka.ActorRef[Any],
         snapshot_actor: pykka.ActorRef[Any],
-        applied_index: Callable[[], int],
-        applied_term: Callable[[], int] = lambda: 0,
+        applied: AppliedUpTo,
         transport_stats: Callable[[], dict[str, Any]] = dict,
         on_failure: Callable[[str], None],
         on_removed: Callable[[], None] = lambda: None,
-        session_table: Callable[[], dict[str, int]] = dict,
         tick_seconds: float = 0.05,
         on_ref: Callable[[pykka.ActorRef[Any]], None] = lambda ref: None,
         identity_guard: IdentityGuard | None = None,
@@ -124,15 +123,16 @@ class PeerActor(LoopTurningActor):
         self.log_actor = log_actor
         self.session_actor = session_actor
         self.snapshot_actor = snapshot_actor
-        self.applied_index = applied_index  # read across threads: an int attribute
-        self.applied_term = applied_term
+        # How far the session actor has applied, as it last told us (AppliedUpTo).
+        self.applied = applied
         self.transport_stats = transport_stats
         # The other actors' counters as they last reported them (MetricsReport).
         self.reported_metrics: dict[str, tuple[tuple[str, int | float], ...]] = {}
         self.report_removed = on_removed
-        # Long-lived sessions, tracked on the leader only: when each was last heard of (in
-        # ticks). A new leader starts every session afresh: failover never expires one.
-        self.session_table = session_table
+        # Long-lived sessions (id -> timeout in ms), as the session actor last told us. The
+        # leader tracks when each was last heard of (in ticks); a new leader starts every
+        # session afresh: failover never expires one.
+        self.sessions: dict[str, int] = applied.sessions or {}
         self.max_results_per_client = max_results_per_client
         self.tick_ms = tick_seconds * 1000
         self.last_heard: dict[str, int] = {}
@@ -195,6 +195,11 @@ class PeerActor(LoopTurningActor):
             self.staged[message.index] = message.path
         elif isinstance(message, SnapshotReport):
             node.report_snapshot(message.peer, message.success)
+        elif isinstance(message, AppliedUpTo):
+            self.applied = message
+            if message.sessions is not None:
+                self.sessions = message.sessions
+            return None
         elif isinstance(message, MetricsReport):
             self.reported_metrics[message.source] = message.values
             return None
@@ -412,20 +417,20 @@ class PeerActor(LoopTurningActor):
     def _caught_up(self) -> bool:
         """Our state machine has applied an entry of our term (at least our no-op), so it
         holds everything committed before we led: a session it lacks is really gone."""
-        return self.applied_term() == self.node.term
+        return self.applied.term == self.node.term
 
     def _ping(self, request: ClientRequest) -> ClientReply:
         if self.node.role is not Role.LEADER:
             return self._not_leader(request)
         if not self._caught_up():
             return ClientReply(request.request_id, False, "catching up", "retry")
-        if request.client_id not in self.session_table():
+        if request.client_id not in self.sessions:
             return ClientReply(request.request_id, False, "no such session", "session_expired")
         return ClientReply(request.request_id, True)
 
     def _expire_silent_sessions(self) -> None:
         """The leader decides expiry and replicates it as one entry per session."""
-        table = self.session_table()
+        table = self.sessions
         expired = []
         for session, timeout_ms in table.items():
             heard = self.last_heard.setdefault(session, self.ticks)
@@ -728,8 +733,8 @@ class PeerActor(LoopTurningActor):
             "term": node.term,
             "leader": node.leader,
             "commit": node.commit,
-            "applied": self.applied_index(),
-            "apply_lag": node.commit - self.applied_index(),
+            "applied": self.applied.index,
+            "apply_lag": node.commit - self.applied.index,
             "last_index": node.log.last_index,
             "snapshot_index": node.log.snap_index,
             "config": node.config.to_wire(),

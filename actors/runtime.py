@@ -48,7 +48,7 @@ from .founding import (
 )
 from .hosted_loop import LoopWakingRef
 from .log_actor import LogActor, LogWriter
-from .messages import ClientBatch, PeerBatch, StatusRequest
+from .messages import AppliedUpTo, ClientBatch, PeerBatch, StatusRequest
 from .metrics import MetricsServer
 from .peer_actor import PeerActor
 from .session_actor import SessionActor
@@ -274,12 +274,10 @@ class PeerRuntime:
             log_actor=_SafeRef(log_actor) if log_actor is not None else None,
             session_actor=_SafeRef(session),
             snapshot_actor=_SafeRef(snapshot_actor),
-            applied_index=lambda: state.applied_index,
-            applied_term=lambda: state.applied_term,
+            applied=AppliedUpTo(state.applied_index, state.applied_term, state.session_table()),
             transport_stats=transport.stats,
             on_failure=self._fail,
             on_removed=self.removed.set,
-            session_table=state.session_table,
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
             max_results_per_client=s.max_results_per_client,
             on_ref=peer_ref.set,

@@ -21,6 +21,7 @@ from zraft.transport import ClientReply
 
 from .counters import Counters
 from .messages import (
+    AppliedUpTo,
     ApplyBatch,
     AwaitWrites,
     ExpectSnapshot,
@@ -95,6 +96,7 @@ class SessionActor(pykka.ThreadingActor):
         self.peer = peer
         self.report_failure = on_failure
         self.next_snapshot_at = self._snapshot_point(state.applied_index)
+        self.sessions_sent = state.sessions_changes  # the peer actor starts with a copy
         self.pending_writes: dict[int, PendingWrite] = {}
         self.waiting_reads: list[tuple[int, int, PendingRead]] = []  # heap by index
         self._read_sequence = 0
@@ -155,6 +157,7 @@ class SessionActor(pykka.ThreadingActor):
             return
         replies: list[tuple[Identity, ClientReply]] = []
         applied_entries = self.state.apply(entries)
+        self._tell_applied()
         for applied in applied_entries:
             pending = self.pending_writes.pop(applied.index, None)
             if pending is None:
@@ -235,6 +238,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _install(self, message: InstallState) -> None:
         self.state.install(message.meta, Path(message.path), message.extra)
+        self._tell_applied()
         self.next_snapshot_at = self._snapshot_point(message.meta.index)
         self.expecting_snapshot = None
         self.counters.add("snapshots_installed")
@@ -244,6 +248,18 @@ class SessionActor(pykka.ThreadingActor):
             write = self.pending_writes.pop(index)
             self.reply([(write.identity, ClientReply(write.request_id, False, error="retry"))])
         self._apply(held)
+
+    def _tell_applied(self) -> None:
+        """Before any reply that depends on it leaves: the peer actor's copy of how far we
+        applied (and of the sessions, after a change) is then never behind what a client
+        was told (a session just opened, say, which the client pings next)."""
+        state = self.state
+        sessions = None
+        if state.sessions_changes != self.sessions_sent:
+            self.sessions_sent = state.sessions_changes
+            sessions = state.session_table()
+        if self.peer is not None:
+            self.peer.tell(AppliedUpTo(state.applied_index, state.applied_term, sessions))
 
     def _report_metrics(self) -> None:
         report = self.counters.report()

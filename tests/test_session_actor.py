@@ -16,6 +16,7 @@ import pytest
 from zraft.actors.commands import Command, CommandKind
 from zraft.actors.messages import (
     REPORT_METRICS,
+    AppliedUpTo,
     ApplyBatch,
     MetricsReport,
     PendingWrite,
@@ -49,12 +50,14 @@ def waiter(index: int) -> PendingWrite:
 
 
 class StubPeer:
-    def __init__(self) -> None:
+    def __init__(self, journal: list[tuple[str, Any]]) -> None:
         self.told: list[Any] = []
+        self.journal = journal  # what the peer was told and the replies, in order
         self.snapshot_taken = threading.Event()
 
     def tell(self, message: Any) -> None:
         self.told.append(message)
+        self.journal.append(("peer", message))
         if isinstance(message, SnapshotTaken):
             self.snapshot_taken.set()
 
@@ -114,10 +117,13 @@ def start_session(tmp_path: Path, *, max_log_count: int = 1_000_000) -> Session:
     state.apply = apply  # type: ignore[method-assign]
     state.snapshot = snapshot  # type: ignore[method-assign]
 
+    journal: list[tuple[str, Any]] = []
+
     def reply(batch: Iterable[tuple[bytes, ClientReply]]) -> None:
         replies.append((threading.get_ident(), list(batch)))
+        journal.append(("reply", replies[-1][1]))
 
-    peer = StubPeer()
+    peer = StubPeer(journal)
     ref = SessionProbe.start(
         peer_id="a",
         state=state,
@@ -202,3 +208,34 @@ def test_peers_take_their_snapshots_at_points_of_their_own(every: int, peers: in
     if every >= peers:
         assert len(phases) == peers  # no two peers share a point
     assert snapshot_point(5, 1, 0, 3) == 6 and snapshot_point(5, 10, 0, 1) == 15
+
+
+def open_session(index: int, session: str, timeout_ms: int) -> Entry:
+    command = Command(CommandKind.SESSION_OPEN, session, 1, 0, timeout_ms)
+    return Entry(index, 1, EntryKind.NORMAL, command.encode())
+
+
+@pytest.mark.timeout(30)
+def test_the_peer_hears_how_far_it_applied_before_any_client_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The peer actor keeps its own copy of the applied index and term and of the sessions
+    (the session actor shares none of its state). The copy is told before the replies
+    leave, so a client that just opened a session and pings next is never told it has
+    none; the sessions are copied only when they changed."""
+    s = start_session(tmp_path)
+    s.ref.tell(ApplyBatch((open_session(1, "s1", 1500),), (waiter(1),)))
+    s.ref.tell(ApplyBatch((write(2, "k", 2),), (waiter(2),)))
+    s.sync()
+    journal = [(who, m) for who, m in s.peer.journal
+               if who == "reply" or isinstance(m, AppliedUpTo)]  # fmt: skip
+    assert [who for who, _ in journal] == ["peer", "reply", "peer", "reply"]
+    assert journal[0][1] == AppliedUpTo(1, 1, {"s1": 1500})
+    assert journal[2][1] == AppliedUpTo(2, 1, None)  # sessions unchanged: not copied
+    assert [r.ok for _, r in s.reply_to(1)] == [True]
+    held = journal[0][1].sessions
+    s.ref.tell(ApplyBatch((open_session(3, "s2", 900),)))
+    s.sync()
+    last = [m for m in s.peer.told if isinstance(m, AppliedUpTo)][-1]
+    assert last == AppliedUpTo(3, 1, {"s1": 1500, "s2": 900})
+    assert held == {"s1": 1500}  # a copy: what was told before does not change
