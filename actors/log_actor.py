@@ -1,22 +1,21 @@
-"""The log actor: makes Readys durable in groups, then releases what waited for them.
+"""Writing the log: makes Readys durable in groups, then releases what waited for them.
 
-The peer actor appends ``PersistItem``s to a shared queue and tells ``WAKE``; each wake
-drains everything queued into one log append (one fdatasync). Only then are the votes and
-acknowledgements they carry sent, and the core told ``Persisted``.
+``LogWriter`` is a plain object, not an actor: by default the peer actor owns it and calls
+it on its own thread, as the bare pipeline of performance.md does: the peer gathers
+everything that arrived in one turn of its loop into one Ready, so under load many writes
+share one sync (group commit), and an acknowledgement leaves right after its sync, before
+anything else the turn does, without waking another thread. With the ``log_thread``
+setting a ``LogActor`` owns it instead, on a thread of its own.
 
-It runs on the peer actor's thread (a ``HostedActor``), as the bare pipeline of
-performance.md does: the peer gathers everything that arrived in one turn of its loop into
-one Ready, so under load many writes share one sync (group commit), and an acknowledgement
-leaves right after its sync, before anything else the turn does, without waking another
-thread.
+Only after the sync are the votes and acknowledgements a Ready carries sent, and the core
+told ``Persisted``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pykka
@@ -24,8 +23,14 @@ import pykka
 from zraft.core import Entry, HardState, Message
 from zraft.storage import HardStateStorage, LogStorage, SnapshotStorage
 
-from .loop_inbox import HostedActor
-from .messages import WAKE, CompactLog, InstallState, Persisted, PersistItem
+from .counters import Counters
+from .messages import (
+    CompactLog,
+    InstallState,
+    Persisted,
+    PersistItem,
+    ReportMetrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,9 @@ SLOW_PERSIST_S = 0.1
 SLOW_WARNING_INTERVAL_S = 10.0
 
 
-class LogActor(HostedActor):
+class LogWriter:
+    """Owned by one thread at a time: the peer actor's, or a ``LogActor``'s."""
+
     def __init__(
         self,
         *,
@@ -42,51 +49,34 @@ class LogActor(HostedActor):
         hard_state_file: HardStateStorage,
         snapshots: SnapshotStorage,
         snapshot_lock: Any,
-        queue: deque[PersistItem],
         send: Callable[[Iterable[Message]], None],
         flush: Callable[[], None] = lambda: None,
-        peer: pykka.ActorRef[Any],
         session: pykka.ActorRef[Any],
         saved: HardState,
-        metrics: dict[str, Any],
-        on_failure: Callable[[str], None],
         own_thread: bool = False,
     ) -> None:
-        super().__init__()
         self.raft_log = raft_log
         self.hard_state_file = hard_state_file
         self.snapshots = snapshots
         self.snapshot_lock = snapshot_lock
-        self.queue = queue
         self.send = send
         self.flush = flush  # on the peer's thread: sends what is queued now
-        self.peer = peer
         self.session = session
         self.saved = saved  # the hard state last made durable
-        self.report_failure = on_failure
-        self.metrics = metrics  # shared with the status view; only this actor writes it
-        self.metrics.update(fsyncs=0, persisted_readys=0, persist_seconds_total=0.0)
+        self.counters = Counters("log", fsyncs=0, persisted_readys=0, persist_seconds_total=0.0)
         self.own_thread = own_thread
         self.slow_warned_at = float("-inf")
 
-    def on_receive(self, message: Any) -> None:
-        if message is WAKE:
-            self._drain()
-        elif isinstance(message, CompactLog) and self.raft_log.frees_segment(message.index):
+    def compact(self, message: CompactLog) -> None:
+        if self.raft_log.frees_segment(message.index):
             # The base on disk may lag the snapshot (the core skips stored entries that a
             # snapshot covers): moving it costs syncs on this thread, so it moves only when
             # a whole segment can go, not at every snapshot.
             self.raft_log.compact(message.index, message.term)
 
-    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        self.report_failure(f"log actor failed: {exc_value!r}")
-
-    def _drain(self) -> None:
-        items = []
-        while self.queue:
-            items.append(self.queue.popleft())
-        if not items:
-            return
+    def write(self, items: Sequence[PersistItem]) -> Persisted:
+        """Make ``items`` durable (one log append for the lot), send the messages that
+        waited for them, and say what is durable now (for the peer actor's core)."""
         started = time.perf_counter()
         pending: list[Entry] = []
         hard_state: HardState | None = None
@@ -106,10 +96,10 @@ class LogActor(HostedActor):
         if hard_state is not None and self._must_save(hard_state):
             self.hard_state_file.save(hard_state)
             self.saved = hard_state
-            self.metrics["fsyncs"] += 1
+            self.counters.add("fsyncs")
         took = time.perf_counter() - started
-        self.metrics["persist_seconds_total"] += took
-        self.metrics["persisted_readys"] += len(items)
+        self.counters.add("persist_seconds_total", took)
+        self.counters.add("persisted_readys", len(items))
         if took >= SLOW_PERSIST_S and started - self.slow_warned_at >= SLOW_WARNING_INTERVAL_S:
             self.slow_warned_at = started
             log.warning(
@@ -123,7 +113,7 @@ class LogActor(HostedActor):
             # Now, not at the end of the peer's turn: the leader is waiting for these
             # acknowledgements, and the peer may yet apply a batch in this turn.
             self.flush()
-        self.peer.tell(Persisted(self.raft_log.last_index, self.raft_log.last_term))
+        return Persisted(self.raft_log.last_index, self.raft_log.last_term)
 
     def _must_save(self, hard_state: HardState) -> bool:
         # Term and vote must be durable before the messages that depend on them; the commit
@@ -133,7 +123,7 @@ class LogActor(HostedActor):
     def _append(self, entries: list[Entry]) -> None:
         if entries:
             self.raft_log.append(entries)
-            self.metrics["fsyncs"] += 1
+            self.counters.add("fsyncs")
 
     def _install(self, item: PersistItem) -> None:
         """A snapshot from the leader: make it the latest, then cut the log to it."""
@@ -144,3 +134,35 @@ class LogActor(HostedActor):
         self.raft_log.restore_to_snapshot(meta.index, meta.term)
         self.session.tell(InstallState(meta, path, extra))
         log.info("installed snapshot at index %d term %d from the leader", meta.index, meta.term)
+
+
+class LogActor(pykka.ThreadingActor):
+    """A ``LogWriter`` on a thread of its own (the ``log_thread`` setting): a slow disk then
+    never holds up the peer's loop, at the cost of two thread hand-offs per write."""
+
+    def __init__(
+        self, writer: LogWriter, peer: Any, on_failure: Callable[[str], None]
+    ) -> None:
+        super().__init__()
+        self.writer = writer
+        self.peer = peer  # tells the peer actor (and wakes its loop)
+        self.report_failure = on_failure
+        self.pending: list[PersistItem] = []
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, PersistItem):
+            self.pending.append(message)
+        elif isinstance(message, CompactLog):
+            self.writer.compact(message)
+        elif isinstance(message, ReportMetrics):
+            report = self.writer.counters.report()
+            if report is not None:
+                self.peer.tell(report)
+        # Items told while the last sync ran are written together, once nothing else is
+        # queued: one sync for them all.
+        if self.pending and self.actor_inbox.empty():
+            items, self.pending = self.pending, []
+            self.peer.tell(self.writer.write(items))
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.report_failure(f"log actor failed: {exc_value!r}")

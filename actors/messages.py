@@ -25,6 +25,22 @@ class StatusRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportMetrics:
+    """The peer actor, to the others once a tick: report your counters if they changed."""
+
+
+REPORT_METRICS = ReportMetrics()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsReport:
+    """An actor's counters as they are now (a copy: each actor owns its counters)."""
+
+    source: str
+    values: tuple[tuple[str, int | float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerBatch:
     """Messages from other peers, decoded by the transport."""
 
@@ -71,6 +87,17 @@ class SnapshotReport:
     success: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedUpTo:
+    """The session actor, to the peer actor: how far the state machine has applied, and the
+    long-lived sessions' timeouts (ms) when they changed (a copy nobody changes; None: as
+    last sent)."""
+
+    index: int
+    term: int
+    sessions: dict[str, int] | None = None
+
+
 # ----------------------------------------------------------------------- to the log actor
 
 
@@ -83,14 +110,6 @@ class PersistItem:
     entries: tuple[Entry, ...]
     hard_state: HardState | None
     messages: tuple[Message, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Wake:
-    pass
-
-
-WAKE = Wake()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +186,6 @@ class WatchTick:
 
 
 WATCH_TICK = WatchTick()
-
-
-class SnapshotDue:
-    """To the session actor's own thread: a snapshot is due (found while applying inline)."""
-
-
-SNAPSHOT_DUE = SnapshotDue()
 
 
 @dataclass(frozen=True, slots=True)

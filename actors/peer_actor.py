@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,18 +30,20 @@ from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotR
 
 from .commands import Command, CommandKind
 from .founding import IdentityGuard
-from .loop_inbox import HostedLoop, HostedRef, InlineRef, LoopActor, LoopEnded
+from .hosted_loop import HostedLoop, LoopTurningActor
+from .log_actor import LogWriter
 from .messages import (
     LEADERSHIP_LOST,
-    TICK,
-    WAKE,
+    REPORT_METRICS,
     WATCH_TICK,
+    AppliedUpTo,
     ApplyBatch,
     AwaitWrites,
     ClientBatch,
     CompactLog,
     ExpectSnapshot,
     Identity,
+    MetricsReport,
     OfferReceived,
     PeerBatch,
     PendingRead,
@@ -56,7 +57,6 @@ from .messages import (
     SnapshotStaged,
     SnapshotTaken,
     StatusRequest,
-    Tick,
     WatchPoll,
 )
 from .state_machine import DEFAULT_MAX_RESULTS_PER_CLIENT, admission_refusal
@@ -80,9 +80,14 @@ _WRITE_KINDS = {
 }
 
 
-class PeerActor(LoopActor):
-    """Hosted on the transport's loop (``LoopActor``): peer messages and client requests
-    are stepped on the thread that received them, and what the core sends is flushed by it.
+class PeerActor(LoopTurningActor):
+    """Turns the transport's loop on its own thread (see ``hosted_loop``): peer messages
+    and client requests are stepped on the thread that received them, and what the core
+    sends is flushed by it. It owns the log writer unless the log has a thread of its own
+    (``log_actor``), and keeps the clock (a tick when one is due).
+
+    Tell it from other threads through a ``LoopWakingRef``: a plain tell would wait until
+    the loop's current wait ends.
     """
 
     def __init__(
@@ -93,43 +98,41 @@ class PeerActor(LoopActor):
         send: Callable[[Iterable[Message]], None],
         reply: Callable[[Iterable[tuple[Identity, ClientReply]]], None],
         set_peers: Callable[[Iterable[str]], None],
-        persist_queue: deque[PersistItem],
-        log_actor: pykka.ActorRef[Any],
+        log_writer: LogWriter | None,
+        log_actor: pykka.ActorRef[Any] | None = None,
         session_actor: pykka.ActorRef[Any],
         snapshot_actor: pykka.ActorRef[Any],
-        applied_index: Callable[[], int],
-        applied_term: Callable[[], int] = lambda: 0,
-        metrics_sources: dict[str, Callable[[], dict[str, Any]]],
+        applied: AppliedUpTo,
+        transport_stats: Callable[[], dict[str, Any]] = dict,
         on_failure: Callable[[str], None],
         on_removed: Callable[[], None] = lambda: None,
-        session_table: Callable[[], dict[str, int]] = dict,
         tick_seconds: float = 0.05,
-        hosted: Iterable[HostedRef | InlineRef] = (),
         on_ref: Callable[[pykka.ActorRef[Any]], None] = lambda ref: None,
         identity_guard: IdentityGuard | None = None,
         max_results_per_client: int = DEFAULT_MAX_RESULTS_PER_CLIENT,
     ) -> None:
-        super().__init__()
+        super().__init__(loop, tick_seconds, on_failure)
         on_ref(self.actor_ref)  # before the thread starts: others may tell us at once
-        self.actor_inbox.attach(loop, tick=TICK, tick_seconds=tick_seconds)
-        self.actor_inbox.host(*hosted)
         self.node = node
         self.flush = loop.flush  # sends what this thread queued, now
         self.send = send
         self.reply = reply
         self.set_peers = set_peers
-        self.persist_queue = persist_queue
+        assert (log_writer is None) != (log_actor is None), "one place writes the log"
+        self.log_writer = log_writer
         self.log_actor = log_actor
         self.session_actor = session_actor
         self.snapshot_actor = snapshot_actor
-        self.applied_index = applied_index  # read across threads: an int attribute
-        self.applied_term = applied_term
-        self.metrics_sources = metrics_sources
-        self.report_failure = on_failure
+        # How far the session actor has applied, as it last told us (AppliedUpTo).
+        self.applied = applied
+        self.transport_stats = transport_stats
+        # The other actors' counters as they last reported them (MetricsReport).
+        self.reported_metrics: dict[str, tuple[tuple[str, int | float], ...]] = {}
         self.report_removed = on_removed
-        # Long-lived sessions, tracked on the leader only: when each was last heard of (in
-        # ticks). A new leader starts every session afresh: failover never expires one.
-        self.session_table = session_table
+        # Long-lived sessions (id -> timeout in ms), as the session actor last told us. The
+        # leader tracks when each was last heard of (in ticks); a new leader starts every
+        # session afresh: failover never expires one.
+        self.sessions: dict[str, int] = applied.sessions or {}
         self.max_results_per_client = max_results_per_client
         self.tick_ms = tick_seconds * 1000
         self.last_heard: dict[str, int] = {}
@@ -163,25 +166,17 @@ class PeerActor(LoopActor):
             "writes_too_far_ahead": 0,
         }
 
-    def on_start(self) -> None:
+    def loop_opened(self) -> None:
         self._track_peers(drop=True)
         self._drain()
 
-    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        self.report_failure(f"peer actor failed: {exc_value!r}")
+    def before_wait(self) -> None:
+        if self.undrained:
+            self._drain()  # what was stepped goes out before the loop may wait
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         node = self.node
-        if isinstance(message, Tick):
-            node.tick()
-            self.ticks += 1
-            self._forget_lost_reads()
-            if self.askers and min(self.askers.values()) <= self.ticks:
-                self.peers_key = ()  # an asker's time is up: the next drain lets it go
-            if node.role is Role.LEADER:
-                self._expire_silent_sessions()
-                self.session_actor.tell(WATCH_TICK)  # held watch polls time out
-        elif isinstance(message, PeerBatch):
+        if isinstance(message, PeerBatch):
             self.metrics["peer_messages"] += len(message.messages)
             for msg in message.messages:
                 self._step(msg)
@@ -191,21 +186,49 @@ class PeerActor(LoopActor):
             node.persisted(message.index, message.term)
         elif isinstance(message, SnapshotTaken):
             if node.compact(message.index):
-                self.log_actor.tell(CompactLog(message.index, node.snapshot_meta.term))
+                compact = CompactLog(message.index, node.snapshot_meta.term)
+                if self.log_writer is not None:
+                    self.log_writer.compact(compact)
+                else:
+                    assert self.log_actor is not None
+                    self.log_actor.tell(compact)
         elif isinstance(message, SnapshotStaged):
             self.staged[message.index] = message.path
         elif isinstance(message, SnapshotReport):
             node.report_snapshot(message.peer, message.success)
+        elif isinstance(message, AppliedUpTo):
+            self.applied = message
+            if message.sessions is not None:
+                self.sessions = message.sessions
+            return None
+        elif isinstance(message, MetricsReport):
+            self.reported_metrics[message.source] = message.values
+            return None
         elif isinstance(message, StatusRequest):
             return self.status()  # answers an ask() from a non-actor thread (metrics)
-        elif isinstance(message, LoopEnded):
-            raise RuntimeError(message.reason)
         # Everything already waiting is stepped before the output is gathered: one Ready,
         # one send per peer and one log write for the lot (bounded, so output keeps flowing).
         self.undrained += 1
         if self.actor_inbox.empty() or self.undrained >= MAX_UNDRAINED:
             self._drain()
         return None
+
+    def on_tick(self) -> None:
+        node = self.node
+        node.tick()
+        self.ticks += 1
+        self.undrained += 1
+        self._forget_lost_reads()
+        if self.askers and min(self.askers.values()) <= self.ticks:
+            self.peers_key = ()  # an asker's time is up: the next drain lets it go
+        if node.role is Role.LEADER:
+            self._expire_silent_sessions()
+            self.session_actor.tell(WATCH_TICK)  # held watch polls time out
+        # The other actors own their counters: they send a copy if it changed.
+        self.session_actor.tell(REPORT_METRICS)
+        self.snapshot_actor.tell(REPORT_METRICS)
+        if self.log_actor is not None:
+            self.log_actor.tell(REPORT_METRICS)
 
     # ------------------------------------------------------------------ inputs
 
@@ -397,20 +420,20 @@ class PeerActor(LoopActor):
     def _caught_up(self) -> bool:
         """Our state machine has applied an entry of our term (at least our no-op), so it
         holds everything committed before we led: a session it lacks is really gone."""
-        return self.applied_term() == self.node.term
+        return self.applied.term == self.node.term
 
     def _ping(self, request: ClientRequest) -> ClientReply:
         if self.node.role is not Role.LEADER:
             return self._not_leader(request)
         if not self._caught_up():
             return ClientReply(request.request_id, False, "catching up", "retry")
-        if request.client_id not in self.session_table():
+        if request.client_id not in self.sessions:
             return ClientReply(request.request_id, False, "no such session", "session_expired")
         return ClientReply(request.request_id, True)
 
     def _expire_silent_sessions(self) -> None:
         """The leader decides expiry and replicates it as one entry per session."""
-        table = self.session_table()
+        table = self.sessions
         expired = []
         for session, timeout_ms in table.items():
             heard = self.last_heard.setdefault(session, self.ticks)
@@ -607,19 +630,22 @@ class PeerActor(LoopActor):
             if overtaken := self._waiting_up_to(ready.snapshot.index):
                 self.session_actor.tell(AwaitWrites(overtaken))
             self.session_actor.tell(ExpectSnapshot(ready.snapshot.index))
-        # The log actor writes on this thread: what must go out first (appends to the
-        # followers, sent before our own sync) leaves now.
-        self.flush()
-        self.persist_queue.append(
-            PersistItem(
-                ready.snapshot,
-                staged,
-                tuple(ready.entries),
-                ready.hard_state,
-                tuple(ready.messages_after_persist),
-            )
+        item = PersistItem(
+            ready.snapshot,
+            staged,
+            tuple(ready.entries),
+            ready.hard_state,
+            tuple(ready.messages_after_persist),
         )
-        self.log_actor.tell(WAKE)
+        if self.log_writer is None:
+            assert self.log_actor is not None
+            self.log_actor.tell(item)
+            return
+        # Written on this thread: what must go out first (appends to the followers, sent
+        # before our own sync) leaves now. What is durable reaches the core as a message,
+        # after what is queued already, as it would from a log actor.
+        self.flush()
+        self.actor_ref.tell(self.log_writer.write((item,)))
 
     def _reads(self, ready: Ready) -> None:
         reads = []
@@ -719,8 +745,12 @@ class PeerActor(LoopActor):
             }
         metrics: dict[str, Any] = dict(self.metrics)
         metrics["ignored_messages"] = sum(node.ignored.values())
-        for name, source in self.metrics_sources.items():
-            for key, value in source().items():
+        sources = dict(self.reported_metrics)
+        sources["transport"] = tuple(self.transport_stats().items())
+        if self.log_writer is not None:
+            sources["log"] = tuple(self.log_writer.counters.values.items())
+        for name, values in sources.items():
+            for key, value in values:
                 metrics[f"{name}_{key}"] = value
         guard = self.identity_guard
         return {
@@ -732,8 +762,8 @@ class PeerActor(LoopActor):
             "term": node.term,
             "leader": node.leader,
             "commit": node.commit,
-            "applied": self.applied_index(),
-            "apply_lag": node.commit - self.applied_index(),
+            "applied": self.applied.index,
+            "apply_lag": node.commit - self.applied.index,
             "last_index": node.log.last_index,
             "snapshot_index": node.log.snap_index,
             "config": node.config.to_wire(),

@@ -14,7 +14,6 @@ import logging
 import random
 import threading
 import traceback
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,9 +49,9 @@ from .founding import (
     open_identity,
     write_founding,
 )
-from .log_actor import LogActor
-from .loop_inbox import HostedRef, InlineRef, OwnThread
-from .messages import ClientBatch, PeerBatch, PersistItem, StatusRequest
+from .hosted_loop import LoopWakingRef
+from .log_actor import LogActor, LogWriter
+from .messages import AppliedUpTo, ClientBatch, PeerBatch, StatusRequest
 from .metrics import MetricsServer
 from .peer_actor import PeerActor
 from .session_actor import SessionActor
@@ -120,7 +119,8 @@ class PeerRuntime:
         self._actors: list[pykka.ActorRef[Any]] = []
         self.transport: ZmqTransport | None = None
         self.peer: pykka.ActorRef[Any] | None = None
-        self._hosted: list[HostedRef] = []
+        # How this thread and others reach the peer actor (its thread may wait in the loop).
+        self._peer_from_outside: LoopWakingRef | None = None
         self._metrics_server: MetricsServer | None = None
         self._raft_log: LogStorage | None = None  # closed by stop(): frees its lock file
 
@@ -161,9 +161,9 @@ class PeerRuntime:
             raise StartupError(f"metrics port {where} cannot be bound: {exc.strerror}") from exc
 
     def _status(self) -> dict[str, Any]:
-        if self.peer is None:
+        if self._peer_from_outside is None or self.peer is None:
             raise RuntimeError("the peer has not started")
-        status: dict[str, Any] = self.peer.ask(StatusRequest(), timeout=2)
+        status: dict[str, Any] = self._peer_from_outside.ask(StatusRequest(), timeout=2)
         return status
 
     def _undo_start(self) -> None:
@@ -248,11 +248,12 @@ class PeerRuntime:
         # Bound now (a busy port fails here, before any actor starts); the peer actor's
         # thread runs its loop.
         transport.start(hosted=True)
+        # Guards the snapshot store, which the session, snapshot and log writers share.
         lock = threading.Lock()
-        queue: deque[PersistItem] = deque()
-        self.metrics: dict[str, dict[str, Any]] = {"log": {}, "apply": {}, "snapshot": {}}
-        peer_proxy = _SafeRef()  # filled in by the peer actor before its thread starts
-        session_ref = InlineRef()  # the peer actor runs the session actor inline when it can
+        # The session, snapshot and log actors tell the peer actor through this ref: the
+        # peer's thread may be waiting in the transport's loop. Set before the peer starts.
+        peer_ref = LoopWakingRef(transport.wake)
+        self._peer_from_outside = peer_ref
         session = SessionActor.start(
             peer_id=self.peer_id,
             state=state,
@@ -260,32 +261,27 @@ class PeerRuntime:
             snapshot_lock=lock,
             max_log_count=s.max_log_count,
             reply=transport.reply,
-            peer=peer_proxy,
-            metrics=self.metrics["apply"],
+            peer=peer_ref,
             on_failure=self._fail,
-            inline_ref=session_ref,
         )
         # Each actor is listed as it starts: a failed start stops those that did.
         self._actors.append(session)
-        log_actor = LogActor(
+        log_writer = LogWriter(
             raft_log=raft_log,
             hard_state_file=hard_state_file,
             snapshots=snapshots,
             snapshot_lock=lock,
-            queue=queue,
             send=transport.send,
             flush=transport.flush,
-            peer=peer_proxy,
-            session=_SafeRef(session_ref),
+            session=_SafeRef(session),
             saved=hard_state,
-            metrics=self.metrics["log"],
-            on_failure=self._fail,
             own_thread=s.log_thread,
         )
-        # On the peer actor's thread unless the settings give it one of its own.
-        log_ref: Any = OwnThread.start(log_actor) if s.log_thread else log_actor.actor_ref
+        # Written on the peer actor's thread unless the settings give it one of its own.
+        log_actor = None
         if s.log_thread:
-            self._actors.append(log_ref)
+            log_actor = LogActor.start(log_writer, peer_ref, self._fail)
+            self._actors.append(log_actor)
         snapshot_actor = SnapshotActor.start(
             peer_id=self.peer_id,
             cluster_id=s.cluster_id,
@@ -295,8 +291,7 @@ class PeerRuntime:
             listen_port=s.snapshot_listener_port,
             transfer_timeout=max(5.0, s.request_timeout / 1000 * 5),  # type: ignore[operator]
             send=transport.send,
-            peer=peer_proxy,
-            metrics=self.metrics["snapshot"],
+            peer=peer_ref,
             on_failure=self._fail,
         )
         self._actors.insert(0, snapshot_actor)
@@ -306,28 +301,19 @@ class PeerRuntime:
             send=transport.send,
             reply=transport.reply,
             set_peers=transport.set_peers,
-            persist_queue=queue,
-            log_actor=_SafeRef(log_ref),
-            session_actor=_SafeRef(session_ref),
+            log_writer=None if s.log_thread else log_writer,
+            log_actor=_SafeRef(log_actor) if log_actor is not None else None,
+            session_actor=_SafeRef(session),
             snapshot_actor=_SafeRef(snapshot_actor),
-            applied_index=lambda: state.applied_index,
-            applied_term=lambda: state.applied_term,
-            metrics_sources={
-                "transport": transport.stats,
-                **{name: (lambda m=m: dict(m)) for name, m in self.metrics.items()},
-            },
+            applied=AppliedUpTo(state.applied_index, state.applied_term, state.session_table()),
+            transport_stats=transport.stats,
             on_failure=self._fail,
             on_removed=self.removed.set,
-            session_table=state.session_table,
             tick_seconds=s.tick_interval / 1000,  # type: ignore[operator]
             max_results_per_client=s.max_results_per_client,
-            hosted=(session_ref,) if s.log_thread else (log_ref, session_ref),
-            on_ref=peer_proxy.set,
+            on_ref=peer_ref.set,
             identity_guard=guard,
         )
-        self._actors.insert(0, self.peer)  # stopped first; its thread hosts
-        if not s.log_thread:
-            self._hosted = [log_ref]
 
     def _identity(
         self, identity_file: IdentityFile, *, state_present: bool
@@ -377,6 +363,13 @@ class PeerRuntime:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.peer is not None and self._peer_from_outside is not None:
+            # First, and woken: its thread may be waiting in the transport's loop. Its
+            # on_stop closes the loop's sockets before the stop is answered.
+            try:
+                self._peer_from_outside.stop(timeout=10)
+            except Exception:  # stopping must go on for the others
+                log.exception("%s: stopping the peer actor", self.peer_id)
         for ref in self._actors:
             try:
                 ref.stop(block=True, timeout=10)
@@ -384,13 +377,6 @@ class PeerRuntime:
                 pass
             except Exception:  # stopping must go on for the others
                 log.exception("stopping %s", ref)
-        # pykka answers the stop before the actor's thread closes the loop's sockets: wait
-        # for that, or the transport's close below would only ask for it.
-        closed = self.peer.actor_inbox.closed if self.peer is not None else None
-        if closed is not None and not closed.wait(10):
-            log.error("%s: the peer actor's loop did not close", self.peer_id)
-        for hosted in self._hosted:  # their host has stopped: nothing reaches them now
-            hosted.stop()
         # Each step on its own: one that fails must not leave the rest (a port, the log's
         # lock) held.
         steps = []
@@ -429,19 +415,13 @@ class PeerRuntime:
 
 
 class _SafeRef:
-    """How actors tell each other: the peer actor's ref can be set after the others start,
-    and a message to an actor that already stopped (the peer is shutting down) is dropped
-    instead of failing the sender."""
+    """How the peer actor tells the others: a message to an actor that already stopped
+    (the peer is shutting down) is dropped instead of failing the sender."""
 
-    def __init__(self, ref: pykka.ActorRef[Any] | None = None) -> None:
-        self.ref = ref
-
-    def set(self, ref: pykka.ActorRef[Any]) -> None:
+    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
         self.ref = ref
 
     def tell(self, message: Any) -> None:
-        if self.ref is None:
-            return
         try:
             self.ref.tell(message)
         except pykka.ActorDeadError:

@@ -15,13 +15,13 @@ from typing import Any
 import pykka
 
 from zraft.backends.base import Failure
-from zraft.core import Entry, EntryKind
+from zraft.core import Entry
 from zraft.storage import SnapshotStorage
 from zraft.transport import ClientReply
 
-from .loop_inbox import InlineCapable, InlineRef
+from .counters import Counters
 from .messages import (
-    SNAPSHOT_DUE,
+    AppliedUpTo,
     ApplyBatch,
     AwaitWrites,
     ExpectSnapshot,
@@ -30,8 +30,8 @@ from .messages import (
     LeadershipLost,
     PendingRead,
     PendingWrite,
+    ReportMetrics,
     ServeReads,
-    SnapshotDue,
     SnapshotTaken,
     SnapshotWritten,
     WatchPoll,
@@ -41,12 +41,6 @@ from .state_machine import Applied, ReplicatedState
 from .watches import PollAnswer, WatchTable
 
 log = logging.getLogger(__name__)
-
-# A committed batch is applied on the peer's thread only if it should take at most this
-# long by the measured cost per entry, and carries at most this many bytes (a big command,
-# a bulk policy load say, may be slow however quick the others were).
-INLINE_APPLY_BUDGET_S = 0.01
-INLINE_APPLY_MAX_BYTES = 256 * 1024
 
 Replier = Callable[[Iterable[tuple[Identity, ClientReply]]], None]
 
@@ -76,10 +70,9 @@ def snapshot_point(after: int, every: int, rank: int, peers: int) -> int:
     return earliest + (phase - earliest) % every
 
 
-class SessionActor(InlineCapable):
-    """Has a thread of its own, so a long apply never holds up the peer's loop; the peer
-    runs it inline instead when it is idle and the work is known to be quick (see
-    ``may_inline``): a write is then applied and answered in the turn that committed it."""
+class SessionActor(pykka.ThreadingActor):
+    """Has a thread of its own, so a long apply (user code) never holds up the peer's loop.
+    It answers the clients itself, through the transport."""
 
     def __init__(
         self,
@@ -91,17 +84,9 @@ class SessionActor(InlineCapable):
         max_log_count: int,
         reply: Replier,
         peer: pykka.ActorRef[Any] | None,
-        metrics: dict[str, Any],
         on_failure: Callable[[str], None],
-        inline_ref: InlineRef | None = None,
     ) -> None:
         super().__init__()
-        if inline_ref is not None:
-            inline_ref.bind(self)
-        self.me: Any = inline_ref if inline_ref is not None else self.actor_ref
-        # Seconds per applied entry, a moving average (None until measured): whether a batch
-        # is quick enough to apply on the peer's thread.
-        self.apply_cost: float | None = None
         self.peer_id = peer_id
         self.state = state
         self.snapshots = snapshots
@@ -111,6 +96,7 @@ class SessionActor(InlineCapable):
         self.peer = peer
         self.report_failure = on_failure
         self.next_snapshot_at = self._snapshot_point(state.applied_index)
+        self.sessions_sent = state.sessions_changes  # the peer actor starts with a copy
         self.pending_writes: dict[int, PendingWrite] = {}
         self.waiting_reads: list[tuple[int, int, PendingRead]] = []  # heap by index
         self._read_sequence = 0
@@ -118,34 +104,17 @@ class SessionActor(InlineCapable):
         self.held: list[Entry] = []  # entries that wait for a snapshot install
         self.snapshotting = False
         self.watches = WatchTable(peer_id)
-        self.metrics = metrics  # shared with the status view; only this actor writes it
-        self.metrics.update(
+        self.counters = Counters(
+            "apply",
             applied_entries=0,
-            batches_inline=0,  # committed batches applied on the peer's thread
-            batches_on_thread=0,  # and on the session actor's own
-            inline_pauses=0,
+            batches=0,
             snapshots_taken=0,
             snapshots_installed=0,
             watches_fired=0,
             watches_armed=0,
         )
 
-    def may_inline(self, message: Any) -> bool:
-        if isinstance(message, ApplyBatch):
-            entries = message.entries
-            return (
-                self.apply_cost is not None
-                and self.expecting_snapshot is None
-                and len(entries) * self.apply_cost <= INLINE_APPLY_BUDGET_S
-                and sum(len(e.data) for e in entries if type(e.data) is bytes)
-                <= INLINE_APPLY_MAX_BYTES
-            )
-        return isinstance(message, AwaitWrites | ExpectSnapshot | WatchTick)
-
-    def on_inline_pause(self) -> None:
-        self.metrics["inline_pauses"] = self.inline_pauses
-
-    def receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> None:
         if isinstance(message, ApplyBatch):
             for write in message.waiting:
                 self.pending_writes[write.index] = write
@@ -170,8 +139,8 @@ class SessionActor(InlineCapable):
             self._refuse_waiting_watch_reads()
             self._answer_polls(self.watches.lose_leadership())
             self._count_watches()
-        elif isinstance(message, SnapshotDue) and not self.snapshotting and self._snapshot_due():
-            self._take_snapshot()
+        elif isinstance(message, ReportMetrics):
+            self._report_metrics()
         return None
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -187,16 +156,8 @@ class SessionActor(InlineCapable):
         if not entries:
             return
         replies: list[tuple[Identity, ClientReply]] = []
-        started = time.perf_counter()
         applied_entries = self.state.apply(entries)
-        # Only entries that reach the backend say what applying costs (a configuration or
-        # no-op entry, such as the founding one, costs nothing and would vouch for a slow
-        # backend being inlined on the peer's loop).
-        commands = sum(1 for e in entries if e.kind is EntryKind.NORMAL)
-        if commands:
-            cost = (time.perf_counter() - started) / commands
-            previous = self.apply_cost
-            self.apply_cost = cost if previous is None else 0.8 * previous + 0.2 * cost
+        self._tell_applied()
         for applied in applied_entries:
             pending = self.pending_writes.pop(applied.index, None)
             if pending is None:
@@ -216,18 +177,15 @@ class SessionActor(InlineCapable):
                         reply_for(pending.request_id, applied.outcome, None, applied.answered_at),
                     )
                 )
-        self.metrics["applied_entries"] += len(entries)
-        self.metrics["batches_inline" if self.inline else "batches_on_thread"] += 1
+        self.counters.add("applied_entries", len(entries))
+        self.counters.add("batches")
         if not self.watches.idle:
             replies.extend(self._fire_watches(applied_entries))
         replies.extend(self._due_reads())
         if replies:
             self.reply(replies)
         if self._snapshot_due() and not self.snapshotting:
-            if self.inline:  # copying the state may take long: not on the peer's thread
-                self.me.tell(SNAPSHOT_DUE)
-            else:
-                self._take_snapshot()
+            self._take_snapshot()
 
     def _snapshot_due(self) -> bool:
         return self.state.applied_index >= self.next_snapshot_at
@@ -247,7 +205,7 @@ class SessionActor(InlineCapable):
                 SnapshotWritten(meta.index, self._write_snapshot(meta, writer, extra))
             )
             return
-        me = self.me
+        me = self.actor_ref
 
         def write() -> None:
             done = SnapshotWritten(meta.index, self._write_snapshot(meta, writer, extra))
@@ -273,20 +231,40 @@ class SessionActor(InlineCapable):
             return
         backend.snapshot_done()
         self.next_snapshot_at = self._snapshot_point(done.index)
-        self.metrics["snapshots_taken"] += 1
+        self.counters.add("snapshots_taken")
+        self._report_metrics()  # at once: a snapshot is rare, and someone may be waiting
         if self.peer is not None:
             self.peer.tell(SnapshotTaken(done.index))
 
     def _install(self, message: InstallState) -> None:
         self.state.install(message.meta, Path(message.path), message.extra)
+        self._tell_applied()
         self.next_snapshot_at = self._snapshot_point(message.meta.index)
         self.expecting_snapshot = None
-        self.metrics["snapshots_installed"] += 1
+        self.counters.add("snapshots_installed")
+        self._report_metrics()
         held, self.held = self.held, []
         for index in [i for i in self.pending_writes if i <= message.meta.index]:
             write = self.pending_writes.pop(index)
             self.reply([(write.identity, ClientReply(write.request_id, False, error="retry"))])
         self._apply(held)
+
+    def _tell_applied(self) -> None:
+        """Before any reply that depends on it leaves: the peer actor's copy of how far we
+        applied (and of the sessions, after a change) is then never behind what a client
+        was told (a session just opened, say, which the client pings next)."""
+        state = self.state
+        sessions = None
+        if state.sessions_changes != self.sessions_sent:
+            self.sessions_sent = state.sessions_changes
+            sessions = state.session_table()
+        if self.peer is not None:
+            self.peer.tell(AppliedUpTo(state.applied_index, state.applied_term, sessions))
+
+    def _report_metrics(self) -> None:
+        report = self.counters.report()
+        if report is not None and self.peer is not None:
+            self.peer.tell(report)
 
     # ------------------------------------------------------------------ watches
 
@@ -307,8 +285,8 @@ class SessionActor(InlineCapable):
         return _poll_replies(answers)
 
     def _count_watches(self) -> None:
-        self.metrics["watches_fired"] = self.watches.fired
-        self.metrics["watches_armed"] = len(self.watches)
+        self.counters.set("watches_fired", self.watches.fired)
+        self.counters.set("watches_armed", len(self.watches))
 
     def _poll(self, poll: WatchPoll) -> None:
         if not self.state.has_session(poll.session):

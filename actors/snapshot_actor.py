@@ -26,10 +26,12 @@ from zraft.storage import SnapshotStorage
 from zraft.transport import SnapshotOffer, SnapshotReady, SnapshotReceiver, send_snapshot
 from zraft.transport.zmq_transport import split_address
 
+from .counters import Counters
 from .messages import (
     OfferReceived,
     ReadyReceived,
     ReceiveFinished,
+    ReportMetrics,
     SendSnapshot,
     SnapshotReport,
     SnapshotStaged,
@@ -60,7 +62,6 @@ class SnapshotActor(pykka.ThreadingActor):
         transfer_timeout: float,
         send: Callable[[Iterable[Message]], None],
         peer: pykka.ActorRef[Any],
-        metrics: dict[str, Any],
         on_failure: Callable[[str], None],
     ) -> None:
         super().__init__()
@@ -77,8 +78,9 @@ class SnapshotActor(pykka.ThreadingActor):
         self.outgoing: dict[str, InstallSnapshot] = {}  # follower -> what we offered it
         self.streaming: set[str] = set()
         self.incoming: dict[int, str] = {}  # snapshot index -> staging directory
-        self.metrics = metrics  # shared with the status view; only this actor writes it
-        self.metrics.update(snapshots_sent=0, snapshots_received=0, transfer_failures=0)
+        self.counters = Counters(
+            "snapshot", snapshots_sent=0, snapshots_received=0, transfer_failures=0
+        )
         # Bound here, on the starting thread, rather than in on_start: a port in use then
         # fails the peer's start-up instead of an actor that has started already.
         host, port = self.listen
@@ -113,6 +115,13 @@ class SnapshotActor(pykka.ThreadingActor):
             self._accept(message.offer)
         elif isinstance(message, ReceiveFinished):
             self._finished_receiving(message)
+        elif isinstance(message, ReportMetrics):
+            self._report_metrics()
+
+    def _report_metrics(self) -> None:
+        report = self.counters.report()
+        if report is not None:
+            self.peer.tell(report)
 
     # ------------------------------------------------------------------ leader side
 
@@ -179,12 +188,13 @@ class SnapshotActor(pykka.ThreadingActor):
         self.outgoing.pop(done.peer, None)
         self.streaming.discard(done.peer)
         if done.success:
-            self.metrics["snapshots_sent"] += 1
+            self.counters.add("snapshots_sent")
             self.send([offered])  # files are in place: now the follower's core may install
             log.info("sent snapshot %d to %s", done.index, done.peer)
         else:
-            self.metrics["transfer_failures"] += 1
+            self.counters.add("transfer_failures")
             log.warning("snapshot %d to %s failed: %s", done.index, done.peer, done.reason)
+        self._report_metrics()  # at once: transfers are rare, and someone may be waiting
         self.peer.tell(SnapshotReport(done.peer, done.success))
 
     # ------------------------------------------------------------------ follower side
@@ -204,5 +214,6 @@ class SnapshotActor(pykka.ThreadingActor):
         if done.path is None:
             log.warning("receiving snapshot %d failed: %s", done.index, done.reason)
             return  # the expectation stays; the leader retries
-        self.metrics["snapshots_received"] += 1
+        self.counters.add("snapshots_received")
+        self._report_metrics()
         self.peer.tell(SnapshotStaged(done.index, done.path))

@@ -17,7 +17,6 @@ The client table's rules (docs/reliability.md):
 from __future__ import annotations
 
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,17 +124,16 @@ class ReplicatedState:
         self.applied_term = 0
         self.max_clients = max_clients
         self._clients: OrderedDict[str, _ClientRecord] = OrderedDict()
-        # Long-lived sessions: id -> timeout in ms. Read by the leader's peer actor (which
-        # decides expiry) from another thread, so changes and copies hold the lock.
+        # Long-lived sessions: id -> timeout in ms. The leader's peer actor decides expiry
+        # from a copy the session actor sends it after a change (counted here).
         self._sessions: dict[str, int] = {}
-        self._sessions_lock = threading.Lock()
+        self.sessions_changes = 0
 
     def has_session(self, session: str) -> bool:
         return session in self._sessions
 
     def session_table(self) -> dict[str, int]:
-        with self._sessions_lock:
-            return dict(self._sessions)
+        return dict(self._sessions)
 
     # ------------------------------------------------------------------ applying
 
@@ -191,8 +189,8 @@ class ReplicatedState:
             timeout = command.body
             if type(timeout) is not int or not 0 < timeout <= _MAX_SESSION_TIMEOUT_MS:
                 return Failure("rejected", "session timeout must be 1..86400000 ms"), frozenset()
-            with self._sessions_lock:
-                self._sessions[session] = timeout
+            self._sessions[session] = timeout
+            self.sessions_changes += 1
             return ApplyResult({"session": session, "timeout_ms": timeout}), frozenset()
         elif kind == CommandKind.SESSION_WRITE:
             if session not in self._sessions:
@@ -212,8 +210,8 @@ class ReplicatedState:
         """Close or expire: the session's temporary data goes, the same on every peer."""
         if not isinstance(session, str):
             return frozenset()
-        with self._sessions_lock:
-            known = self._sessions.pop(session, None) is not None
+        known = self._sessions.pop(session, None) is not None
+        self.sessions_changes += known
         self._clients.pop(session, None)
         return checked_expire(self.backend, session) if known else frozenset()
 
@@ -281,8 +279,8 @@ class ReplicatedState:
         sessions = _parse_sessions(extra.get("sessions", []))
         self.backend.install(directory)
         self._clients = clients
-        with self._sessions_lock:
-            self._sessions = sessions
+        self._sessions = sessions
+        self.sessions_changes += 1
         self.config = meta.config
         self.applied_index, self.applied_term = meta.index, meta.term
         self.on_snapshot(meta)

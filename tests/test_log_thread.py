@@ -1,21 +1,21 @@
-"""Both places the log can be written: on the peer actor's thread (the default) and, with
-``log_thread``, on a thread of its own. Either way a write is durable before it is answered
-and survives a restart; a slow write is reported, pointing at ``log_thread`` when it held up
-the peer's thread."""
+"""Both places the log can be written: on the peer actor's thread (the default: the peer
+owns the ``LogWriter``) and, with ``log_thread``, on a ``LogActor``'s thread. Either way a
+write is durable before it is answered and survives a restart; a slow write is reported,
+pointing at ``log_thread`` when it held up the peer's thread."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cluster_support import ask_leader, single_peer_settings
-from zraft.actors.log_actor import SLOW_PERSIST_S, LogActor
-from zraft.actors.messages import WAKE, CompactLog, PersistItem
+from zraft.actors.log_actor import SLOW_PERSIST_S, LogActor, LogWriter
+from zraft.actors.messages import REPORT_METRICS, CompactLog, MetricsReport, Persisted, PersistItem
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
 from zraft.core import AppendResponse, Entry, HardState
@@ -23,7 +23,7 @@ from zraft.transport import ClientChannel, ClientRequest
 
 
 def _log_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("OwnThread")}
+    return {t.name for t in threading.enumerate() if t.name.startswith("LogActor")}
 
 
 @pytest.mark.timeout(60)
@@ -42,7 +42,13 @@ def test_writes_are_durable_whichever_thread_writes_the_log(
             for seq in range(1, 51):
                 request = ClientRequest(seq, "write", kv.put(f"k{seq}", seq), "c", seq)
                 assert ask_leader(channel, peer, request).ok
-        assert runtime.metrics["log"]["fsyncs"] > 0
+        metrics = runtime._status()["metrics"]
+        if log_thread:  # the log actor reports its counters to the peer once a tick
+            deadline = time.monotonic() + 10
+            while metrics["log_fsyncs"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                metrics = runtime._status()["metrics"]
+        assert metrics["log_fsyncs"] > 0, metrics
     finally:
         runtime.stop()
     assert not _log_threads() - before  # stopped with the peer
@@ -81,30 +87,26 @@ class _Peer:
 def test_a_slow_write_is_reported_once_per_interval(
     own_thread: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue: deque[PersistItem] = deque()
-    peer, sent = _Peer(), []
-    actor = LogActor(
+    sent: list[Any] = []
+    writer = LogWriter(
         raft_log=_SlowLog(),  # type: ignore[arg-type]
         hard_state_file=None,  # type: ignore[arg-type]
         snapshots=None,  # type: ignore[arg-type]
         snapshot_lock=threading.Lock(),
-        queue=queue,
         send=sent.extend,
-        peer=peer,  # type: ignore[arg-type]
         session=None,  # type: ignore[arg-type]
         saved=HardState(),
-        metrics={},
-        on_failure=lambda reason: None,
         own_thread=own_thread,
     )
+    persisted = []
     with caplog.at_level(logging.WARNING, logger="zraft.actors.log_actor"):
         for index in (1, 2):
-            queue.append(PersistItem(None, None, (Entry(index, 1, data=b"x"),), None, ()))
-            actor.on_receive(WAKE)
+            item = PersistItem(None, None, (Entry(index, 1, data=b"x"),), None, ())
+            persisted.append(writer.write((item,)))
     warnings = [r.getMessage() for r in caplog.records if "writing the log took" in r.getMessage()]
     assert len(warnings) == 1, warnings  # the second, within the interval, is not repeated
     assert ("log_thread" in warnings[0]) is not own_thread
-    assert [m.index for m in peer.told] == [1, 2]  # both made durable and reported
+    assert [m.index for m in persisted] == [1, 2]  # both made durable and reported
 
 
 class _RecordingLog:
@@ -127,20 +129,16 @@ class _RecordingLog:
         self.compacted.append((upto_index, upto_term))
 
 
-def _log_actor(raft_log: object, events: list[object], peer: _Peer) -> LogActor:
-    return LogActor(
+def _log_writer(raft_log: object, events: list[object]) -> LogWriter:
+    return LogWriter(
         raft_log=raft_log,  # type: ignore[arg-type]
         hard_state_file=None,  # type: ignore[arg-type]
         snapshots=None,  # type: ignore[arg-type]
         snapshot_lock=threading.Lock(),
-        queue=deque(),
         send=lambda messages: events.append(("send", list(messages))),
         flush=lambda: events.append("flush"),
-        peer=peer,  # type: ignore[arg-type]
         session=None,  # type: ignore[arg-type]
         saved=HardState(),
-        metrics={},
-        on_failure=lambda reason: None,
     )
 
 
@@ -149,16 +147,14 @@ def test_acknowledgements_leave_right_after_the_sync() -> None:
     """A follower's acknowledgement is flushed as soon as its entries are durable, not at
     the end of the peer's turn (which may still apply a batch): the leader waits for it."""
     events: list[object] = []
-    peer = _Peer()
-    actor = _log_actor(_RecordingLog(), events, peer)
+    writer = _log_writer(_RecordingLog(), events)
     ack = AppendResponse(term=1, src="b", dst="a", success=True, index=1)
-    actor.queue.append(PersistItem(None, None, (Entry(1, 1, data=b"x"),), None, (ack,)))
-    actor.on_receive(WAKE)
+    item = PersistItem(None, None, (Entry(1, 1, data=b"x"),), None, (ack,))
+    assert writer.write((item,)) == Persisted(1, 1)
     assert events == [("send", [ack]), "flush"]
-    assert [m.index for m in peer.told] == [1]
     events.clear()
-    actor.queue.append(PersistItem(None, None, (Entry(2, 1, data=b"x"),), None, ()))
-    actor.on_receive(WAKE)
+    item = PersistItem(None, None, (Entry(2, 1, data=b"x"),), None, ())
+    assert writer.write((item,)) == Persisted(2, 1)
     assert events == []  # nothing to send: nothing flushed
 
 
@@ -166,8 +162,50 @@ def test_acknowledgements_leave_right_after_the_sync() -> None:
 def test_the_log_is_compacted_on_disk_only_when_a_segment_can_go() -> None:
     events: list[object] = []
     kept = _RecordingLog(frees=False)
-    _log_actor(kept, events, _Peer()).on_receive(CompactLog(100, 2))
+    _log_writer(kept, events).compact(CompactLog(100, 2))
     assert kept.compacted == []  # a snapshot alone does not move the base on disk
     freed = _RecordingLog(frees=True)
-    _log_actor(freed, events, _Peer()).on_receive(CompactLog(200, 3))
+    _log_writer(freed, events).compact(CompactLog(200, 3))
     assert freed.compacted == [(200, 3)]
+
+
+class _GatedLog(_RecordingLog):
+    """A log whose first append waits for a gate: items told meanwhile queue up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.appends: list[list[int]] = []
+
+    def append(self, entries: list[Entry]) -> None:
+        self.appends.append([e.index for e in entries])
+        self.entered.set()
+        assert self.gate.wait(10)
+        super().append(entries)
+
+
+@pytest.mark.timeout(30)
+def test_the_log_actor_writes_what_queued_during_a_sync_in_one_append() -> None:
+    """On its own thread the log still commits in groups: items told while a sync runs are
+    written together by the next one, and the peer hears once per append, in order."""
+    raft_log = _GatedLog()
+    peer = _Peer()
+    actor = LogActor.start(_log_writer(raft_log, []), peer, lambda reason: None)
+    try:
+        actor.tell(PersistItem(None, None, (Entry(1, 1, data=b"x"),), None, ()))
+        assert raft_log.entered.wait(10)
+        for index in (2, 3, 4):
+            actor.tell(PersistItem(None, None, (Entry(index, 1, data=b"x"),), None, ()))
+        raft_log.gate.set()
+        deadline = time.monotonic() + 10
+        while Persisted(4, 1) not in peer.told and time.monotonic() < deadline:
+            time.sleep(0.01)
+        actor.ask(REPORT_METRICS)
+    finally:
+        actor.stop()
+    assert raft_log.appends == [[1], [2, 3, 4]]
+    persisted = [m for m in peer.told if isinstance(m, Persisted)]
+    assert persisted == [Persisted(1, 1), Persisted(4, 1)]
+    report = [m for m in peer.told if isinstance(m, MetricsReport)][-1]
+    assert report.source == "log" and dict(report.values)["fsyncs"] == 2

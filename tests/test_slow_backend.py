@@ -1,6 +1,6 @@
-"""A backend that is quick until it is not: the peer applies quick batches on its loop's
-thread, but a slow apply must not cost the cluster its leader, and after one slow turn the
-slow work goes to the session actor's own thread, where it holds up nothing but applying."""
+"""A backend that is quick until it is not: committed entries are applied on the session
+actor's own thread, so a slow apply holds up nothing but applying: the peer's loop answers
+at once and the cluster keeps its leader."""
 
 from __future__ import annotations
 
@@ -24,17 +24,10 @@ def test_a_slow_apply_neither_costs_the_leader_nor_stalls_the_loop(tmp_path: Pat
         leader = cluster.wait_for_leader()
         term = cluster.status(leader)["term"]  # type: ignore[index]
         with LightSession(cluster.peers, timeout=30) as session:
-            for i in range(50):  # quick writes: the apply cost gets measured, batches go inline
+            for i in range(50):  # quick writes first
                 session.write(kv.put(f"k{i}", i))
-            inline_before = cluster.status(leader)["metrics"]["apply_batches_inline"]  # type: ignore[index]
-            assert inline_before > 0
 
-            # 0.3 s on the loop's thread, once: more than 50 ms, so inlining pauses.
-            session.write(kv.put("slow/0.3", 1))
-            metrics = cluster.status(leader)["metrics"]  # type: ignore[index]
-            assert metrics["apply_inline_pauses"] >= 1, metrics
-
-            # Now 3 s on the session actor's thread: the loop still answers at once.
+            # 3 s on the session actor's thread: the loop still answers at once.
             started = time.monotonic()
             with LightSession(cluster.peers, timeout=30) as writer:
                 done = threading.Event()
