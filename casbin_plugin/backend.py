@@ -143,7 +143,8 @@ class CasbinBackend(Backend):
         self._feed_rules = 0
         self._owner: dict[tuple[str, str, Rule], str] = {}
         self._owned: dict[str, dict[tuple[str, str, Rule], None]] = {}
-        self._shape: dict[Key, int] = {}  # (sec, ptype) -> fields; empty: not declared
+        # (sec, ptype) -> (fields, priority field or -1); empty: nothing declared
+        self._shape: dict[Key, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ protocol
 
@@ -235,8 +236,8 @@ class CasbinBackend(Backend):
         return self._seq
 
     @property
-    def shape(self) -> dict[Key, int]:
-        """The declared model shape, (sec, ptype) -> fields (empty: none declared)."""
+    def shape(self) -> dict[Key, tuple[int, int]]:
+        """The declared model shape, (sec, ptype) -> (fields, priority field or -1)."""
         return dict(self._shape)
 
     def owner(self, sec: str, ptype: str, rule: Iterable[str]) -> str | None:
@@ -279,23 +280,24 @@ class CasbinBackend(Backend):
             self._record("add", sec, ptype, new)
             return self._result(True, new, [], _trigger_keys(sec, ptype, new), first_seq)
         if cmd.op in ("remove", "remove_filtered"):
-            if cmd.op == "remove":
-                rules = _distinct(cmd.rules)
-                gone = [rule for rule in rules if rule in table.rules]
-                if not gone or (len(gone) != len(rules) and not cmd.ex):
-                    return self._result(False, [], [], set(), first_seq)
+            complete = True
+            if cmd.op == "remove" and cmd.ex:
+                gone = [rule for rule in _distinct(cmd.rules) if rule in table.rules]
+            elif cmd.op == "remove":
+                gone, complete = _leading_present(cmd.rules, table)
             else:
                 gone = table.matching(cmd.field_index, cmd.field_values)
-                if not gone:
-                    return self._result(False, [], [], set(), first_seq)
+            if not gone:
+                return self._result(False, [], [], set(), first_seq)
             self._remove(table, sec, ptype, gone)
-            return self._result(True, gone, [], _trigger_keys(sec, ptype, gone), first_seq)
+            keys = _trigger_keys(sec, ptype, gone)
+            return self._result(complete, gone, [], keys, first_seq)
         if cmd.op == "update":
             return self._update(table, cmd, first_seq)
         return self._update_filtered(table, cmd, first_seq)
 
     def _define(self, cmd: Parsed, first_seq: int) -> ApplyResult:
-        shape = {(sec, ptype): fields for sec, ptype, fields in cmd.shape}
+        shape = {(sec, ptype): (fields, priority) for sec, ptype, fields, priority in cmd.shape}
         changed = shape != self._shape
         if changed and self._shape:  # instances on two models: worth a line in every log
             log.warning("the casbin model's shape changes from %s to %s",
@@ -307,14 +309,17 @@ class CasbinBackend(Backend):
         """Refuse rules the declared model cannot hold (nothing declared: accept)."""
         if not self._shape:
             return
-        fields = self._shape.get((sec, ptype))
-        if fields is None:
+        shape = self._shape.get((sec, ptype))
+        if shape is None:
             raise CommandRejected(f"the model has no {sec}/{ptype}")
+        fields, priority = shape
         for rule in rules:
-            if not fits(sec, fields, rule):
-                need = f"{fields}" if sec == "p" else f"at least {fields}"
-                raise CommandRejected(f"a {sec}/{ptype} rule has {need} fields, not "
-                                      f"{len(rule)}: {list(rule)[:MAX_SHOWN_FIELDS]}")
+            if not fits(sec, fields, rule, priority):
+                need = f"{fields} fields" if sec == "p" else f"at least {fields} fields"
+                if priority >= 0:
+                    need += f", digits in field {priority} (the priority)"
+                raise CommandRejected(f"a {sec}/{ptype} rule has {need}: "
+                                      f"{list(rule)[:MAX_SHOWN_FIELDS]}")
 
     def _seed(self, cmd: Parsed, first_seq: int) -> ApplyResult:
         if self._seq != 0 or self._tables:  # only a cluster that never changed is seeded
@@ -362,7 +367,9 @@ class CasbinBackend(Backend):
             return self._result(False, [], [], set(), first_seq)
         self._remove(table, sec, ptype, old)
         self._tables[(sec, ptype)] = table
-        added = [rule for rule in _distinct(cmd.rules) if rule not in table.rules]
+        added = _distinct(cmd.rules)
+        if any(rule in table.rules for rule in added):
+            added = []  # casbin adds the new rules all or none
         for rule in added:
             table.add(rule)
         if added:
@@ -467,8 +474,19 @@ class CasbinBackend(Backend):
         return out
 
 
-def _shape_text(shape: dict[Key, int]) -> str:
-    return ", ".join(f"{sec}/{ptype}:{fields}" for (sec, ptype), fields in sorted(shape.items()))
+def _shape_text(shape: dict[Key, tuple[int, int]]) -> str:
+    return ", ".join(f"{sec}/{ptype}:{form[0]}" for (sec, ptype), form in sorted(shape.items()))
+
+
+def _leading_present(rules: Iterable[Rule], table: _Table) -> tuple[list[Rule], bool]:
+    """casbin's ``remove_policies``: the rules are removed in order until one is missing
+    (or named twice); answers those and whether all were."""
+    gone: dict[Rule, None] = {}
+    for rule in rules:
+        if rule in gone or rule not in table.rules:
+            return list(gone), False
+        gone[rule] = None
+    return list(gone), True
 
 
 def _distinct(rules: Iterable[Rule]) -> list[Rule]:
@@ -506,11 +524,11 @@ def _write_snapshot(
     tables: list[tuple[str, str, int, list[tuple[Rule, int]]]],
     owners: dict[tuple[str, str, Rule], str],
     feed: list[dict[str, Any]],
-    shape: dict[Key, int],
+    shape: dict[Key, tuple[int, int]],
 ) -> None:
     def objects() -> Iterator[Any]:
         yield [seq, len(tables), len(feed),
-               [[sec, ptype, fields] for (sec, ptype), fields in sorted(shape.items())]]
+               [[sec, ptype, *form] for (sec, ptype), form in sorted(shape.items())]]
         for sec, ptype, next_order, rules in tables:
             yield [sec, ptype, next_order, len(rules)]
             for rule, order in sorted(rules, key=lambda item: item[1]):
@@ -524,7 +542,8 @@ def _write_snapshot(
 def _read_snapshot(
     path: Path,
 ) -> tuple[
-    int, dict[Key, _Table], dict[tuple[str, str, Rule], str], list[dict[str, Any]], dict[Key, int]
+    int, dict[Key, _Table], dict[tuple[str, str, Rule], str], list[dict[str, Any]],
+    dict[Key, tuple[int, int]],
 ]:
     version, objects = read_objects(path, _MAGIC, _READABLE_VERSIONS)
     position = 0
@@ -571,12 +590,12 @@ def _read_snapshot(
     return seq, tables, owners, feed, shape
 
 
-def _shape_of(path: Path, raw: Any) -> dict[Key, int]:
+def _shape_of(path: Path, raw: Any) -> dict[Key, tuple[int, int]]:
     try:
         shape = parse_command({"op": "define", "shape": raw}).shape
     except CommandRejected as error:
         raise InvalidSnapshot(path, f"bad model shape: {error}") from None
-    return {(sec, ptype): fields for sec, ptype, fields in shape}
+    return {(sec, ptype): (fields, priority) for sec, ptype, fields, priority in shape}
 
 
 def _table_header(path: Path, raw: Any) -> tuple[str, str, int, int]:

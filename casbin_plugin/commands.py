@@ -8,12 +8,13 @@ A command is a small dict that travels as msgpack; every rule is a list of str::
     {"op": "update", "sec", "ptype", "old_rules": [...], "new_rules": [...]}
     {"op": "update_filtered", "sec", "ptype", "new_rules", "field_index", "field_values"}
     {"op": "clear"}
-    {"op": "define", "shape": [[sec, ptype, fields], ...]}
+    {"op": "define", "shape": [[sec, ptype, fields, priority], ...]}
 
 ``define`` declares the shape of the model the instances use: how many fields a rule of each
 (sec, ptype) has (a ``g`` rule: at least that many; conditional role managers append
-parameters). From then on the backend refuses a rule that does not fit (a ptype the model
-lacks, a wrong field count) the same way on every peer; see :func:`fits`.
+parameters) and which field is an explicit priority (-1: none; it must be digits). From
+then on the backend refuses a rule that does not fit (a ptype the model lacks, a wrong
+field count) the same way on every peer; see :func:`fits`.
 
 ``ex=False`` is casbin's all-or-nothing batch (``add_policies``: nothing is added if one
 rule exists); ``ex=True`` changes the rules it can (``add_policies_ex``, and Go's
@@ -145,18 +146,25 @@ def clear() -> dict[str, Any]:
     return {"op": "clear"}
 
 
-def define(shape: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
-    """The model's shape, ``[(sec, ptype, fields), ...]`` (see :func:`fits`): replaces what
-    the cluster held; later writes whose rules do not fit it are refused."""
-    return _checked({"op": "define", "shape": [[sec, ptype, fields]
-                                               for sec, ptype, fields in shape]})
+def define(shape: Sequence[tuple[str, str, int, int]]) -> dict[str, Any]:
+    """The model's shape, ``[(sec, ptype, fields, priority), ...]`` (see :func:`fits`):
+    replaces what the cluster held; later writes whose rules do not fit it are refused."""
+    return _checked({"op": "define", "shape": [list(item) for item in shape]})
 
 
-def fits(sec: str, fields: int, rule: Sequence[Any]) -> bool:
+def fits(sec: str, fields: int, rule: Sequence[Any], priority: int = -1) -> bool:
     """Does ``rule`` fit a ptype of ``fields`` fields? A policy rule has exactly that many
-    (PyCasbin's ``enforce`` raises on any other count); a grouping rule at least that many
-    (PyCasbin refuses fewer; more are a conditional role manager's parameters)."""
-    return len(rule) == fields if sec == "p" else len(rule) >= fields
+    (PyCasbin's ``enforce`` raises on any other count) and digits in its ``priority`` field
+    (PyCasbin sorts by ``int`` of it, and fails to load a policy mixing numbers and words);
+    a grouping rule at least that many fields (PyCasbin refuses fewer; more are a
+    conditional role manager's parameters)."""
+    if sec != "p":
+        return len(rule) >= fields
+    return len(rule) == fields and (priority < 0 or _digits(rule[priority]))
+
+
+def _digits(value: Any) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def seed(policy: Sequence[tuple[str, str, Sequence[Sequence[str]]]]) -> dict[str, Any]:
@@ -216,7 +224,7 @@ class Parsed:
     ptype: str = ""
     rules: tuple[Rule, ...] = ()
     seed: tuple[tuple[str, str, tuple[Rule, ...]], ...] = ()
-    shape: tuple[tuple[str, str, int], ...] = ()
+    shape: tuple[tuple[str, str, int, int], ...] = ()
     message: dict[str, Any] | None = None
     old_rules: tuple[Rule, ...] = ()
     ex: bool = False
@@ -305,19 +313,27 @@ def _seed(value: Any) -> tuple[tuple[str, str, tuple[Rule, ...]], ...]:
     return tuple(out)
 
 
-def _shape(value: Any) -> tuple[tuple[str, str, int], ...]:
+def _shape(value: Any) -> tuple[tuple[str, str, int, int], ...]:
+    form = "define: shape must be a list of [sec, ptype, fields, priority]"
     if not isinstance(value, list | tuple) or len(value) > 1024:
-        raise CommandRejected("define: shape must be a list of [sec, ptype, fields]")
-    out: dict[tuple[str, str], int] = {}
+        raise CommandRejected(form)
+    out: dict[tuple[str, str], tuple[int, int]] = {}
     for item in value:
-        if not isinstance(item, list | tuple) or len(item) != 3:
-            raise CommandRejected("define: shape must be a list of [sec, ptype, fields]")
+        if not isinstance(item, list | tuple) or len(item) != 4:
+            raise CommandRejected(form)
         sec = _sec(item[0])
         ptype = _ptype(item[1], sec)
         if (sec, ptype) in out:
             raise CommandRejected(f"define: {sec}/{ptype} appears twice")
-        out[(sec, ptype)] = _int(item[2], f"define: fields of {sec}/{ptype}", 1, MAX_FIELDS)
-    return tuple((sec, ptype, fields) for (sec, ptype), fields in sorted(out.items()))
+        fields = _int(item[2], f"define: fields of {sec}/{ptype}", 1, MAX_FIELDS)
+        priority = item[3]
+        fields_with_priority = fields if sec == "p" else 0  # a grouping rule has none
+        if type(priority) is not int or not -1 <= priority < fields_with_priority:
+            raise CommandRejected(f"define: the priority of {sec}/{ptype} must be -1 (none) "
+                                  f"or one of its fields")
+        out[(sec, ptype)] = (fields, priority)
+    return tuple((sec, ptype, fields, priority)
+                 for (sec, ptype), (fields, priority) in sorted(out.items()))
 
 
 _MESSAGE_FIELDS: Final = {

@@ -244,8 +244,8 @@ class _Routes:
     def update_filtered(self, sec: str, ptype: str, new_rules: Sequence[Sequence[str]],
                         field_index: int, *values: str) -> bool:
         self.d.check(sec, ptype, new_rules)
-        return bool(self._send(c.update_filtered(sec, ptype, new_rules, field_index, values))
-                    ["changed"])
+        result = self._send(c.update_filtered(sec, ptype, new_rules, field_index, values))
+        return bool(result["changed"]) and len(new_rules) != 0  # casbin's answer
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         """Every routed method by name, with casbin's signatures."""
