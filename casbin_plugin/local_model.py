@@ -3,19 +3,17 @@
 Two ways, chosen by who else changes the model:
 
 * **owned** (the Dispatcher path: the enforcer's management calls are routed through the
-  cluster, so only this class changes the model). PyCasbin's ``*_self`` methods check each
-  rule with a list scan (``rule in policy``), so one change costs O(rules); here a position
-  index (rule -> its slot in the assertion's list) makes adding, removing and updating a
-  rule O(1): a removal moves the last rule into the freed slot. That changes the order of
-  the list, which matters to casbin only for the priority effects (``priority(p_eft)``,
-  ``subjectPriority``); for those ptypes the list keeps casbin's order (sorted insertion,
-  order-preserving removal in C). The index is checked before it is trusted: a list that
-  was replaced, changed length, or no longer holds a rule at the slot the index names is
-  indexed again.
+  cluster, so only this class changes the model). PyCasbin's ``*_self`` methods find each
+  rule with a list scan (``rule in policy``), so one change costs O(rules); here an index
+  finds a rule's slot in O(log rules) (``_SlotIndex``), and the list keeps casbin's own
+  order (new rules at the end, or by priority; removal keeps the order; an update takes
+  the old rule's place), the order the backend answers too, so every instance lists the
+  policy in the same order as a plain enforcer. The index is checked before it is trusted:
+  a list that was replaced, changed length, or does not hold a rule at the slot the index
+  names is indexed again.
 * **shared** (the WatcherEx path: the enforcer's own management calls change its model
   through PyCasbin's code, which moves positions as it likes). No position is kept: each
-  rule is found the way PyCasbin's own model finds it (a scan of that ptype's list), and
-  the list keeps PyCasbin's order.
+  rule is found the way PyCasbin's own model finds it (a scan of that ptype's list).
 
 Either way a rule the model cannot hold (a ptype it lacks, a wrong field count, a value
 that is no str; see ``shape.py``) is skipped, the same on every instance sharing the model:
@@ -37,7 +35,7 @@ from typing import Any
 from casbin.model.policy_op import PolicyOp
 from casbin.synced_enforcer import SyncedEnforcer
 
-from .shape import rule_fits
+from .shape import fitter
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +72,7 @@ class LocalModel:
             self.lock: Any = enforcer._wl
         else:
             self.lock = threading.RLock()
-        # (sec, ptype) -> (the list indexed, rule -> slot); owned mode only
-        self._index: dict[tuple[str, str], tuple[list[Any], dict[Rule, int]]] = {}
+        self._index: dict[tuple[str, str], _SlotIndex] = {}  # owned mode only
         self.skipped_changes = 0  # changes with at least one rule that does not fit
         self.skipped_rules = 0
 
@@ -139,7 +136,7 @@ class LocalModel:
             if assertion is None:  # the whole ptype did not fit: counted above
                 return
             rules_of = _Rules(assertion, self._ordered(sec, assertion),
-                              None if self.shared else self._positions(sec, ptype, assertion))
+                              None if self.shared else self._slots(sec, ptype, assertion))
             if op == "add":
                 self._links(sec, ptype, PolicyOp.Policy_add, rules_of.add(rules))
             elif op == "remove":
@@ -161,25 +158,25 @@ class LocalModel:
     def _fitting(self, sec: str, ptype: str, rules: list[Rule], where: str) -> list[Rule]:
         """The rules the model can hold; the others are logged (once: each change is
         applied once) and counted."""
-        model = self.core.model
-        kept = [rule for rule in rules if rule_fits(model, sec, ptype, rule)]
+        if not rules:
+            return rules
+        fit = fitter(self.core.model, sec, ptype)
+        kept = [rule for rule in rules if fit(rule)]
         if len(kept) != len(rules):
-            unfit = [list(rule) for rule in rules if not rule_fits(model, sec, ptype, rule)]
+            unfit = [list(rule) for rule in rules if not fit(rule)]
             self.skipped_changes += 1
             self.skipped_rules += len(unfit)
             log.warning("%s: %d %s/%s rule(s) do not fit the local model and are skipped: %s",
                         where, len(unfit), sec, ptype, unfit[:_SHOWN])
         return kept
 
-    def _positions(self, sec: str, ptype: str, assertion: Any) -> dict[Rule, int]:
-        """The index of one ptype's list, indexed again if the list is not the one indexed
-        or its length changed (someone else changed it)."""
-        indexed = self._index.get((sec, ptype))
-        policy = assertion.policy
-        if indexed is None or indexed[0] is not policy or len(indexed[1]) != len(policy):
-            indexed = (policy, {tuple(rule): i for i, rule in enumerate(policy)})
-            self._index[(sec, ptype)] = indexed
-        return indexed[1]
+    def _slots(self, sec: str, ptype: str, assertion: Any) -> _SlotIndex:
+        """The index of one ptype's list, made again if the list is not the one indexed or
+        its length changed (someone else changed it)."""
+        index = self._index.get((sec, ptype))
+        if index is None or not index.covers(assertion.policy):
+            index = self._index[(sec, ptype)] = _SlotIndex(assertion.policy)
+        return index
 
     def _ordered(self, sec: str, assertion: Any) -> bool:
         """Does list order change enforce results for this ptype?"""
@@ -240,29 +237,91 @@ def _as_rules(raw: Iterable[Any]) -> list[Rule]:
     return [tuple(rule) for rule in raw]
 
 
-class _Rules:
-    """One ptype's list, changed in casbin's order rules; ``positions`` (owned mode) is the
-    checked index, None (shared mode) means: find rules by scanning, as casbin does.
-    Each method answers the rules it really changed (for the role links)."""
+class _SlotIndex:
+    """Where each rule of one list is, with removals that keep the list's order.
 
-    def __init__(self, assertion: Any, ordered: bool, positions: dict[Rule, int] | None):
+    Each rule gets an id when it is indexed or appended, increasing along the list; a
+    removal marks its id in a Fenwick tree. A rule's slot is its id less the removed ids
+    before it: O(log n), however many rules were removed before it. Ids are handed out
+    afresh when they run past the tree (after about as many appends as the list holds), so
+    that costs O(1) per append, amortized.
+    """
+
+    def __init__(self, policy: list[list[str]]) -> None:
+        self.policy = policy
+        self.ids: dict[Rule, int] = {}
+        self.next_id = 0
+        self.removed: list[int] = []  # the Fenwick tree, 1-based
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        self.ids = {tuple(rule): i for i, rule in enumerate(self.policy)}
+        self.next_id = len(self.policy)
+        self.removed = [0] * (2 * self.next_id + 17)
+
+    def covers(self, policy: list[list[str]]) -> bool:
+        return policy is self.policy and len(self.ids) == len(policy)
+
+    def slot(self, rule: Rule) -> int | None:
+        """Where ``rule`` is (None: absent), checked against the list."""
+        rule_id = self.ids.get(rule)
+        if rule_id is None:
+            return None
+        slot = rule_id - self._removed_before(rule_id)
+        if slot < len(self.policy) and tuple(self.policy[slot]) == rule:
+            return slot
+        self.rebuild()  # moved behind our back: trust the list, not the index
+        return self.ids.get(rule)
+
+    def append(self, rule: Rule) -> None:
+        if self.next_id + 1 >= len(self.removed):
+            self.rebuild()
+        self.ids[rule] = self.next_id
+        self.next_id += 1
+        self.policy.append(list(rule))
+
+    def delete(self, rule: Rule, slot: int) -> None:
+        del self.policy[slot]
+        position = self.ids.pop(rule) + 1
+        while position < len(self.removed):
+            self.removed[position] += 1
+            position += position & -position
+
+    def replace(self, pairs: list[tuple[int, Rule, Rule]]) -> None:
+        """Each (slot, old, new): new takes old's place (all olds out first: a new rule may
+        be another pair's old one)."""
+        ids = [self.ids.pop(old) for _, old, _ in pairs]
+        for rule_id, (slot, _, new) in zip(ids, pairs, strict=True):
+            self.policy[slot] = list(new)
+            self.ids[new] = rule_id
+
+    def _removed_before(self, rule_id: int) -> int:
+        count, position = 0, rule_id
+        while position > 0:
+            count += self.removed[position]
+            position -= position & -position
+        return count
+
+
+class _Rules:
+    """One ptype's list, changed as casbin changes it; ``index`` (owned mode) finds rules,
+    None (shared mode) means: find them by scanning, as casbin does. Each method answers
+    the rules it really changed (for the role links)."""
+
+    def __init__(self, assertion: Any, ordered: bool, index: _SlotIndex | None) -> None:
         self.assertion = assertion
         self.policy: list[list[str]] = assertion.policy
         self.ordered = ordered
-        self.positions = positions
+        self.index = index
 
     def slot(self, rule: Rule) -> int | None:
         """Where ``rule`` is, or None."""
-        if self.positions is None:
-            try:
-                return self.policy.index(list(rule))
-            except ValueError:
-                return None
-        slot = self.positions.get(rule)
-        if slot is not None and (slot >= len(self.policy) or tuple(self.policy[slot]) != rule):
-            self._reindex()  # moved behind our back: trust the list, not the index
-            slot = self.positions.get(rule)
-        return slot
+        if self.index is not None:
+            return self.index.slot(rule)
+        try:
+            return self.policy.index(list(rule))
+        except ValueError:
+            return None
 
     def add(self, rules: list[Rule]) -> list[Rule]:
         added = []
@@ -270,16 +329,16 @@ class _Rules:
             if rule in added or self.slot(rule) is not None:
                 continue
             added.append(rule)
-            index = self.assertion.priority_index
-            if self.ordered and index >= 0:
-                key = _priority_key(index)
+            priority = self.assertion.priority_index
+            if self.ordered and priority >= 0:  # casbin's sorted insertion
+                key = _priority_key(priority)
                 at = bisect.bisect_right(self.policy, key(list(rule)), key=key)
                 self.policy.insert(at, list(rule))
-                if self.positions is not None:  # slots after ``at`` moved
-                    self._reindex()
+                if self.index is not None:  # the slots after ``at`` moved
+                    self.index.rebuild()
+            elif self.index is not None:
+                self.index.append(rule)
             else:
-                if self.positions is not None:
-                    self.positions[rule] = len(self.policy)
                 self.policy.append(list(rule))
         return added
 
@@ -290,16 +349,10 @@ class _Rules:
             if slot is None:
                 continue
             removed.append(rule)
-            if self.positions is None or self.ordered:
-                del self.policy[slot]  # casbin's order kept
-                if self.positions is not None:
-                    self._reindex()
-                continue
-            del self.positions[rule]
-            last = self.policy.pop()
-            if slot < len(self.policy):
-                self.policy[slot] = last
-                self.positions[tuple(last)] = slot
+            if self.index is not None:
+                self.index.delete(rule, slot)
+            else:
+                del self.policy[slot]
         return removed
 
     def update(
@@ -312,21 +365,14 @@ class _Rules:
         # Removals first, then the in-place pairs (their slots looked up after the
         # removals moved rules), then additions: a new rule may be another pair's old one.
         removed = self.remove([o for o, n in pairs if o in fit_old and n not in fit_new])
-        in_place = [(self.slot(o), o, n) for o, n in pairs if o in fit_old and n in fit_new]
-        in_place = [(slot, o, n) for slot, o, n in in_place if slot is not None]
-        for slot, _o, n in in_place:
-            self.policy[slot] = list(n)
-        if self.positions is not None:
-            for _slot, o, _n in in_place:
-                self.positions.pop(o, None)
+        found = [(self.slot(o), o, n) for o, n in pairs if o in fit_old and n in fit_new]
+        in_place = [(slot, o, n) for slot, o, n in found if slot is not None]
+        if self.index is not None:
+            self.index.replace(in_place)
+        else:
             for slot, _o, n in in_place:
-                self.positions[n] = slot
+                self.policy[slot] = list(n)
         replaced = {o for _, o, _ in in_place}
         added = self.add([n for o, n in pairs if n in fit_new
                           and (o not in fit_old or (o not in replaced and o not in removed))])
         return removed + [o for _, o, _ in in_place], added + [n for _, _, n in in_place]
-
-    def _reindex(self) -> None:
-        assert self.positions is not None
-        self.positions.clear()
-        self.positions.update((tuple(rule), i) for i, rule in enumerate(self.policy))

@@ -10,12 +10,12 @@ exception PyCasbin raises for it), refused by the backend once the model's shape
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .commands import fits
 
-__all__ = ["check_rules", "model_shape", "ptype_shape", "rule_fits"]
+__all__ = ["check_rules", "fitter", "model_shape", "ptype_shape", "rule_fits"]
 
 # PyCasbin's messages for the same mistakes (plain pycasbin raises these; code written for
 # it may match on them).
@@ -53,12 +53,17 @@ def model_shape(model: Any) -> list[tuple[str, str, int, int]]:
 def rule_fits(model: Any, sec: str, ptype: str, rule: Sequence[Any]) -> bool:
     """Can ``model`` hold ``rule``? (Every value a str, the field count right, a priority
     of digits.)"""
+    return fitter(model, sec, ptype)(rule)
+
+
+def fitter(model: Any, sec: str, ptype: str) -> Callable[[Sequence[Any]], bool]:
+    """``rule_fits`` for many rules of one ptype (the model looked up once)."""
     form = ptype_shape(model, sec, ptype)
-    return (
-        form is not None
-        and all(isinstance(value, str) for value in rule)
-        and fits(sec, form[0], rule, form[1])
-    )
+    if form is None:
+        return lambda rule: False
+    fields, priority = form
+    return lambda rule: (all(isinstance(value, str) for value in rule)
+                         and fits(sec, fields, rule, priority))
 
 
 def check_rules(model: Any, sec: str, ptype: str, rules: Iterable[Sequence[Any]]) -> None:
