@@ -93,6 +93,10 @@ class LocalModel:
             model.sort_policies_by_subject_hierarchy()
             model.sort_policies_by_priority()
             self._index = {}
+            if not self.shared:  # indexed now, as part of the load, not by the next change
+                for sec in ("p", "g"):
+                    for ptype, assertion in (model[sec] or {}).items():
+                        self._slots(sec, ptype, assertion)
             self._rebuild_role_links()
 
     def _rebuild_role_links(self) -> None:
