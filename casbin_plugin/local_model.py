@@ -154,11 +154,6 @@ class LocalModel:
                 model.sort_policies_by_subject_hierarchy()
                 self._index.pop((sec, ptype), None)
 
-    def mark_stale(self) -> None:
-        """The enforcer changed its own model: index it again before the next change.
-        (Kept for callers of earlier versions: the index is checked before each use.)"""
-        self._index = {}
-
     def _fitting(self, sec: str, ptype: str, rules: list[Rule], where: str) -> list[Rule]:
         """The rules the model can hold; the others are logged (once: each change is
         applied once) and counted."""
