@@ -74,7 +74,7 @@ class LocalModel:
             self.lock = threading.RLock()
         self._index: dict[tuple[str, str], _SlotIndex] = {}  # owned mode only
         self.skipped_changes = 0  # changes with at least one rule that does not fit
-        self.skipped_rules = 0
+        self.skipped_rules = 0  # in those changes, and left out of whole-policy loads
 
     # ------------------------------------------------------------------ whole policy
 
@@ -85,8 +85,8 @@ class LocalModel:
             model = self.core.model
             model.clear_policy()
             for sec, ptype, rules in policy:
-                kept = self._fitting(sec, ptype, [tuple(rule) for rule in rules],
-                                     f"the policy at change {seq}")
+                (kept,), _ = self._fitting(sec, ptype, [[tuple(rule) for rule in rules]],
+                                           f"the policy at change {seq}")
                 assertion = (model[sec] or {}).get(ptype)
                 if assertion is not None and kept:
                     assertion.policy = [list(rule) for rule in kept]
@@ -134,8 +134,10 @@ class LocalModel:
                 return
             sec, ptype = change["sec"], change["ptype"]
             where = f"change {change.get('seq', '(unnumbered)')}"
-            rules = self._fitting(sec, ptype, _as_rules(change["rules"]), where)
-            old = self._fitting(sec, ptype, _as_rules(change.get("old", ())), where)
+            (rules, old), skipped = self._fitting(
+                sec, ptype, [_as_rules(change["rules"]), _as_rules(change.get("old", ()))],
+                where)
+            self.skipped_changes += skipped > 0
             assertion = (model[sec] or {}).get(ptype)
             if assertion is None:  # the whole ptype did not fit: counted above
                 return
@@ -154,20 +156,19 @@ class LocalModel:
                 model.sort_policies_by_subject_hierarchy()
                 self._index.pop((sec, ptype), None)
 
-    def _fitting(self, sec: str, ptype: str, rules: list[Rule], where: str) -> list[Rule]:
-        """The rules the model can hold; the others are logged (once: each change is
-        applied once) and counted."""
-        if not rules:
-            return rules
+    def _fitting(
+        self, sec: str, ptype: str, groups: list[list[Rule]], where: str
+    ) -> tuple[list[list[Rule]], int]:
+        """Each group's rules the model can hold, and how many it cannot; those are
+        counted and logged in one line (once: each change is applied once)."""
         fit = fitter(self.core.model, sec, ptype)
-        kept = [rule for rule in rules if fit(rule)]
-        if len(kept) != len(rules):
-            unfit = [list(rule) for rule in rules if not fit(rule)]
-            self.skipped_changes += 1
+        kept = [[rule for rule in rules if fit(rule)] for rules in groups]
+        unfit = [list(rule) for rules in groups for rule in rules if not fit(rule)]
+        if unfit:
             self.skipped_rules += len(unfit)
             log.warning("%s: %d %s/%s rule(s) do not fit the local model and are skipped: %s",
                         where, len(unfit), sec, ptype, unfit[:_SHOWN])
-        return kept
+        return kept, len(unfit)
 
     def _slots(self, sec: str, ptype: str, assertion: Any) -> _SlotIndex:
         """The index of one ptype's list, made again if the list is not the one indexed or

@@ -284,8 +284,7 @@ class PolicySync:
                 # up every change after it. Skip it, then make the model whole again.
                 self.failed_changes += 1
                 log.exception("change %d could not be applied here: skipped; reloading", seq)
-                self._advance(seq)
-                self._reload_after_failure()
+                self._reload_after_failure(seq)
                 return False
             self._advance(seq)
             for listener in self._listeners:
@@ -295,11 +294,14 @@ class PolicySync:
                     log.exception("a change listener failed on change %d", seq)
         return bool(answer.get("more"))
 
-    def _reload_after_failure(self) -> None:
+    def _reload_after_failure(self, seq: int) -> None:
+        """Reload (which takes the model past ``seq``: a writer waiting for it then finds
+        its change in place); if that fails too, go on from the next change anyway."""
         try:
             self.reload()
-        except Exception:  # unreachable cluster, or the load failed too: carry on
-            log.exception("reloading the policy after a failed change")
+        except Exception:  # unreachable cluster, or the load failed too
+            log.exception("reloading the policy after failed change %d", seq)
+        self._advance(seq)
 
     def metrics(self) -> dict[str, int]:
         """Counters: how far this instance applied the feed, whole-policy loads, changes

@@ -75,3 +75,15 @@ def test_rules_moved_behind_the_index_are_found_where_they_are() -> None:
     e.get_model()["p"]["p"].policy = [["x", "d", "r"]]  # or replaces the list
     local.apply(change("add", [["y", "d", "r"]]))
     assert e.get_policy() == [["x", "d", "r"], ["y", "d", "r"]]
+
+
+@pytest.mark.timeout(30)
+def test_an_update_with_a_side_the_model_cannot_hold_becomes_an_add_or_a_removal() -> None:
+    e = casbin.Enforcer(str(MODELS / "rbac_with_domains_model.conf"))
+    local = LocalModel(e)
+    local.load([["p", "p", [["a", "dom", "d", "r"], ["b", "dom", "d", "r"]]]])
+    local.apply(change("update", [["a", "d", "r"]], [["a", "dom", "d", "r"]]))  # new unfit
+    local.apply(change("update", [["x", "dom", "d", "r"]], [["x", "d", "r"]]))  # old unfit
+    local.apply(change("update", [["z"]], [["y"]]))  # neither fits: one change skipped
+    assert e.get_policy() == [["b", "dom", "d", "r"], ["x", "dom", "d", "r"]]
+    assert (local.skipped_changes, local.skipped_rules) == (3, 4)
