@@ -226,6 +226,8 @@ class _Routes:
     def remove_filtered(self, sec: str, ptype: str, field_index: int, *values: str) -> Any:
         if not all(isinstance(value, str) for value in values):
             return [] if sec == "g" else False  # casbin: nothing matches
+        if sec == "g" and not values:
+            return []  # casbin removes no grouping rule for an empty filter (all policies)
         result = self._send(c.remove_filtered(sec, ptype, field_index, values))
         # casbin answers a bool for policies and the removed rules for grouping policies
         return result["rules"] if sec == "g" else bool(result["changed"])

@@ -257,6 +257,8 @@ class Calls:
     def filter(self, ptype: str, sec: str) -> tuple[Any, ...]:
         count = len(self.tokens(ptype)) if sec == "p" else len(self.g_rule(ptype))
         index = self.rng.randrange(count)
+        if self.rng.random() < 0.05:
+            return (index,)  # no values: casbin's "every rule" (for policies)
         values = []
         for position in range(index, min(count, index + self.rng.randint(1, 2))):
             if self.rng.random() < 0.2:
@@ -427,5 +429,20 @@ def test_an_update_changing_a_priority_raises_like_pycasbin() -> None:
         assert want[0] == "raised"
         assert outcome(lambda: setup.instance.update_policy(old, new)) == want
         assert rules_of(setup.instance) == rules_of(setup.reference)
+    finally:
+        setup.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_filter_without_values_does_what_pycasbin_does() -> None:
+    setup = Setup("rbac")
+    try:
+        for name in ("remove_filtered_grouping_policy", "remove_filtered_policy",
+                     "remove_filtered_policy"):
+            want = outcome(lambda n=name: getattr(setup.reference, n)(0))
+            assert outcome(lambda n=name: getattr(setup.instance, n)(0)) == want, name
+            setup.settle()
+            assert rules_of(setup.follower) == rules_of(setup.reference), name
+        assert setup.reference.get_policy() == [] and setup.reference.get_grouping_policy()
     finally:
         setup.close()
