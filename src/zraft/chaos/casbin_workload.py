@@ -490,7 +490,7 @@ class CasbinWorkload(Workload):
         )
         unfit = sum(
             1 for change in self.final.changes
-            if change.get("op") in ("add", "update") and not all(
+            if change.get("op") in ("add", "update", "remove") and not all(
                 fits_model(f"{change['sec']}/{change['ptype']}", tuple(rule))
                 for rule in change.get("rules", []))
         )  # fmt: skip
