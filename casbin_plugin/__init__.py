@@ -4,6 +4,7 @@
 |---|---|
 | ``backend`` | ``CasbinBackend``, the replicated policy (needs no PyCasbin) |
 | ``commands`` | command and query builders, validation |
+| ``shape`` | does a rule fit the model? (refused before sending, skipped when applying) |
 | ``cluster`` | ``connect`` (side-car) and ``embedded`` (a peer in this process) |
 | ``dispatcher`` | ``Dispatcher`` and ``set_dispatcher`` (Go's ``SetDispatcher``) |
 | ``sync``, ``local_model`` | keeping one enforcer current from the change feed |

@@ -12,6 +12,12 @@ is how instances keep a local enforcer current: ``changes_since(seq)`` answers t
 after ``seq`` in order, or the whole policy when ``seq`` is older than the feed. Results
 carry the change counter after the command, so a writer knows when its local copy has it.
 
+The model's shape (``define``: the field count of each ptype the instances' model has): once
+declared, a write whose rules do not fit it is refused, identically on every peer, so a rule
+no instance could apply never enters the policy (see ``commands.fits``). Until a shape is
+declared (a cluster written by an older version, say) rules of any shape are accepted, and
+instances skip those that do not fit their model.
+
 Temporary rules: ``add`` through ``apply_session`` makes the added rules belong to the
 session; ``expire_session`` removes them (one change per ptype) and names what changed.
 Trigger keys (watches): ``casbin/seq`` (any change), ``casbin/ptype/{sec}/{ptype}``,
@@ -38,7 +44,7 @@ from zraft.backends.base import (
     SnapshotWriter,
 )
 
-from .commands import SESSION_OPS, Parsed, Rule, parse_command, parse_query
+from .commands import SESSION_OPS, Parsed, Rule, fits, parse_command, parse_query
 from .snapshot_file import read_objects, write_objects
 
 log = logging.getLogger(__name__)
@@ -47,11 +53,13 @@ __all__ = ["SNAPSHOT_FILE", "CasbinBackend", "rule_key", "subject_key", "ptype_k
 
 SNAPSHOT_FILE: Final = "casbin.msgpack"
 _MAGIC: Final = b"ZRCB"
-_VERSION: Final = 1
+_VERSION: Final = 2  # 2: the header holds the model's shape
+_READABLE_VERSIONS: Final = (1, 2)
 SEQ_KEY: Final = "casbin/seq"
 MESSAGES_KEY: Final = "casbin/messages"  # watcher notifications
 DEFAULT_CHANGES_LIMIT: Final = 1_000
 _REPLY_RULES: Final = 50_000  # a changes_since answer stops adding changes past this
+MAX_SHOWN_FIELDS: Final = 8  # of a refused rule, in the error
 
 Key = tuple[str, str]  # (sec, ptype)
 
@@ -135,6 +143,8 @@ class CasbinBackend(Backend):
         self._feed_rules = 0
         self._owner: dict[tuple[str, str, Rule], str] = {}
         self._owned: dict[str, dict[tuple[str, str, Rule], None]] = {}
+        # (sec, ptype) -> (fields, priority field or -1); empty: nothing declared
+        self._shape: dict[Key, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ protocol
 
@@ -197,17 +207,20 @@ class CasbinBackend(Backend):
         owners = dict(self._owner)
         feed = list(self._feed)
         seq = self._seq
+        shape = dict(self._shape)
         return SnapshotWriter(
-            lambda directory: _write_snapshot(Path(directory), seq, tables, owners, feed),
+            lambda directory: _write_snapshot(Path(directory), seq, tables, owners, feed,
+                                              shape),
             background=True,
         )
 
     def install(self, directory: Path) -> None:
-        seq, tables, owner, feed = _read_snapshot(Path(directory) / SNAPSHOT_FILE)
+        seq, tables, owner, feed, shape = _read_snapshot(Path(directory) / SNAPSHOT_FILE)
         owned: dict[str, dict[tuple[str, str, Rule], None]] = {}
         for item, session in owner.items():
             owned.setdefault(session, {})[item] = None
         self._seq, self._tables, self._owner, self._owned = seq, tables, owner, owned
+        self._shape = shape
         self._feed = deque(feed)
         self._feed_rules = sum(_change_size(change) for change in feed)
         log.info("installed casbin snapshot: %d rules, change %d", len(self), seq)
@@ -222,6 +235,11 @@ class CasbinBackend(Backend):
         """The change counter: the number of changes applied so far."""
         return self._seq
 
+    @property
+    def shape(self) -> dict[Key, tuple[int, int]]:
+        """The declared model shape, (sec, ptype) -> (fields, priority field or -1)."""
+        return dict(self._shape)
+
     def owner(self, sec: str, ptype: str, rule: Iterable[str]) -> str | None:
         """The session owning a temporary rule (None: persistent or absent)."""
         return self._owner.get((sec, ptype, tuple(rule)))
@@ -233,7 +251,13 @@ class CasbinBackend(Backend):
         if cmd.op == "clear":
             keys = self._clear()
             return self._result(bool(keys), [], [], keys, first_seq)
-        if cmd.op == "seed":
+        if cmd.op == "define":
+            return self._define(cmd, first_seq)
+        if cmd.op in ("add", "update", "update_filtered"):
+            self._check_fit(cmd.sec, cmd.ptype, cmd.rules)
+        elif cmd.op == "seed":
+            for sec, ptype, rules in cmd.seed:
+                self._check_fit(sec, ptype, rules)
             return self._seed(cmd, first_seq)
         if cmd.op == "notify":
             self._seq += 1
@@ -256,20 +280,46 @@ class CasbinBackend(Backend):
             self._record("add", sec, ptype, new)
             return self._result(True, new, [], _trigger_keys(sec, ptype, new), first_seq)
         if cmd.op in ("remove", "remove_filtered"):
-            if cmd.op == "remove":
-                rules = _distinct(cmd.rules)
-                gone = [rule for rule in rules if rule in table.rules]
-                if not gone or (len(gone) != len(rules) and not cmd.ex):
-                    return self._result(False, [], [], set(), first_seq)
+            complete = True
+            if cmd.op == "remove" and cmd.ex:
+                gone = [rule for rule in _distinct(cmd.rules) if rule in table.rules]
+            elif cmd.op == "remove":
+                gone, complete = _leading_present(cmd.rules, table)
             else:
                 gone = table.matching(cmd.field_index, cmd.field_values)
-                if not gone:
-                    return self._result(False, [], [], set(), first_seq)
+            if not gone:
+                return self._result(False, [], [], set(), first_seq)
             self._remove(table, sec, ptype, gone)
-            return self._result(True, gone, [], _trigger_keys(sec, ptype, gone), first_seq)
+            keys = _trigger_keys(sec, ptype, gone)
+            return self._result(complete, gone, [], keys, first_seq)
         if cmd.op == "update":
             return self._update(table, cmd, first_seq)
         return self._update_filtered(table, cmd, first_seq)
+
+    def _define(self, cmd: Parsed, first_seq: int) -> ApplyResult:
+        shape = {(sec, ptype): (fields, priority) for sec, ptype, fields, priority in cmd.shape}
+        changed = shape != self._shape
+        if changed and self._shape:  # instances on two models: worth a line in every log
+            log.warning("the casbin model's shape changes from %s to %s",
+                        _shape_text(self._shape), _shape_text(shape))
+        self._shape = shape
+        return self._result(changed, [], [], set(), first_seq)
+
+    def _check_fit(self, sec: str, ptype: str, rules: Iterable[Rule]) -> None:
+        """Refuse rules the declared model cannot hold (nothing declared: accept)."""
+        if not self._shape:
+            return
+        shape = self._shape.get((sec, ptype))
+        if shape is None:
+            raise CommandRejected(f"the model has no {sec}/{ptype}")
+        fields, priority = shape
+        for rule in rules:
+            if not fits(sec, fields, rule, priority):
+                need = f"{fields} fields" if sec == "p" else f"at least {fields} fields"
+                if priority >= 0:
+                    need += f", digits in field {priority} (the priority)"
+                raise CommandRejected(f"a {sec}/{ptype} rule has {need}: "
+                                      f"{list(rule)[:MAX_SHOWN_FIELDS]}")
 
     def _seed(self, cmd: Parsed, first_seq: int) -> ApplyResult:
         if self._seq != 0 or self._tables:  # only a cluster that never changed is seeded
@@ -317,7 +367,9 @@ class CasbinBackend(Backend):
             return self._result(False, [], [], set(), first_seq)
         self._remove(table, sec, ptype, old)
         self._tables[(sec, ptype)] = table
-        added = [rule for rule in _distinct(cmd.rules) if rule not in table.rules]
+        added = _distinct(cmd.rules)
+        if any(rule in table.rules for rule in added):
+            added = []  # casbin adds the new rules all or none
         for rule in added:
             table.add(rule)
         if added:
@@ -422,6 +474,21 @@ class CasbinBackend(Backend):
         return out
 
 
+def _shape_text(shape: dict[Key, tuple[int, int]]) -> str:
+    return ", ".join(f"{sec}/{ptype}:{form[0]}" for (sec, ptype), form in sorted(shape.items()))
+
+
+def _leading_present(rules: Iterable[Rule], table: _Table) -> tuple[list[Rule], bool]:
+    """casbin's ``remove_policies``: the rules are removed in order until one is missing
+    (or named twice); answers those and whether all were."""
+    gone: dict[Rule, None] = {}
+    for rule in rules:
+        if rule in gone or rule not in table.rules:
+            return list(gone), False
+        gone[rule] = None
+    return list(gone), True
+
+
 def _distinct(rules: Iterable[Rule]) -> list[Rule]:
     return list(dict.fromkeys(rules))
 
@@ -446,9 +513,9 @@ def _trigger_keys(sec: str, ptype: str, rules: Iterable[Rule]) -> set[str]:
 # --------------------------------------------------------------------------- snapshot file
 #
 # casbin.msgpack (see snapshot_file.py for the header): the objects [seq, tables, feed
-# length], then per table (sorted by sec, ptype) [sec, ptype, next_order, rule count]
-# followed by one [rule, order, owner or None] per rule in policy order, then the feed's
-# changes oldest first. Two peers with the same state write the same bytes.
+# length, shape] (version 1: no shape), then per table (sorted by sec, ptype) [sec, ptype,
+# next_order, rule count] followed by one [rule, order, owner or None] per rule in policy
+# order, then the feed's changes oldest first. Two peers with the same state write the same bytes.
 
 
 def _write_snapshot(
@@ -457,9 +524,11 @@ def _write_snapshot(
     tables: list[tuple[str, str, int, list[tuple[Rule, int]]]],
     owners: dict[tuple[str, str, Rule], str],
     feed: list[dict[str, Any]],
+    shape: dict[Key, tuple[int, int]],
 ) -> None:
     def objects() -> Iterator[Any]:
-        yield [seq, len(tables), len(feed)]
+        yield [seq, len(tables), len(feed),
+               [[sec, ptype, *form] for (sec, ptype), form in sorted(shape.items())]]
         for sec, ptype, next_order, rules in tables:
             yield [sec, ptype, next_order, len(rules)]
             for rule, order in sorted(rules, key=lambda item: item[1]):
@@ -472,8 +541,11 @@ def _write_snapshot(
 
 def _read_snapshot(
     path: Path,
-) -> tuple[int, dict[Key, _Table], dict[tuple[str, str, Rule], str], list[dict[str, Any]]]:
-    objects = read_objects(path, _MAGIC, _VERSION)
+) -> tuple[
+    int, dict[Key, _Table], dict[tuple[str, str, Rule], str], list[dict[str, Any]],
+    dict[Key, tuple[int, int]],
+]:
+    version, objects = read_objects(path, _MAGIC, _READABLE_VERSIONS)
     position = 0
 
     def take(what: str) -> Any:
@@ -484,9 +556,12 @@ def _read_snapshot(
         return objects[position - 1]
 
     head = take("the header")
-    if not (isinstance(head, list) and len(head) == 3 and all(type(x) is int for x in head)):
+    counters = 3
+    if not (isinstance(head, list) and len(head) == counters + (version >= 2)
+            and all(type(x) is int for x in head[:counters])):
         raise InvalidSnapshot(path, "bad header object")
-    seq, table_count, feed_count = head
+    seq, table_count, feed_count = head[:counters]
+    shape = _shape_of(path, head[counters]) if version >= 2 else {}
     tables: dict[Key, _Table] = {}
     owners: dict[tuple[str, str, Rule], str] = {}
     for _ in range(table_count):
@@ -512,7 +587,15 @@ def _read_snapshot(
             raise InvalidSnapshot(path, "a change of the feed is malformed")
     if feed and [c["seq"] for c in feed] != list(range(seq - len(feed) + 1, seq + 1)):
         raise InvalidSnapshot(path, "the change feed is not the run of changes before seq")
-    return seq, tables, owners, feed
+    return seq, tables, owners, feed, shape
+
+
+def _shape_of(path: Path, raw: Any) -> dict[Key, tuple[int, int]]:
+    try:
+        shape = parse_command({"op": "define", "shape": raw}).shape
+    except CommandRejected as error:
+        raise InvalidSnapshot(path, f"bad model shape: {error}") from None
+    return {(sec, ptype): (fields, priority) for sec, ptype, fields, priority in shape}
 
 
 def _table_header(path: Path, raw: Any) -> tuple[str, str, int, int]:

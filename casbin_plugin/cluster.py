@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from zraft.session import LightSession, Session
+from zraft.session import LightSession, Rejected, Session, ZraftError
 
 from . import commands as c
 from .dispatcher import Dispatcher, set_dispatcher
 from .local_model import LocalModel, core_enforcer
 from .persist import AdapterPersister, load_adapter_policy
+from .shape import model_shape, rule_fits
 from .sync import PolicySync, SessionFeed, Waker, WatchWaker
 
 log = logging.getLogger(__name__)
@@ -87,11 +89,15 @@ class CasbinNode:
             apply_timeout=apply_timeout,
         )
         self.persister: AdapterPersister | None = None
+        deadline = time.monotonic() + start_timeout
         try:
+            model = core_enforcer(enforcer).model
+            # The cluster refuses from now on any rule this model cannot hold.
+            self._start_write(c.define(model_shape(model)), deadline)
             if adapter is not None:
-                initial = load_adapter_policy(adapter, core_enforcer(enforcer).model)
-                self.writer.write(c.seed(initial), timeout=start_timeout)
-            self.sync.start(timeout=start_timeout)
+                initial = _fitting(load_adapter_policy(adapter, model), model)
+                self._start_write(c.seed(initial), deadline)
+            self.sync.start(timeout=max(0.0, deadline - time.monotonic()))
         except BaseException:
             self.writer.close()
             feed.close()
@@ -102,6 +108,25 @@ class CasbinNode:
         if adapter is not None and persist:
             is_active = persist if callable(persist) else (lambda: True)
             self.persister = AdapterPersister(self.sync, adapter, is_active).start()
+
+    def _start_write(self, command: dict[str, Any], deadline: float) -> None:
+        """Write ``command`` (idempotent: ``define`` and ``seed``), retrying while the cluster
+        cannot answer yet (peers starting, no leader) until ``deadline``."""
+        while True:
+            try:
+                self.writer.write(command, timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except Rejected:
+                raise
+            except ZraftError as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.debug("starting: %s: %s; retrying", type(error).__name__, error)
+                time.sleep(0.1)
+
+    def metrics(self) -> dict[str, int]:
+        """This instance's counters (``PolicySync.metrics``)."""
+        return self.sync.metrics()
 
     def _write(self, command: dict[str, Any]) -> dict[str, Any]:
         session = getattr(self._writers, "session", None)
@@ -165,6 +190,18 @@ class CasbinNode:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _fitting(policy: list[list[Any]], model: Any) -> list[list[Any]]:
+    """The adapter's rules the model can hold: the cluster would refuse the others."""
+    out = []
+    for sec, ptype, rules in policy:
+        kept = [rule for rule in rules if rule_fits(model, sec, ptype, rule)]
+        if len(kept) != len(rules):
+            log.warning("the adapter holds %d %s/%s rule(s) the model cannot hold: not seeded",
+                        len(rules) - len(kept), sec, ptype)
+        out.append([sec, ptype, kept])
+    return out
 
 
 def connect(enforcer: Any, peers: Sequence[str], **options: Any) -> CasbinNode:

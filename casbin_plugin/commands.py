@@ -8,6 +8,13 @@ A command is a small dict that travels as msgpack; every rule is a list of str::
     {"op": "update", "sec", "ptype", "old_rules": [...], "new_rules": [...]}
     {"op": "update_filtered", "sec", "ptype", "new_rules", "field_index", "field_values"}
     {"op": "clear"}
+    {"op": "define", "shape": [[sec, ptype, fields, priority], ...]}
+
+``define`` declares the shape of the model the instances use: how many fields a rule of each
+(sec, ptype) has (a ``g`` rule: at least that many; conditional role managers append
+parameters) and which field is an explicit priority (-1: none; it must be digits). From
+then on the backend refuses a rule that does not fit (a ptype the model lacks, a wrong
+field count) the same way on every peer; see :func:`fits`.
 
 ``ex=False`` is casbin's all-or-nothing batch (``add_policies``: nothing is added if one
 rule exists); ``ex=True`` changes the rules it can (``add_policies_ex``, and Go's
@@ -32,12 +39,15 @@ __all__ = [
     "MAX_BATCH",
     "MAX_FIELD_BYTES",
     "MAX_FIELDS",
+    "MESSAGE_METHODS",
     "Parsed",
     "Rule",
     "add",
     "changes_since",
     "clear",
+    "define",
     "filtered",
+    "fits",
     "has",
     "notify",
     "parse_command",
@@ -66,6 +76,7 @@ _FIELDS: Final[dict[str, frozenset[str]]] = {
     "update": frozenset({"sec", "ptype", "old_rules", "new_rules"}),
     "update_filtered": frozenset({"sec", "ptype", "new_rules", "field_index", "field_values"}),
     "clear": frozenset(),
+    "define": frozenset({"shape"}),
     "seed": frozenset({"policy"}),
     "notify": frozenset({"message"}),
     # queries
@@ -81,7 +92,7 @@ _OPTIONAL: Final[dict[str, frozenset[str]]] = {
     "changes_since": frozenset({"limit"}),
 }
 WRITE_OPS: Final = frozenset({"add", "remove", "remove_filtered", "update", "update_filtered",
-                              "clear", "seed", "notify"})
+                              "clear", "define", "seed", "notify"})
 READ_OPS: Final = frozenset({"policy", "has", "filtered", "subject", "changes_since"})
 SESSION_OPS: Final = frozenset({"add"})  # temporary rules are created, never taken over
 
@@ -133,6 +144,27 @@ def update_filtered(
 
 def clear() -> dict[str, Any]:
     return {"op": "clear"}
+
+
+def define(shape: Sequence[tuple[str, str, int, int]]) -> dict[str, Any]:
+    """The model's shape, ``[(sec, ptype, fields, priority), ...]`` (see :func:`fits`):
+    replaces what the cluster held; later writes whose rules do not fit it are refused."""
+    return _checked({"op": "define", "shape": [list(item) for item in shape]})
+
+
+def fits(sec: str, fields: int, rule: Sequence[Any], priority: int = -1) -> bool:
+    """Does ``rule`` fit a ptype of ``fields`` fields? A policy rule has exactly that many
+    (PyCasbin's ``enforce`` raises on any other count) and digits in its ``priority`` field
+    (PyCasbin sorts by ``int`` of it, and fails to load a policy mixing numbers and words);
+    a grouping rule at least that many fields (PyCasbin refuses fewer; more are a
+    conditional role manager's parameters)."""
+    if sec != "p":
+        return len(rule) >= fields
+    return len(rule) == fields and (priority < 0 or _digits(rule[priority]))
+
+
+def _digits(value: Any) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def seed(policy: Sequence[tuple[str, str, Sequence[Sequence[str]]]]) -> dict[str, Any]:
@@ -192,6 +224,7 @@ class Parsed:
     ptype: str = ""
     rules: tuple[Rule, ...] = ()
     seed: tuple[tuple[str, str, tuple[Rule, ...]], ...] = ()
+    shape: tuple[tuple[str, str, int, int], ...] = ()
     message: dict[str, Any] | None = None
     old_rules: tuple[Rule, ...] = ()
     ex: bool = False
@@ -242,6 +275,8 @@ def _parse(raw: Any, allowed: frozenset[str]) -> Parsed:
         parsed.rules = _rule_list(raw["new_rules"], "new_rules", allow_empty=True)
     elif op == "seed":
         parsed.seed = _seed(raw["policy"])
+    elif op == "define":
+        parsed.shape = _shape(raw["shape"])
     elif op == "notify":
         parsed.message = _message(raw["message"])
     elif op == "has":
@@ -254,7 +289,8 @@ def _parse(raw: Any, allowed: frozenset[str]) -> Parsed:
             parsed.limit = _int(raw["limit"], "limit", 1)
     if "field_index" in raw:
         parsed.field_index = _int(raw["field_index"], "field_index", 0, MAX_FIELDS - 1)
-        parsed.field_values = _rule(raw["field_values"], "field_values")
+        # No values is casbin's "every rule" (remove_filtered_policy(0) removes them all).
+        parsed.field_values = _rule(raw["field_values"], "field_values", allow_empty=True)
         if parsed.field_index + len(parsed.field_values) > MAX_FIELDS:
             raise CommandRejected(f"the filter reaches past field {MAX_FIELDS}")
     return parsed
@@ -277,15 +313,60 @@ def _seed(value: Any) -> tuple[tuple[str, str, tuple[Rule, ...]], ...]:
     return tuple(out)
 
 
+def _shape(value: Any) -> tuple[tuple[str, str, int, int], ...]:
+    form = "define: shape must be a list of [sec, ptype, fields, priority]"
+    if not isinstance(value, list | tuple) or len(value) > 1024:
+        raise CommandRejected(form)
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for item in value:
+        if not isinstance(item, list | tuple) or len(item) != 4:
+            raise CommandRejected(form)
+        sec = _sec(item[0])
+        ptype = _ptype(item[1], sec)
+        if (sec, ptype) in out:
+            raise CommandRejected(f"define: {sec}/{ptype} appears twice")
+        fields = _int(item[2], f"define: fields of {sec}/{ptype}", 1, MAX_FIELDS)
+        priority = item[3]
+        fields_with_priority = fields if sec == "p" else 0  # a grouping rule has none
+        if type(priority) is not int or not -1 <= priority < fields_with_priority:
+            raise CommandRejected(f"define: the priority of {sec}/{ptype} must be -1 (none) "
+                                  f"or one of its fields")
+        out[(sec, ptype)] = (fields, priority)
+    return tuple((sec, ptype, fields, priority)
+                 for (sec, ptype), (fields, priority) in sorted(out.items()))
+
+
 _MESSAGE_FIELDS: Final = {
     "Method": str, "ID": str, "Sec": str, "Ptype": str, "OldRule": list, "OldRules": list,
     "NewRule": list, "NewRules": list, "FieldIndex": int, "FieldValues": list,
 }
 
 
+# What each Method needs besides Method and ID (Go redis-watcher's messages): a receiver
+# must be able to act on every message it is handed, so a message lacking one is refused
+# when it is published, never delivered to fail in every subscriber's callback.
+_NEEDS: Final[dict[str, tuple[str, ...]]] = {
+    "Update": (),
+    "UpdateForSavePolicy": (),
+    "UpdateForAddPolicy": ("Sec", "Ptype", "NewRule"),
+    "UpdateForRemovePolicy": ("Sec", "Ptype", "NewRule"),
+    "UpdateForAddPolicies": ("Sec", "Ptype", "NewRules"),
+    "UpdateForRemovePolicies": ("Sec", "Ptype", "NewRules"),
+    "UpdateForRemoveFilteredPolicy": ("Sec", "Ptype", "FieldIndex", "FieldValues"),
+    "UpdateForUpdatePolicy": ("Sec", "Ptype", "OldRule", "NewRule"),
+    "UpdateForUpdatePolicies": ("Sec", "Ptype", "OldRules", "NewRules"),
+}
+MESSAGE_METHODS: Final = frozenset(_NEEDS)
+
+
 def _message(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("Method"), str):
         raise CommandRejected("notify: a message is a dict with a Method")
+    method = value["Method"]
+    needs = _NEEDS.get(method)
+    if needs is None:
+        raise CommandRejected(f"notify: unknown Method {method[:60]!r}; "
+                              f"expected one of {sorted(_NEEDS)}")
     for name, item in value.items():
         kind = _MESSAGE_FIELDS.get(name)
         if kind is None:
@@ -294,13 +375,24 @@ def _message(value: Any) -> dict[str, Any]:
             continue
         if not isinstance(item, kind) or (kind is int and type(item) is not int):
             raise CommandRejected(f"notify: {name} must be a {kind.__name__}")
-        if name in ("OldRule", "NewRule", "FieldValues"):
-            for field in item:
-                _field(field, name)
+        if name in ("OldRule", "NewRule"):
+            _rule(item, f"notify: {name}")
+        elif name == "FieldValues":
+            _rule(item, f"notify: {name}", allow_empty=True)
         elif name in ("OldRules", "NewRules"):
-            _rule_list(item, name, allow_empty=True)
+            _rule_list(item, f"notify: {name}", allow_empty=True)  # add_policies([]) notifies
         elif kind is str:
             _field(item, name)
+    missing = [name for name in needs if value.get(name) is None]
+    if missing:
+        raise CommandRejected(f"notify: a {method} message needs {', '.join(missing)} "
+                              "(missing or null)")
+    if "Sec" in needs:
+        _ptype(value["Ptype"], _sec(value["Sec"]))
+    if method == "UpdateForRemoveFilteredPolicy":
+        _int(value["FieldIndex"], "notify: FieldIndex", 0, MAX_FIELDS - 1)
+    if method == "UpdateForUpdatePolicies" and len(value["OldRules"]) != len(value["NewRules"]):
+        raise CommandRejected("notify: OldRules and NewRules differ in length")
     return dict(value)
 
 
@@ -336,11 +428,12 @@ def _field(value: Any, what: str) -> str:
     return value
 
 
-def _rule(value: Any, what: str) -> Rule:
+def _rule(value: Any, what: str, allow_empty: bool = False) -> Rule:
     if not isinstance(value, list | tuple):
         raise CommandRejected(f"{what} must be a list of str, not {type(value).__name__}")
-    if not 0 < len(value) <= MAX_FIELDS:
-        raise CommandRejected(f"{what} must have 1..{MAX_FIELDS} values")
+    low = 0 if allow_empty else 1
+    if not low <= len(value) <= MAX_FIELDS:
+        raise CommandRejected(f"{what} must have {low}..{MAX_FIELDS} values")
     return tuple(_field(item, what) for item in value)
 
 

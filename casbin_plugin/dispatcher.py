@@ -11,6 +11,9 @@ management call of the enforcer (``add_policy``, ``remove_filtered_policy``, the
 and named variants, ``update_policy``, ``clear_policy``, and the RBAC helpers built on
 them) is sent to the dispatcher instead of changing the local model, and answers what
 casbin would have answered. ``load_policy`` reloads from the cluster.
+
+A rule the enforcer's model cannot hold is refused before it is sent, with the exception
+plain PyCasbin raises for it (``shape.check_rules``): sent, it would break every instance.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from zraft.session import ZraftError
 
 from . import commands as c
 from .local_model import core_enforcer
+from .shape import check_rules
 from .sync import PolicySync
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Dispatcher(CasbinDispatcher):  # type: ignore[misc]
     # ------------------------------------------------------------------ casbin's interface
 
     def add_policies(self, sec: str, ptype: str, rules: Sequence[Sequence[str]]) -> list[Any]:
+        self.check(sec, ptype, rules)
         return self.dispatch(c.add(sec, ptype, rules, ex=True))["rules"]  # type: ignore[no-any-return]
 
     def remove_policies(self, sec: str, ptype: str, rules: Sequence[Sequence[str]]) -> list[Any]:
@@ -81,6 +86,7 @@ class Dispatcher(CasbinDispatcher):  # type: ignore[misc]
     def update_policy(
         self, sec: str, ptype: str, old_rule: Sequence[str], new_rule: Sequence[str]
     ) -> bool:
+        self.check(sec, ptype, [new_rule])
         return bool(self.dispatch(c.update(sec, ptype, [old_rule], [new_rule]))["changed"])
 
     def update_policies(
@@ -90,6 +96,7 @@ class Dispatcher(CasbinDispatcher):  # type: ignore[misc]
         old_rules: Sequence[Sequence[str]],
         new_rules: Sequence[Sequence[str]],
     ) -> bool:
+        self.check(sec, ptype, new_rules)
         return bool(self.dispatch(c.update(sec, ptype, old_rules, new_rules))["changed"])
 
     def update_filtered_policies(
@@ -100,11 +107,19 @@ class Dispatcher(CasbinDispatcher):  # type: ignore[misc]
         field_index: int,
         field_values: Sequence[str],
     ) -> list[Any]:
+        self.check(sec, ptype, new_rules)
         command = c.update_filtered(sec, ptype, new_rules, field_index, field_values)
         return self.dispatch(command)["old"]  # type: ignore[no-any-return]
 
     def set_enforcer(self, enforcer: Any) -> None:
         self.enforcer = enforcer
+
+    def check(self, sec: str, ptype: str, rules: Sequence[Sequence[Any]]) -> None:
+        """Raise what PyCasbin raises for rules the enforcer's model cannot hold (no
+        enforcer set: nothing to check against; the backend still checks the declared
+        shape)."""
+        if self.enforcer is not None:
+            check_rules(core_enforcer(self.enforcer).model, sec, ptype, rules)
 
     # ------------------------------------------------------------------ zraft's additions
 
@@ -114,6 +129,7 @@ class Dispatcher(CasbinDispatcher):  # type: ignore[misc]
         """Rules that vanish from every instance when this instance's session ends."""
         if self._write_temporary is None:
             raise RuntimeError("this dispatcher has no session for temporary rules")
+        self.check(sec, ptype, rules)
         command = c.add(sec, ptype, rules, ex=True)
         result = self._write_temporary(command)
         self._wait(result)
@@ -160,6 +176,10 @@ _RBAC = (
 )
 
 
+def _is_rule(rule: Any) -> bool:
+    return bool(rule) and all(isinstance(value, str) for value in rule)
+
+
 def _rule(params: tuple[Any, ...]) -> list[str]:
     if len(params) == 1 and isinstance(params[0], list):
         return list(params[0])
@@ -187,32 +207,47 @@ class _Routes:
     # -------------------------------------------------------------- generic forms
 
     def add_one(self, sec: str, ptype: str, *params: Any) -> bool:
-        return bool(self._send(c.add(sec, ptype, [_rule(params)]))["changed"])
+        rule = _rule(params)
+        self.d.check(sec, ptype, [rule])
+        return bool(self._send(c.add(sec, ptype, [rule]))["changed"])
 
     def add_many(self, sec: str, ptype: str, rules: Sequence[Sequence[str]], ex: bool) -> bool:
+        self.d.check(sec, ptype, rules)
         return bool(self._send(c.add(sec, ptype, rules, ex=ex))["changed"])
 
     def remove_one(self, sec: str, ptype: str, *params: Any) -> bool:
-        return bool(self._send(c.remove(sec, ptype, [_rule(params)]))["changed"])
+        return self.remove_many(sec, ptype, [_rule(params)])
 
     def remove_many(self, sec: str, ptype: str, rules: Sequence[Sequence[str]]) -> bool:
+        if not all(_is_rule(rule) for rule in rules):
+            return False  # casbin: not found (every rule held is a list of str)
         return bool(self._send(c.remove(sec, ptype, rules))["changed"])
 
     def remove_filtered(self, sec: str, ptype: str, field_index: int, *values: str) -> Any:
+        if not all(isinstance(value, str) for value in values):
+            return [] if sec == "g" else False  # casbin: nothing matches
+        if sec == "g" and not values:
+            return []  # casbin removes no grouping rule for an empty filter (all policies)
         result = self._send(c.remove_filtered(sec, ptype, field_index, values))
         # casbin answers a bool for policies and the removed rules for grouping policies
         return result["rules"] if sec == "g" else bool(result["changed"])
 
     def update(self, sec: str, ptype: str, old: Sequence[Sequence[str]],
                new: Sequence[Sequence[str]]) -> bool:
+        if (self.core.model[sec] or {}).get(ptype) is None:
+            return False  # casbin's update answers False for a ptype the model lacks
         if sec == "p":
             self._check_priority(ptype, old, new)
+        self.d.check(sec, ptype, new)
+        if not all(_is_rule(rule) for rule in old):
+            return False  # casbin: the old rule is not found
         return bool(self._send(c.update(sec, ptype, old, new))["changed"])
 
     def update_filtered(self, sec: str, ptype: str, new_rules: Sequence[Sequence[str]],
                         field_index: int, *values: str) -> bool:
-        return bool(self._send(c.update_filtered(sec, ptype, new_rules, field_index, values))
-                    ["changed"])
+        self.d.check(sec, ptype, new_rules)
+        result = self._send(c.update_filtered(sec, ptype, new_rules, field_index, values))
+        return bool(result["changed"]) and len(new_rules) != 0  # casbin's answer
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         """Every routed method by name, with casbin's signatures."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,11 @@ def write_objects(path: Path, magic: bytes, version: int, objects: Iterable[Any]
     return length
 
 
-def read_objects(path: Path, magic: bytes, version: int) -> list[Any]:
-    """Every object of a checked file; InvalidSnapshot if anything is wrong with it."""
+def read_objects(
+    path: Path, magic: bytes, versions: Collection[int]
+) -> tuple[int, list[Any]]:
+    """The format version and every object of a checked file (one of ``versions``);
+    InvalidSnapshot if anything is wrong with it."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -56,7 +59,7 @@ def read_objects(path: Path, magic: bytes, version: int) -> list[Any]:
     found, found_version, _reserved, crc, length = _HEADER.unpack_from(data)
     if found != magic:
         raise InvalidSnapshot(path, f"wrong magic {found!r} (expected {magic!r})")
-    if found_version != version:
+    if found_version not in versions:
         raise InvalidSnapshot(path, f"unsupported format version {found_version}")
     body = memoryview(data)[_HEADER.size :]
     if len(body) != length:
@@ -66,6 +69,6 @@ def read_objects(path: Path, magic: bytes, version: int) -> list[Any]:
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(length, 1))
     unpacker.feed(body)
     try:
-        return list(unpacker)
+        return found_version, list(unpacker)
     except Exception as exc:  # msgpack raises several unrelated types
         raise InvalidSnapshot(path, f"undecodable body: {type(exc).__name__}") from None

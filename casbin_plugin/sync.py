@@ -177,6 +177,7 @@ class PolicySync:
         self.waker = waker or PollingWaker()
         self.applied_seq = 0
         self.reloads = 0  # whole-policy loads (the first one included)
+        self.failed_changes = 0  # changes whose local apply raised (skipped, then reloaded)
         self._listeners: list[Listener] = []
         self._reload_listeners: list[Callable[[int], None]] = []
         self._progress = threading.Condition()
@@ -276,7 +277,15 @@ class PolicySync:
                 log.warning("change %d after %d: reloading the policy", seq, self.applied_seq)
                 self.reload()
                 return False
-            self.model.apply(change)
+            try:
+                self.model.apply(change)
+            except Exception:
+                # Never retried: the same change would fail the same way, forever, and hold
+                # up every change after it. Skip it, then make the model whole again.
+                self.failed_changes += 1
+                log.exception("change %d could not be applied here: skipped; reloading", seq)
+                self._reload_after_failure(seq)
+                return False
             self._advance(seq)
             for listener in self._listeners:
                 try:
@@ -285,8 +294,28 @@ class PolicySync:
                     log.exception("a change listener failed on change %d", seq)
         return bool(answer.get("more"))
 
+    def _reload_after_failure(self, seq: int) -> None:
+        """Reload (which takes the model past ``seq``: a writer waiting for it then finds
+        its change in place); if that fails too, go on from the next change anyway."""
+        try:
+            self.reload()
+        except Exception:  # unreachable cluster, or the load failed too
+            log.exception("reloading the policy after failed change %d", seq)
+        self._advance(seq)
+
+    def metrics(self) -> dict[str, int]:
+        """Counters: how far this instance applied the feed, whole-policy loads, changes
+        and rules skipped because the local model cannot hold them, changes that failed."""
+        return {
+            "applied_seq": self.applied_seq,
+            "reloads": self.reloads,
+            "skipped_changes": getattr(self.model, "skipped_changes", 0),
+            "skipped_rules": getattr(self.model, "skipped_rules", 0),
+            "failed_changes": self.failed_changes,
+        }
+
     def _load(self, seq: int, policy: list[Any]) -> None:
-        self.model.load(policy)
+        self.model.load(policy, seq)
         self.reloads += 1
         self._advance(seq, force=True)
         for listener in self._reload_listeners:

@@ -112,7 +112,12 @@ def test_bad_commands_are_rejected_with_a_reason() -> None:
         {"op": "add", "sec": "p", "ptype": "p", "rules": []},
         {"op": "add", "sec": "p", "ptype": "p", "rules": [[1, 2]]},
         {"op": "add", "sec": "p", "ptype": "p", "rules": [["a"]], "extra": 1},
-        {"op": "remove_filtered", "sec": "p", "ptype": "p", "field_index": 0, "field_values": []},
+        {"op": "remove_filtered", "sec": "p", "ptype": "p", "field_index": 0, "field_values": [1]},
+        {"op": "define", "shape": [["p", "p", 3]]},
+        {"op": "define", "shape": [["p", "p", 0, -1]]},
+        {"op": "define", "shape": [["p", "p", 3, 3]]},
+        {"op": "define", "shape": [["g", "g", 2, 0]]},
+        {"op": "define", "shape": [["p", "p", 3, -1], ["p", "p", 4, -1]]},
         {"op": "update", "sec": "p", "ptype": "p", "old_rules": [["a"]], "new_rules": []},
         {"op": "policy"},  # a query is not a command
     ]

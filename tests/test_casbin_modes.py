@@ -3,8 +3,10 @@ ephemeral grants through a long-lived session."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import casbin
 import pytest
@@ -141,3 +143,36 @@ def test_a_watch_driven_waker_follows_changes_without_polling(tmp_path: Path) ->
             writer.close()
             follower.close()
             watching_session.close()
+
+
+@pytest.mark.timeout(120)
+def test_connect_with_an_adapter_waits_for_peers_started_after_it(tmp_path: Path) -> None:
+    """Issue 17: the seed write waited no longer than one request (AllPeersFailed within a
+    second); like the rest of connect it now waits up to start_timeout."""
+    url = f"sqlite:///{tmp_path / 'policy.db'}"
+    casbin.Enforcer(RBAC, SQLAdapter(url)).add_policy("admin", "data1", "read")
+    with LocalCluster(3, tmp_path / "peers", extra_args=["--backend", BACKEND]) as cluster:
+        e = casbin.Enforcer(RBAC)
+        outcome: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                outcome["node"] = connect(e, cluster.peers, adapter=SQLAdapter(url),
+                                          start_timeout=90)
+            except Exception as error:  # reported below
+                outcome["error"] = error
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        thread.join(timeout=2)  # no peer is up yet: connect must still be waiting
+        assert thread.is_alive(), outcome
+        cluster.start()
+        thread.join(timeout=100)
+        assert "node" in outcome, outcome
+        node = outcome["node"]
+        try:
+            assert e.enforce("admin", "data1", "read")  # seeded from the adapter
+            assert e.add_grouping_policy("alice", "admin") is True
+            assert e.enforce("alice", "data1", "read")
+        finally:
+            node.close()

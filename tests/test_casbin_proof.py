@@ -16,6 +16,7 @@ import pytest
 from zraft.casbin import commands as c
 from zraft.casbin.cluster import BACKEND, CasbinNode, connect
 from zraft.casbin.local_model import LocalModel
+from zraft.casbin.shape import model_shape
 from zraft.local import LocalCluster
 from zraft.session import LightSession
 
@@ -62,6 +63,9 @@ def test_three_instances_answer_identically_after_every_change(cluster: LocalClu
         reference.enable_auto_save(False)
         with LightSession(cluster.peers) as session:  # the previous model's rules go
             session.write(c.clear())
+            # and its shape: rules of the next model are written before its instances
+            # connect (which declare it too)
+            session.write(c.define(model_shape(reference.get_model())))
             for sec in ("p", "g"):  # in the file's order: the priority effect needs it
                 for ptype, assertion in (reference.get_model()[sec] or {}).items():
                     if assertion.policy:

@@ -14,14 +14,17 @@ import pytest
 
 from tests.clocks import TickClock
 from zraft.casbin import commands as c
+from zraft.casbin.shape import model_shape
 from zraft.chaos.backend import DIGEST_QUERY
 from zraft.chaos.casbin_workload import (
+    WORKLOAD_SHAPE,
     CasbinFinal,
     CasbinWorkload,
     ChaosCasbinBackend,
     InstanceState,
     Policy,
     check_casbin,
+    new_enforcer,
     reference_answers,
     replay,
 )
@@ -212,6 +215,53 @@ def test_workload_check_without_a_final_read_decides_nothing() -> None:
         workload.close()
 
 
+@pytest.mark.timeout(30)
+def test_checker_wants_poison_in_the_feed_skipped_by_every_instance() -> None:
+    assert model_shape(new_enforcer().get_model()) == WORKLOAD_SHAPE
+    poison = [
+        {"seq": 7, "op": "add", "sec": "g", "ptype": "g", "rules": [["bob"]]},
+        {"seq": 8, "op": "add", "sec": "p", "ptype": "p9", "rules": [["bob", "data1", "read"]]},
+    ]
+    calls = [*CALLS, (1, "add", "g", ["bob"], None, "ok", 7), (2, "add", "p", ["bob", "data1",
+                                                                            "read"], None,
+                                                               "unknown", None)]
+    history = _history(calls)
+    history[-1].value["ptype"] = "p9"
+    final = _final(_feed() + poison)  # instances hold WANT: the poison skipped
+    assert check_casbin(history, final) == []
+    held = final.instances["instance-0"]
+    assert held is not None
+    held.policy["g/g"].add(("bob",))  # one that did not skip it
+    problems = check_casbin(history, final)
+    assert len(problems) == 1 and "instance-0: its policy differs" in problems[0], problems
+    held.policy["g/g"].discard(("bob",))
+    held.metrics["failed_changes"] = 1  # one whose apply failed (then reloaded)
+    problems = check_casbin(history, final)
+    assert problems == ["instance-0: 1 change(s) failed to apply (skipped, then the policy "
+                        "reloaded)"], problems
+
+
+@pytest.mark.timeout(30)
+def test_workload_check_reports_poison_handled_wrongly() -> None:
+    workload = CasbinWorkload(1)
+    try:
+        workload.final = _final()
+        for op in _history():
+            handle = workload.history.invoke(op.client, op.op, op.key, value=op.value)
+            if op.output is not None:
+                workload.history.ok(handle, op.output)
+            else:
+                workload.history.unknown(handle)
+        assert workload.check(timeout=10).ok is True
+        workload.poison_anomalies.append("add_policy('alice', 'data1') was taken")
+        verdict = workload.check(timeout=10)
+        assert verdict.ok is False
+        assert verdict.anomalies == ["1 poison handled wrongly: add_policy('alice', 'data1') "
+                                     "was taken"]
+    finally:
+        workload.close()
+
+
 # --------------------------------------------------------------------------- pieces
 
 
@@ -271,5 +321,11 @@ def test_casbin_instances_converge_under_kills_and_partitions(chaos_out: Path) -
     assert "3 instances, no anomaly" in verdict["detail"], text
     replayed = re.match(r"casbin: (\d+) changes replayed", verdict["detail"])
     assert replayed and int(replayed[1]) > 30, verdict["detail"]  # real changes, not no-ops
+    # Poison was mixed in, refused where it must be, and some of it, in the log, was
+    # skipped by every instance while they carried on (the anomalies above: none).
+    skipped = re.search(r"(\d+) of them poison skipped by every instance", verdict["detail"])
+    assert skipped and int(skipped[1]) > 0, verdict["detail"]
+    assert re.search(r"enforcer: \d+ refused at the caller", verdict["detail"]), text
+    assert re.search(r"direct: [^;]*\d+ refused by the cluster", verdict["detail"]), text
     assert report.convergence["ok"] is True, text  # same digest on every peer, same logs
     assert not Path(report.run_dir, "peers").exists()  # a passing run keeps no bulk

@@ -19,8 +19,16 @@ waits for every instance to apply all of it, and takes each instance's policy an
   same rules, no two calls claim one change, and the feed orders them as real time did
   (a call acknowledged before another began has the smaller ``seq``);
 * no change is in the feed more often than calls that could have made it were invoked;
-* every instance holds the replayed policy, and all answer ``enforce`` as a reference
-  enforcer loaded with it does.
+* every instance holds the replayed policy (less the rules its model cannot hold), and all
+  answer ``enforce`` as a reference enforcer loaded with it does; no change failed to apply
+  on any instance.
+
+Poison is mixed into the stream (issue 17), rules the model cannot hold: through an
+enforcer (a policy rule of the wrong length, a grouping rule too short, a ptype the model
+lacks), which must raise pycasbin's exception before anything is sent; written directly by
+a client that ignores the model, which the cluster must refuse; and written by a client of
+another model that first declares its own shape (a ptype ``p9``, one-field grouping rules),
+which the cluster takes, so the log holds rules the instances must skip while carrying on.
 """
 
 from __future__ import annotations
@@ -60,6 +68,27 @@ ACTIONS: Final = ("read", "write")
 REQUESTS: Final = [(sub, obj, act) for sub in USERS + ROLES for obj in OBJECTS for act in ACTIONS]
 
 Policy = dict[str, set[tuple[str, ...]]]  # "sec/ptype" -> rules
+
+POISON_RATE: Final = 0.1  # of a client's operations
+# The shape of the workload's model (zraft.casbin.shape.model_shape of it: tested), and the
+# one a client of another model declares: the same p, a p9 and one-field grouping rules.
+WORKLOAD_SHAPE: Final = [("p", "p", 3, -1), ("g", "g", 2, -1)]
+OTHER_SHAPE: Final = [("p", "p", 3, -1), ("p", "p9", 3, -1), ("g", "g", 1, -1)]
+
+
+def fits_model(name: str, rule: tuple[str, ...]) -> bool:
+    """Can the workload's RBAC model hold ``rule`` of ``name`` ("sec/ptype")?"""
+    for sec, ptype, fields, priority in WORKLOAD_SHAPE:
+        if name == f"{sec}/{ptype}":
+            return c.fits(sec, fields, rule, priority)
+    return False
+
+
+def held_by_model(policy: Policy) -> Policy:
+    """``policy`` less the rules the model cannot hold (what every instance skips)."""
+    out = {name: {rule for rule in rules if fits_model(name, rule)}
+           for name, rules in policy.items()}
+    return {name: rules for name, rules in out.items() if rules}
 
 
 class ChaosCasbinBackend(CasbinBackend):
@@ -127,6 +156,7 @@ class InstanceState:
     applied_seq: int
     policy: Policy
     answers: list[bool]
+    metrics: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -206,6 +236,13 @@ class CasbinWorkload(Workload):
         self._results: dict[int, dict[str, Any]] = {}  # client -> its last dispatch result
         self.final: CasbinFinal | None = None
         self.final_error = ""
+        # poison: kind -> outcome -> count; and what went wrong with it
+        self.poison: dict[str, Counter[str]] = {kind: Counter() for kind in POISON_KINDS}
+        self.poison_anomalies: list[str] = []
+        # One poison at a time; True while the cluster may hold the other model's shape
+        # (then a direct write of poison may be taken, rightly).
+        self._poison_lock = threading.Lock()
+        self._other_shape_maybe = False
 
     # ------------------------------------------------------------------ clients
 
@@ -219,12 +256,13 @@ class CasbinWorkload(Workload):
             except Exception as error:  # no leader yet, a fault: try again
                 log.warning("casbin instance %d could not connect: %s", client, error)
                 stop.wait(0.5)
-        while not stop.is_set():
-            try:
-                self.operate(client, None, rng, context.op_timeout)  # type: ignore[arg-type]
-            except Exception:  # a bug in the workload must not kill the run silently
-                log.exception("%s client %d", self.name, client)
-                stop.wait(0.1)
+        with context.session() as session:  # for the writes of a client ignoring the model
+            while not stop.is_set():
+                try:
+                    self.operate(client, session, rng, context.op_timeout)
+                except Exception:  # a bug in the workload must not kill the run silently
+                    log.exception("%s client %d", self.name, client)
+                    stop.wait(0.1)
 
     def _connect(self, client: int, context: ClientContext) -> None:
         from zraft.casbin.cluster import connect
@@ -251,8 +289,12 @@ class CasbinWorkload(Workload):
     def operate(
         self, client: int, session: LightSession, rng: random.Random, timeout: float
     ) -> None:
-        """One random change through instance ``client``'s enforcer (``session`` unused:
-        the enforcer writes through its own)."""
+        """One random change through instance ``client``'s enforcer (which writes through
+        its own sessions), or now and then poison (``session``: a client ignoring the
+        model)."""
+        if rng.random() < POISON_RATE:
+            self.poison_once(client, session, rng)
+            return
         enforcer = self.enforcers[client]
         sec = "p" if rng.random() < 0.6 else "g"
         held = [
@@ -311,6 +353,81 @@ class CasbinWorkload(Workload):
         )
         return Status.OK
 
+    # ------------------------------------------------------------------ poison
+
+    def poison_once(self, client: int, session: LightSession, rng: random.Random) -> None:
+        kind = rng.choice(POISON_KINDS)
+        if kind == "enforcer":
+            self._poison_through_enforcer(client, rng)
+            return
+        with self._poison_lock:
+            if kind == "direct":
+                sec, ptype, rule = rng.choice(_DIRECT_POISON)
+                self._poison_write(client, session, kind, sec, ptype, rule)
+                return
+            # a client of another model: declares its shape, adds or removes one of its
+            # rules, then the shape goes back
+            sec, ptype, rule = _other_model_rule(rng)
+            op = "remove" if rng.random() < 0.3 else "add"
+            self._other_shape_maybe = True
+            if self._raw(session, c.define(OTHER_SHAPE)):
+                self._poison_write(client, session, kind, sec, ptype, rule, op)
+            if self._raw(session, c.define(WORKLOAD_SHAPE)):
+                self._other_shape_maybe = False
+
+    def _poison_through_enforcer(self, client: int, rng: random.Random) -> None:
+        enforcer = self.enforcers[client]
+        name, args, refusal = rng.choice(_ENFORCER_POISON)
+        try:
+            getattr(enforcer, name)(*args)
+        except refusal:
+            self._count("enforcer", "refused at the caller")
+            return
+        except Exception as error:  # sent, or refused the wrong way
+            self._poison_anomaly(f"{name}{args} raised {type(error).__name__}: {error}, "
+                                 f"not pycasbin's {refusal.__name__}")
+            return
+        self._poison_anomaly(f"{name}{args} was taken (it must raise {refusal.__name__})")
+
+    def _poison_write(self, client: int, session: LightSession, kind: str, sec: str,
+                      ptype: str, rule: tuple[str, ...], op: str = "add") -> None:
+        """A raw write, recorded like every change: if the cluster takes it, it is in the
+        feed, and the checker wants it replayed (and skipped by every instance)."""
+        value = {"sec": sec, "ptype": ptype, "rules": [list(rule)]}
+        handle = self.history.invoke(client, op, f"{sec}/{ptype}", value=value)
+        build = c.add if op == "add" else c.remove
+        try:
+            result = session.write(build(sec, ptype, [list(rule)]))
+        except Rejected:
+            self.history.fail(handle)
+            self._count(kind, "refused by the cluster")
+            return
+        except ZraftError:
+            self.history.unknown(handle)
+            self._count(kind, "unknown")
+            return
+        self.history.ok(handle, {"returned": bool(result["changed"]),
+                                 "changed": bool(result["changed"]), "seq": int(result["seq"])})
+        self._count(kind, f"{op}s taken into the log" if result["changed"] else "no change")
+        if kind == "direct" and not self._other_shape_maybe:
+            self._poison_anomaly(f"the cluster took {sec}/{ptype} {list(rule)}, which the "
+                                 "declared model cannot hold")
+
+    def _raw(self, session: LightSession, command: dict[str, Any]) -> bool:
+        try:
+            session.write(command)
+            return True
+        except ZraftError:
+            return False
+
+    def _count(self, kind: str, outcome: str) -> None:
+        with self._lock:
+            self.poison[kind][outcome] += 1
+
+    def _poison_anomaly(self, text: str) -> None:
+        with self._lock:
+            self.poison_anomalies.append(text)
+
     # ------------------------------------------------------------------ after healing
 
     def final_read(self, session: LightSession, timeout: float) -> None:
@@ -345,6 +462,7 @@ class CasbinWorkload(Workload):
                 node.sync.applied_seq,
                 policy_of(enforcer),
                 [bool(enforcer.enforce(*request)) for request in REQUESTS],
+                node.metrics(),
             )
         for client in range(self.clients):
             final.instances.setdefault(f"instance-{client}", None)  # never connected
@@ -358,6 +476,7 @@ class CasbinWorkload(Workload):
             verdict.anomalies.append(self.final_error or "no final read: nothing checked")
             return verdict
         verdict.anomalies.extend(check_casbin(ops, self.final))
+        _note(verdict.anomalies, "poison handled wrongly", self.poison_anomalies)
         if verdict.anomalies:
             verdict.ok = False
         truncated = (
@@ -365,8 +484,19 @@ class CasbinWorkload(Workload):
             if self.final.truncated
             else ""
         )
+        poison = "; ".join(
+            f"{kind}: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+            for kind, counts in self.poison.items() if counts
+        )
+        unfit = sum(
+            1 for change in self.final.changes
+            if change.get("op") in ("add", "update", "remove") and not all(
+                fits_model(f"{change['sec']}/{change['ptype']}", tuple(rule))
+                for rule in change.get("rules", []))
+        )  # fmt: skip
         verdict.detail = (
             f"casbin: {len(self.final.changes)} changes replayed{truncated}, "
+            f"{unfit} of them poison skipped by every instance; poison ({poison or 'none'}); "
             f"{len(self.final.instances)} instances, "
             + (
                 "no anomaly"
@@ -385,6 +515,24 @@ class CasbinWorkload(Workload):
             except Exception:  # closing one must not leave the others open
                 log.exception("closing a casbin instance")
         super().close()
+
+
+POISON_KINDS: Final = ("enforcer", "direct", "other model")
+# (call, args, the exception plain pycasbin raises, or raises later: see zraft.casbin.shape)
+_ENFORCER_POISON: Final[list[tuple[str, tuple[Any, ...], type[Exception]]]] = [
+    ("add_policy", ("alice", "data1"), RuntimeError),  # enforce would raise on it
+    ("add_grouping_policy", ("alice",), TypeError),
+    ("add_named_policy", ("p9", "alice", "data1", "read"), KeyError),
+]
+_DIRECT_POISON: Final = [("p", "p", ("alice", "data1")), ("g", "g", ("alice",)),
+                         ("p", "p9", ("alice", "data1", "read"))]
+
+
+def _other_model_rule(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
+    """A rule of the other model that the workload's cannot hold."""
+    if rng.random() < 0.5:
+        return "p", "p9", (rng.choice(USERS + ROLES), rng.choice(OBJECTS), rng.choice(ACTIONS))
+    return "g", "g", (rng.choice(USERS + ROLES),)
 
 
 def _held_or_random(held: list[tuple[str, ...]], sec: str, rng: random.Random) -> tuple[str, ...]:
@@ -512,12 +660,17 @@ def check_casbin(ops: list[Operation], final: CasbinFinal) -> list[str]:
         "changes in the feed more often than invoked (applied twice or invented)",
         [f"{content} x{n}" for content, n in present.items() if n > possible[content]],
     )
-    # The instances: converged, holding the replay, answering alike.
+    # The instances: converged, holding the replay (less what the model cannot hold: every
+    # instance skips that), answering alike.
+    state = held_by_model(state)
     want_answers = reference_answers(state)
     for name, instance in sorted(final.instances.items()):
         if instance is None:
             problems.append(f"{name}: never connected, so never checked")
             continue
+        if instance.metrics.get("failed_changes"):
+            problems.append(f"{name}: {instance.metrics['failed_changes']} change(s) failed "
+                            "to apply (skipped, then the policy reloaded)")
         if instance.applied_seq != final.seq:
             problems.append(
                 f"{name}: applied up to change {instance.applied_seq}, not "
