@@ -50,6 +50,7 @@ from .errors import (
     StorageError,
     translate_os_error,
 )
+from .protocols import check_append_start
 from .records import _KINDS, HEADER, HEADER_SIZE, decode_record, encode_batch, scan_record
 from .syncs import fsync_dir
 
@@ -319,16 +320,7 @@ class SegmentedLog:
         if not entries:
             return
         first = entries[0].index
-        if first <= self._base_index:
-            raise ValueError(
-                f"cannot append at index {first}: entries up to {self._base_index} are "
-                "compacted into a snapshot"
-            )
-        if first > self._last_index + 1:
-            raise ValueError(
-                f"cannot append at index {first}: it would leave a gap after last index "
-                f"{self._last_index}"
-            )
+        check_append_start(first, self._base_index, self._last_index)
         # Encoding also checks the batch is contiguous; done before truncating, so a bad
         # batch loses nothing.
         data, sizes = encode_batch(entries)

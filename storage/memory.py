@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core.types import Configuration, Entry, HardState, SnapshotMeta
 from .errors import CorruptSnapshotError, LogLockedError, StorageError, translate_os_error
-from .protocols import LatestSnapshot
+from .protocols import LatestSnapshot, check_append_start
 from .snapshots import (
     META_NAME,
     check_files,
@@ -128,16 +128,7 @@ class MemoryLog:
         if not entries:
             return
         first = entries[0].index
-        if first <= self.base_index:
-            raise ValueError(
-                f"cannot append at index {first}: entries up to {self.base_index} are "
-                "compacted into a snapshot"
-            )
-        if first > self.last_index + 1:
-            raise ValueError(
-                f"cannot append at index {first}: it would leave a gap after last index "
-                f"{self.last_index}"
-            )
+        check_append_start(first, self.base_index, self.last_index)
         for pos, entry in enumerate(entries):  # checked before anything is replaced
             if entry.index != first + pos:
                 raise ValueError(

@@ -23,6 +23,21 @@ from ..core.types import Configuration, Entry, HardState, SnapshotMeta
 LatestSnapshot = tuple[SnapshotMeta, str, dict[str, Any]]
 
 
+def check_append_start(first: int, base_index: int, last_index: int) -> None:
+    """What every log's ``append`` accepts: a batch starting after the snapshot's index and
+    at most one past the last entry (an earlier start replaces that suffix)."""
+    if first <= base_index:
+        raise ValueError(
+            f"cannot append at index {first}: entries up to {base_index} are "
+            "compacted into a snapshot"
+        )
+    if first > last_index + 1:
+        raise ValueError(
+            f"cannot append at index {first}: it would leave a gap after last index "
+            f"{last_index}"
+        )
+
+
 class LogStorage(Protocol):
     """The entries after the latest snapshot.
 
