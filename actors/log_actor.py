@@ -140,9 +140,7 @@ class LogActor(pykka.ThreadingActor):
     """A ``LogWriter`` on a thread of its own (the ``log_thread`` setting): a slow disk then
     never holds up the peer's loop, at the cost of two thread hand-offs per write."""
 
-    def __init__(
-        self, writer: LogWriter, peer: Any, on_failure: Callable[[str], None]
-    ) -> None:
+    def __init__(self, writer: LogWriter, peer: Any, on_failure: Callable[[str], None]) -> None:
         super().__init__()
         self.writer = writer
         self.peer = peer  # tells the peer actor (and wakes its loop)

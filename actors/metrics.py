@@ -77,4 +77,3 @@ class MetricsServer:
             self.server.shutdown()
             self._thread = None
         self.server.server_close()
-

@@ -291,7 +291,8 @@ class PeerActor(LoopTurningActor):
                     reply = self._not_leader(request)
                 else:
                     reason = node.transfer_leadership(str(request.payload))
-                    reply = ClientReply(request.request_id, reason is None, reason, reason)
+                    done = reason is None or reason == "already leader"  # asked again, done
+                    reply = ClientReply(request.request_id, done, reason, None if done else reason)
                 replies.append((identity, reply))
             else:
                 error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
@@ -715,7 +716,6 @@ class PeerActor(LoopTurningActor):
             self.askers = {p: t for p, t in self.askers.items() if t > self.ticks}
         wanted = node.config.members | node.progress.keys() | self.askers.keys()
         return wanted | {node.leader} if node.leader is not None else wanted
-
 
     def _answer_membership(self) -> None:
         node = self.node

@@ -315,9 +315,7 @@ class PeerRuntime:
             identity_guard=guard,
         )
 
-    def _identity(
-        self, identity_file: IdentityFile, *, state_present: bool
-    ) -> DirectoryIdentity:
+    def _identity(self, identity_file: IdentityFile, *, state_present: bool) -> DirectoryIdentity:
         """Check the directory is ours (or make it ours, founding if the settings say so)."""
         s = self.settings
         identity = open_identity(

@@ -44,6 +44,7 @@ from .light import DEFAULT_ELECTION_TIMEOUT
 from .requests import (
     DEFAULT_RESULTS_WINDOW,
     DEFAULT_RETRY_WINDOW,
+    TRANSFER_ASK_AGAIN,
     CallState,
     RetryPolicy,
     SessionCore,
@@ -241,18 +242,21 @@ class AsyncLightSession(SessionCore):
         return await self._change("remove", peer, timeout)
 
     async def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
-        """``LightSession.transfer_leadership``: returns once ``target`` leads."""
+        """``LightSession.transfer_leadership``: returns once ``target`` leads (asking
+        again every ``TRANSFER_ASK_AGAIN`` seconds until then)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
-        await self._call("transfer", target, timeout)
-        while loop.time() < deadline:
-            try:
-                if (await self.status(target, timeout=0.5)).get("role") == "leader":
-                    self.tracker.succeeded(target)
-                    return target
-            except Exception:  # the target may be busy campaigning
-                pass
-            await asyncio.sleep(0.02)
+        while (left := deadline - loop.time()) > 0:
+            await self._call("transfer", target, left)
+            ask_again = min(deadline, loop.time() + TRANSFER_ASK_AGAIN)
+            while loop.time() < ask_again:
+                try:
+                    if (await self.status(target, timeout=0.5)).get("role") == "leader":
+                        self.tracker.succeeded(target)
+                        return target
+                except Exception:  # the target may be busy campaigning
+                    pass
+                await asyncio.sleep(0.02)
         raise NotLeader(f"{target} did not take over in time", None)
 
     async def _change(self, kind: str, peer: str, timeout: float | None) -> Configuration:

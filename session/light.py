@@ -42,6 +42,7 @@ from .errors import (
 )
 from .requests import (
     DEFAULT_RETRY_WINDOW,
+    TRANSFER_ASK_AGAIN,
     CallState,
     RetryPolicy,
     SessionCore,
@@ -238,17 +239,23 @@ class LightSession(SessionCore):
         return config
 
     def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
-        """Ask the leader to hand over to ``target``; returns once ``target`` leads."""
-        self._call("transfer", target, timeout)
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while time.monotonic() < deadline:
-            try:
-                if self.status(target, timeout=0.5).get("role") == "leader":
-                    self.tracker.succeeded(target)
-                    return target
-            except Exception:  # the target may be busy campaigning
-                pass
-            time.sleep(0.02)
+        """Ask the leader to hand over to ``target``; returns once ``target`` leads.
+
+        The request is made again every ``TRANSFER_ASK_AGAIN`` seconds until then: a
+        transfer lapses after an election timeout (its TimeoutNow lost, the target's
+        campaign beaten), and asking while one is under way changes nothing."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while (left := deadline - time.monotonic()) > 0:
+            self._call("transfer", target, left)
+            ask_again = min(deadline, time.monotonic() + TRANSFER_ASK_AGAIN)
+            while time.monotonic() < ask_again:
+                try:
+                    if self.status(target, timeout=0.5).get("role") == "leader":
+                        self.tracker.succeeded(target)
+                        return target
+                except Exception:  # the target may be busy campaigning
+                    pass
+                time.sleep(0.02)
         raise NotLeader(f"{target} did not take over in time", None)
 
     # ------------------------------------------------------------------ plumbing

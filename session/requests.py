@@ -64,6 +64,9 @@ class TryAgain(Exception):
 # Wait before sending a write again that was too far ahead of its session's acknowledged
 # results: its earlier writes' answers must come first.
 TOO_FAR_AHEAD_WAIT = 0.02
+# How long a leadership transfer is waited for before it is asked for again (it lapses
+# after an election timeout; asking while one is under way changes nothing).
+TRANSFER_ASK_AGAIN = 1.0
 DEFAULT_RETRY_WINDOW = 30.0
 # The peers' default max_results_per_client (zraft.actors.state_machine): a session learns
 # the real one from the first refusal that names it.
