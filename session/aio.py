@@ -31,6 +31,7 @@ from zraft.transport import (
 )
 
 from .errors import (
+    AllPeersFailed,
     ClientError,
     NotLeader,
     Overloaded,
@@ -40,6 +41,7 @@ from .errors import (
     UnreachablePeer,
     WriteRequest,
 )
+from .founding import FOUNDING_ROUND
 from .light import DEFAULT_ELECTION_TIMEOUT
 from .requests import (
     DEFAULT_RESULTS_WINDOW,
@@ -53,6 +55,7 @@ from .requests import (
     config_from_reply,
     finish_write_error,
     interpret,
+    interpret_once,
     members_from_reply,
     membership_payload,
     peers_from_status,
@@ -76,11 +79,18 @@ class AsyncLightSession(SessionCore):
         curve: CurveSettings | None = None,
         client_id: str | None = None,
         retry_window: float = DEFAULT_RETRY_WINDOW,
+        cluster_uuid: str | None = None,
     ) -> None:
         self._configure(
-            client_id, "a", election_timeout, fail_timeout, timeout, retry, retry_window
-        )
+            client_id, "a", election_timeout, fail_timeout, timeout, retry, retry_window,
+            cluster_uuid,
+        )  # fmt: skip
         self._channel = AsyncClientChannel(cluster_id, self.client_id, curve)
+        self._channel.founding = self.cluster_uuid
+        # Asking the peers their founding: one task that every call waits for (with its
+        # own deadline), and what they answered so far.
+        self._pinning: asyncio.Task[None] | None = None
+        self._founding_answers: dict[str, Any] = {}
         self._is_closed = False
         # Writes held back on this side until they are within ``_window`` of ``acked``
         # (the leader would refuse them, and a flood of refusals is load of its own): a
@@ -199,11 +209,16 @@ class AsyncLightSession(SessionCore):
     async def _one_peer(self, peer: str | None, op: str, payload: Any, timeout: float) -> Any:
         """One request to one peer, no retries; ``RequestTimeout`` if it does not answer."""
         target = peer or self.tracker.leader
+        if self._founding.needed(op):
+            try:
+                await self._await_founding(asyncio.get_running_loop().time() + timeout, timeout)
+            except AllPeersFailed as error:  # this call's contract: it did not answer
+                raise RequestTimeout(f"{target}: {error}") from None
         try:
             reply = await self._send(target, op, payload, timeout, 0, 0)
         except TransportTimeout as error:
             raise RequestTimeout(f"{target}: {error}") from None
-        return interpret(self.tracker, target, reply)
+        return interpret_once(self.tracker, target, reply, self._founding)
 
     # ------------------------------------------------------------------ membership
 
@@ -272,6 +287,8 @@ class AsyncLightSession(SessionCore):
 
     async def close(self) -> None:
         self._is_closed = True
+        if self._pinning is not None:
+            self._pinning.cancel()
         if self._held_timer is not None:
             self._held_timer.cancel()
             self._held_timer = None
@@ -293,6 +310,8 @@ class AsyncLightSession(SessionCore):
     ) -> Any:
         budget = self.timeout if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + budget
+        if self._founding.needed(op):
+            await self._await_founding(deadline, budget)
         try:  # the common case, without the cost of setting up retries
             return await self._attempt(op, payload, deadline, seq, state)
         except TryAgain:
@@ -307,7 +326,7 @@ class AsyncLightSession(SessionCore):
     async def _attempt(
         self, op: str, payload: Any, deadline: float, seq: int, state: CallState | None
     ) -> Any:
-        peer = pick_peer(self.tracker)
+        peer = pick_peer(self.tracker, self._founding)
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         per_try = self._try_timeout(deadline - sent_at)
@@ -331,7 +350,69 @@ class AsyncLightSession(SessionCore):
         limit = self._replied(reply, state)
         if limit is not None and limit < self._window:
             self._window = limit  # hold later writes back to the leader's limit
-        return interpret(self.tracker, peer, reply)
+        return interpret(self.tracker, peer, reply, self._founding)
+
+    async def _await_founding(self, deadline: float, budget: float) -> None:
+        """Wait, until ``deadline``, for the founding to be pinned (by one task for all)."""
+        loop = asyncio.get_running_loop()
+        while not self._founding.uuid:
+            if self._is_closed:
+                raise SessionClosed("the session is closed")
+            if self._pinning is None or self._pinning.done():
+                self._pinning = loop.create_task(self._pin_founding(deadline))
+            left = deadline - loop.time()
+            if left <= 0:
+                raise self._no_founding(self._founding_answers, budget)
+            pinning = self._pinning
+            try:
+                await asyncio.wait_for(asyncio.shield(pinning), left)
+            except (TimeoutError, RequestTimeout):
+                continue  # another caller's wait ended; ours goes on while time is left
+            except asyncio.CancelledError:
+                if pinning.cancelled() and self._is_closed:  # by close(), not our caller
+                    raise SessionClosed("the session is closed") from None
+                raise
+
+    async def _pin_founding(self, deadline: float) -> None:
+        """``LightSession._pin_founding``, asking the peers concurrently."""
+        loop = asyncio.get_running_loop()
+        answers = self._founding_answers
+        while (left := deadline - loop.time()) > 0:
+            started = loop.time()
+            connect = self.retry_policy.connect_timeout
+            asking = {
+                loop.create_task(
+                    self._channel.request(peer, request, min(left, FOUNDING_ROUND), connect)
+                ): peer
+                for peer, request in self._identity_requests(answers).items()
+            }
+            pending = set(asking)
+            unreachable = []
+            try:
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        if task.exception() is None and task.result().ok:
+                            answers[asking[task]] = task.result().result
+                        elif isinstance(task.exception(), ChannelClosed):
+                            raise SessionClosed("the session is closed")
+                        elif isinstance(task.exception(), NotSent):
+                            unreachable.append(asking[task])
+                        elif isinstance(task.exception(), TransportError) and not isinstance(
+                            task.exception(), TransportTimeout
+                        ):  # no connection can be set up (a CURVE key)
+                            raise TransportFailure(str(task.exception()))
+                    if self._pin_from(answers, self._channel):
+                        return
+            finally:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            if self._pin_from(answers, self._channel, final=True):
+                return
+            self._unreachable(unreachable, answers)
+            await asyncio.sleep(max(0.0, min(FOUNDING_ROUND / 10 - (loop.time() - started), left)))
+        raise RequestTimeout("no founding agreed on in time")
 
     async def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int

@@ -69,8 +69,11 @@ def create(
     if root is not None:
         local = _start_local(peers, backend, Path(root), cluster_id, election_timeout, extra_args)
     try:
-        _found(peers, cluster_id, timeout)
-        session = LightSession(peers, cluster_id=cluster_id, election_timeout=election_timeout)
+        founding = _found(peers, cluster_id, timeout)
+        # Only the first peer is founded until the others join: its founding is the one.
+        session = LightSession(
+            peers, cluster_id=cluster_id, election_timeout=election_timeout, cluster_uuid=founding
+        )
         _wait_for_leader(session, peers[:1], timeout)
         if len(peers) > 1:
             session.set_new_conf(peers, peers[:1], timeout=timeout)
@@ -111,7 +114,8 @@ def _start_local(
     return cluster
 
 
-def _found(peers: list[str], cluster_id: str, timeout: float) -> None:
+def _found(peers: list[str], cluster_id: str, timeout: float) -> str:
+    """Found the cluster on the first peer; its founding (cluster uuid)."""
     with ClientChannel(cluster_id, "zraft-create") as channel:
         for peer in peers:
             status = _status(channel, peer, timeout)
@@ -123,6 +127,11 @@ def _found(peers: list[str], cluster_id: str, timeout: float) -> None:
             if reply.error == "already_present":
                 raise ClusterExists(peers[0])
             raise ValueError(f"bootstrap refused: {reply.result}")
+        reply = channel.request(peers[0], ClientRequest(2, "identity", {}), timeout)
+        uuid = reply.result.get("cluster_uuid") if isinstance(reply.result, dict) else None
+        if not reply.ok or not isinstance(uuid, str) or not uuid:
+            raise ValueError(f"{peers[0]} founded, but did not say its founding: {reply.result}")
+        return uuid
 
 
 def _status(channel: ClientChannel, peer: str, timeout: float) -> dict[str, Any]:

@@ -117,6 +117,12 @@ class MalformedReply(ClientError):
     version)."""
 
 
+class OtherFounding(ClientError):
+    """The peer belongs to another founding of the cluster than the session's (wiped and
+    founded again on its own, or another cluster under the same id), or no founding was
+    agreed on by a majority of the listed peers: it did nothing with the request."""
+
+
 class MembershipError(ClientError):
     """A configuration change was refused."""
 

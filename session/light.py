@@ -32,6 +32,7 @@ from zraft.transport import (
 )
 
 from .errors import (
+    AllPeersFailed,
     ClientError,
     NotLeader,
     RequestTimeout,
@@ -40,6 +41,7 @@ from .errors import (
     UnreachablePeer,
     WriteRequest,
 )
+from .founding import FOUNDING_ROUND, agreed_founding
 from .requests import (
     DEFAULT_RETRY_WINDOW,
     TRANSFER_ASK_AGAIN,
@@ -51,6 +53,7 @@ from .requests import (
     config_from_reply,
     finish_write_error,
     interpret,
+    interpret_once,
     members_from_reply,
     membership_payload,
     peers_from_status,
@@ -84,17 +87,22 @@ class LightSession(SessionCore):
         curve: CurveSettings | None = None,
         client_id: str | None = None,
         retry_window: float = DEFAULT_RETRY_WINDOW,
+        cluster_uuid: str | None = None,
     ) -> None:
         """``peers``: the cluster's peers, or one peer to read the configuration from.
 
         ``fail_timeout`` (default 2 × ``election_timeout``): how long a failed peer is
         skipped; ``timeout``: the default for each call; ``retry_window``: how long a write
-        whose outcome is unknown can be retried exactly once (``retry``).
+        whose outcome is unknown can be retried exactly once (``retry``);
+        ``cluster_uuid``: the founding to talk to (default: the one a majority of
+        ``peers`` report at the first call; see ``cluster_uuid``).
         """
         self._configure(
-            client_id, "s", election_timeout, fail_timeout, timeout, retry, retry_window
-        )
+            client_id, "s", election_timeout, fail_timeout, timeout, retry, retry_window,
+            cluster_uuid,
+        )  # fmt: skip
         self._channel = ClientChannel(cluster_id, self.client_id, curve)
+        self._channel.founding = self.cluster_uuid
         self._lock = threading.RLock()
         self._is_closed = False
         self._last_index = 0  # of the last answered call (calls are serialized)
@@ -177,11 +185,16 @@ class LightSession(SessionCore):
     def _one_peer(self, peer: str | None, op: str, payload: Any, timeout: float) -> Any:
         """One request to one peer, no retries; ``RequestTimeout`` if it does not answer."""
         target = peer or self.tracker.leader
+        if self._founding.needed(op):
+            try:
+                self._pin_founding(time.monotonic() + timeout, timeout)
+            except AllPeersFailed as error:  # this call's contract: it did not answer
+                raise RequestTimeout(f"{target}: {error}") from None
         try:
             reply = self._send(target, op, payload, timeout, 0, 0)
         except TransportTimeout as error:
             raise RequestTimeout(f"{target}: {error}") from None
-        return interpret(self.tracker, target, reply)
+        return interpret_once(self.tracker, target, reply, self._founding)
 
     # ------------------------------------------------------------------ membership
 
@@ -283,6 +296,8 @@ class LightSession(SessionCore):
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         with self._lock:
+            if self._founding.needed(op):
+                self._pin_founding(deadline, budget)
             try:  # the common case, without the cost of setting up retries
                 return self._attempt(op, payload, deadline, seq, state)
             except TryAgain:
@@ -296,7 +311,7 @@ class LightSession(SessionCore):
     def _attempt(
         self, op: str, payload: Any, deadline: float, seq: int, state: CallState | None
     ) -> Any:
-        peer = pick_peer(self.tracker)
+        peer = pick_peer(self.tracker, self._founding)
         per_try = self._try_timeout(deadline - time.monotonic())
         # Every attempt carries the acknowledgements as they are now (they may have grown).
         acked = self._acks.acked() if seq else 0
@@ -309,9 +324,40 @@ class LightSession(SessionCore):
                 state.maybe_applied = True  # closed while it was out
             raise
         self._replied(reply, state)
-        result = interpret(self.tracker, peer, reply)
+        result = interpret(self.tracker, peer, reply, self._founding)
         self._last_index = reply.index
         return result
+
+    def _pin_founding(self, deadline: float, budget: float) -> None:
+        """Ask every listed peer its founding until a majority answer with one, and pin
+        it (see ``zraft.session.founding``)."""
+        answers: dict[str, Any] = {}
+
+        def agreed(replies: dict[str, ClientReply]) -> bool:
+            got = {peer: reply.result for peer, reply in replies.items() if reply.ok}
+            return agreed_founding({**answers, **got}, self.tracker.peers) is not None
+
+        while (left := deadline - time.monotonic()) > 0:
+            started = time.monotonic()
+            requests = self._identity_requests(answers)
+            try:
+                replies, unreachable = self._channel.request_each(
+                    requests,
+                    min(left, FOUNDING_ROUND),
+                    agreed,
+                    connect_timeout=self.retry_policy.connect_timeout,
+                )
+            except ChannelClosed:
+                raise SessionClosed("the session is closed") from None
+            except TransportError as error:  # no connection can be set up (a CURVE key)
+                raise TransportFailure(str(error)) from None
+            answers.update((peer, r.result) for peer, r in replies.items() if r.ok)
+            if self._pin_from(answers, self._channel, final=True):
+                return
+            self._unreachable(unreachable, answers)
+            # Every peer answered, none founded (yet): do not ask again at once.
+            time.sleep(max(0.0, min(FOUNDING_ROUND / 10 - (time.monotonic() - started), left)))
+        raise self._no_founding(answers, budget)
 
     def _send(
         self, peer: str, op: str, payload: Any, timeout: float, seq: int, acked: int

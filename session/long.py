@@ -80,7 +80,8 @@ class Session(LightSession):
             raise
         # The keep-alive has its own connection (sockets are thread-confined) and the same
         # client id, so the leader counts its pings for this session.
-        self._pinger = LightSession(self.tracker.peers, client_id=self.client_id, **options)
+        self._options = {**options, "cluster_uuid": self.cluster_uuid}  # pinned by the open
+        self._pinger = LightSession(self.tracker.peers, client_id=self.client_id, **self._options)
         self._keepalive = threading.Thread(target=self._keep_alive, daemon=True)
         self._keepalive.start()
 

@@ -18,7 +18,7 @@ from typing import Any
 import tenacity
 
 from zraft.core import Configuration
-from zraft.transport import ClientReply, ClientRequest, NotSent, TransportError
+from zraft.transport import OTHER_FOUNDING, ClientReply, ClientRequest, NotSent, TransportError
 
 from .errors import (
     AllPeersFailed,
@@ -26,9 +26,11 @@ from .errors import (
     ClientError,
     ClusterExists,
     MalformedReply,
+    NotLeader,
     NotRetryable,
     NotStable,
     NotSupported,
+    OtherFounding,
     Overloaded,
     PeersChanged,
     Rejected,
@@ -37,6 +39,7 @@ from .errors import (
     SessionExpired,
     WriteRequest,
 )
+from .founding import FoundingPin, agreed_founding, describe_answers
 from .tracker import LeaderTracker
 
 
@@ -206,7 +209,9 @@ class SessionCore:
         timeout: float,
         retry: RetryPolicy | None,
         retry_window: float = DEFAULT_RETRY_WINDOW,
+        cluster_uuid: str | None = None,
     ) -> None:
+        self._founding = FoundingPin(cluster_uuid)
         self.client_id = client_id or f"{prefix}-{uuid.uuid4().hex}"
         self.election_timeout = election_timeout
         self.fail_timeout = fail_timeout if fail_timeout is not None else 2 * election_timeout
@@ -214,6 +219,46 @@ class SessionCore:
         self.retry_policy = retry or RetryPolicy()
         self._request_ids = itertools.count(1)
         self._acks = AckTracker(retry_window)
+
+    @property
+    def cluster_uuid(self) -> str:
+        """The founding this session's requests are for ("" until its first request that
+        needs one): given as ``cluster_uuid=``, or the one a majority of its peers report."""
+        return self._founding.uuid
+
+    def _identity_requests(self, answers: dict[str, Any]) -> dict[str, ClientRequest]:
+        """An ``identity`` request for each listed peer not yet known to be founded."""
+        return {
+            peer: self._request("identity", {}, 0, 0)
+            for peer in self.tracker.peers
+            if not (isinstance(answers.get(peer), dict) and answers[peer].get("cluster_uuid"))
+        }
+
+    def _pin_from(self, answers: dict[str, Any], channel: Any, final: bool = False) -> bool:
+        """Pin the founding the listed peers' answers settle on, if they do."""
+        uuid = agreed_founding(answers, self.tracker.peers, final)
+        if uuid is None:
+            return False
+        self._founding.uuid = channel.founding = uuid
+        return True
+
+    def _unreachable(self, peers: Iterable[str], answers: dict[str, Any]) -> None:
+        """Asking the founding, ``peers`` had no connection: failed, as for any request;
+        ``AllPeersFailed`` if every listed peer has, and none answered."""
+        for peer in peers:
+            self.tracker.failed(peer)
+        if not answers and self.tracker.all_failed():
+            raise AllPeersFailed(
+                f"every peer failed in the last {self.tracker.fail_timeout:.2f}s "
+                "(asking which founding they belong to)"
+            )
+
+    def _no_founding(self, answers: dict[str, Any], budget: float) -> RequestTimeout:
+        listed = self.tracker.peers
+        return RequestTimeout(
+            f"the {len(listed)} listed peers did not settle on one founding of the cluster "
+            f"within {budget:.2f}s ({describe_answers(answers, listed)})"
+        )
 
     @property
     def retry_window(self) -> float:
@@ -346,22 +391,30 @@ def settle_pause(election_timeout: float, config: Configuration, left: float) ->
     return pause
 
 
-def pick_peer(tracker: LeaderTracker) -> str:
+def pick_peer(tracker: LeaderTracker, founding: FoundingPin | None = None) -> str:
     peer = tracker.choose()
     if peer is not None:
         return peer
     if tracker.all_failed():
+        if founding is not None and founding.others.keys() >= set(tracker.peers):
+            raise founding.all_refused()
         raise AllPeersFailed(f"every peer failed in the last {tracker.fail_timeout:.2f}s")
     raise TryAgain("every peer said 'not leader' lately", tracker.wait_time())
 
 
-def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
+def interpret(
+    tracker: LeaderTracker, peer: str, reply: ClientReply, founding: FoundingPin | None = None
+) -> Any:
     """The result of a reply, or the right exception."""
     if reply.ok:
         tracker.succeeded(peer)
         return reply.result
     code = reply.error or "error"
     reason = str(reply.result) if reply.result is not None else code
+    if code == OTHER_FOUNDING:
+        tracker.failed(peer)  # skipped, as a failed peer is: others may be of ours
+        final = founding.refused_by(peer, reason) if founding else OtherFounding(reason)
+        raise TryAgain(f"{peer} is of another founding", 0.0, final)
     if code == "not_leader":
         tracker.not_leader(peer, reply.leader)
         raise TryAgain(f"{peer} is not the leader")
@@ -389,6 +442,17 @@ def interpret(tracker: LeaderTracker, peer: str, reply: ClientReply) -> Any:
     if code == "forgotten":
         raise ResultForgotten(reason)
     raise Rejected(reason, code)
+
+
+def interpret_once(
+    tracker: LeaderTracker, peer: str, reply: ClientReply, founding: FoundingPin | None = None
+) -> Any:
+    """``interpret`` for a request made once to one peer: an answer that asks for another
+    attempt is that attempt's error."""
+    try:
+        return interpret(tracker, peer, reply, founding)
+    except TryAgain as again:
+        raise again.final or NotLeader(str(again), reply.leader) from None
 
 
 def _wait(policy: RetryPolicy) -> Any:

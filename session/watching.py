@@ -248,7 +248,7 @@ class WatchManager:
 
     def _poll(self, epoch: str, after: int) -> Any:
         tracker = self._poller.tracker
-        peer = pick_peer(tracker)
+        peer = pick_peer(tracker, self._poller._founding)
         payload = {"epoch": epoch, "after": after, "wait_ms": int(self._poll_wait * 1000)}
         try:
             reply = self._poller._send(
@@ -266,7 +266,7 @@ class WatchManager:
                 self._lost(peer)
                 raise TryAgain(f"{peer}: {error}") from None
         try:
-            return interpret(tracker, peer, reply)
+            return interpret(tracker, peer, reply, self._poller._founding)
         except TryAgain:
             if reply.error == "not_leader":  # what lived there is gone
                 self._lost(peer)

@@ -32,6 +32,7 @@ from zraft.core import (
     SnapshotMeta,
     VoteResponse,
 )
+from zraft.session.founding import agreed_founding
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import CorruptIdentityError, DirectoryIdentity, IdentityFile
 from zraft.transport import (
@@ -210,7 +211,10 @@ def test_peer_frames_carry_an_origin_and_only_a_hello_is_empty() -> None:
                      max_frame_bytes=1 << 20)  # fmt: skip
     client = encode(ClientRequest(1, "status"), cluster_id="zraft", sender="cli")
     assert decode_batch(client, cluster_id="zraft", max_frame_bytes=1 << 20).origin is None
-    for bad in (("u", ""), ("u" * 65, "i"), ("u",)):
+    # A client's origin names the founding its requests are for, and no instance.
+    pinned = encode(ClientRequest(1, "put"), cluster_id="zraft", sender="cli", origin=("u", ""))
+    assert decode_batch(pinned, cluster_id="zraft", max_frame_bytes=1 << 20).origin == ("u", "")
+    for bad in (("", ""), ("u" * 65, "i"), ("u",)):
         frame = encode_batch([beat], cluster_id="zraft", sender=A, origin=bad)  # type: ignore[arg-type]
         with pytest.raises(FrameError, match="bad-origin"):
             decode_batch(frame, cluster_id="zraft", max_frame_bytes=1 << 20)
@@ -306,3 +310,29 @@ def test_founders_are_asked_through_their_routes() -> None:
         assert ask_founders("zraft", A, "a1", [A, unreachable], LISTED, None) == {
             unreachable: None
         }
+
+
+def said(uuid: str) -> dict[str, Any]:
+    return {"cluster_uuid": uuid, "instance": "i"}
+
+
+def test_a_session_settles_on_the_founding_most_listed_peers_answer() -> None:
+    """``agreed_founding``: a majority of the listed peers at once; otherwise, once all (or
+    the round) answered, a majority answering and a majority of the founded ones."""
+    listed = [A, B, C]
+    assert agreed_founding({A: said("u1"), B: said("u1")}, listed) == "u1"
+    # A wiped peer that founded alone loses to the cluster it left...
+    assert agreed_founding({A: said("u9"), B: said("u1"), C: said("u1")}, listed) == "u1"
+    # ...and is not believed alone while the others are silent, nor on a tie.
+    assert agreed_founding({A: said("u9")}, listed, final=True) is None
+    assert agreed_founding({A: said("u9"), B: said("u1")}, listed, final=True) is None
+    # A cluster founded by one peer, growing: the others hold no state yet.
+    growing = {A: said("u1"), B: said(""), C: said("")}
+    assert agreed_founding(growing, listed) == "u1"
+    assert agreed_founding({A: said("u1"), B: said("")}, listed) is None  # C may say more
+    assert agreed_founding({A: said("u1"), B: said("")}, listed, final=True) == "u1"
+    assert agreed_founding({A: said(""), B: said(""), C: said("")}, listed, final=True) is None
+    # Only listed peers count, and only well-formed answers.
+    assert agreed_founding({"x:1": said("u1"), "y:1": said("u1")}, listed, final=True) is None
+    assert agreed_founding({A: said("u1"), B: "u1", C: None}, listed, final=True) is None  # type: ignore[dict-item]
+    assert agreed_founding({A: said("u1")}, [A]) == "u1"

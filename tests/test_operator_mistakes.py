@@ -8,6 +8,7 @@ fails the test if two peers ever claim leadership of the same term.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -21,7 +22,7 @@ import pytest
 from tests.cluster_support import local_cluster
 from zraft.backends import kv
 from zraft.local import ClusterError, LocalCluster, free_ports
-from zraft.session import LightSession, ZraftError, create
+from zraft.session import AsyncLightSession, LightSession, OtherFounding, ZraftError, create
 from zraft.transport import TransportTimeout
 
 PEER_EXIT_S = 15.0  # a refused start exits within this (it never reaches an election)
@@ -351,6 +352,57 @@ def test_a_lone_founder_wiped_and_restarted_founds_another_cluster_the_members_r
             s.write(kv.put("x", "v2"))
             assert refusals(cluster, a, "other-founding") > 0  # b and c still reach a
             assert s.query(kv.get("x")) == {"found": True, "value": "v2"}
+
+
+@pytest.mark.timeout(180)
+def test_a_session_never_writes_to_a_peer_wiped_and_founded_again_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """Wiped A, restarted with ``--peers A``, leads a cluster of one under the same cluster
+    id; the members refuse it, and so must clients: a new session listing A first settles
+    on the founding the others answer, one pinned before the wipe is refused by A and skips
+    it, and one pinned to A's founding is refused by everyone else. No write reaches A."""
+    with watched_cluster(tmp_path, 3) as (cluster, _):
+        a, b, c = cluster.peers
+        start_with_x(cluster)
+        before = session(cluster, [a, b, c])
+        before.write(kv.put("before", 1))
+        real = before.cluster_uuid
+        assert real == uuid_of(cluster, b) == uuid_of(cluster, a)
+        cluster.kill(a)
+        cluster.wipe(a)
+        cluster.start_peer(a, members=[a])
+        lone = cluster.wait_for(lambda: uuid_of(cluster, a), 20, "a to found alone")
+        assert lone != real
+        cluster.wait_for(lambda: (cluster.status(a) or {}).get("role") == "leader", 20,
+                         "a to lead its cluster of one")  # fmt: skip
+        cluster.wait_for_leader(among=[b, c])
+        with session(cluster, [a, b, c]) as fresh:  # a at the head: tried first
+            for i in range(10):
+                fresh.write(kv.put(f"fresh{i}", i))
+            assert fresh.cluster_uuid == real
+
+        async def async_writes() -> str:
+            async with AsyncLightSession([a, b, c], cluster_id=cluster.cluster_id) as s:
+                await asyncio.gather(*(s.write(kv.put(f"async{i}", i)) for i in range(10)))
+                return s.cluster_uuid
+
+        assert asyncio.run(async_writes()) == real
+        for i in range(10):
+            before.write(kv.put(f"before{i}", i))
+        before.close()
+        wrong = LightSession([b, c], cluster_id=cluster.cluster_id, cluster_uuid=lone)
+        with wrong, pytest.raises(OtherFounding, match="another founding"):
+            wrong.write(kv.put("wrong", 1), timeout=5)
+        for key in ("fresh0", "fresh9", "async0", "async9", "before9", "wrong"):
+            assert cluster.query(a, kv.get(key), local=True)["found"] is False
+        assert agreed_value(cluster, "fresh9") == {"found": True, "value": 9}
+        assert agreed_value(cluster, "before9") == {"found": True, "value": 9}
+        assert agreed_value(cluster, "async9") == {"found": True, "value": 9}
+        assert agreed_value(cluster, "wrong")["found"] is False  # type: ignore[index]
+        assert (cluster.status(a) or {}).get("metrics", {}).get(
+            "transport_client_other_founding", 0
+        ) >= 1
 
 
 @pytest.mark.timeout(120)

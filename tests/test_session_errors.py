@@ -88,6 +88,7 @@ def test_a_transport_failure_is_a_zraft_error(monkeypatch: pytest.MonkeyPatch) -
             raise TransportError("no CURVE public key for that peer")
 
         monkeypatch.setattr(session._channel, "request", broken)
+        monkeypatch.setattr(session._channel, "request_each", broken)  # asking the founding
         for call in (lambda: session.write({"x": 1}), lambda: session.status()):
             with pytest.raises(TransportFailure) as caught:
                 call()

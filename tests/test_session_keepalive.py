@@ -57,7 +57,8 @@ def _session(monkeypatch: pytest.MonkeyPatch, leader: SlowLeader) -> Session:
 
     monkeypatch.setattr(LightSession, "_send", send)
     # A retry after a lost ping goes to another peer, which (scripted) answers as leader.
-    return Session(["p1:1", "p2:1", "p3:1"], session_timeout=TIMEOUT)
+    # (Scripted peers answer no ``identity``: the session is given its founding.)
+    return Session(["p1:1", "p2:1", "p3:1"], session_timeout=TIMEOUT, cluster_uuid="f")
 
 
 @pytest.mark.timeout(60)
@@ -104,7 +105,7 @@ def test_a_call_gives_up_at_its_timeout_not_later(monkeypatch: pytest.MonkeyPatc
     # Every peer is silent: each try waits out its own timeout. Before the fix the first
     # try used up the budget and the retries then got a whole new one (2x the timeout).
     monkeypatch.setattr(LightSession, "_send", lambda _s, _p, _o, _d, timeout, *_: _silent(timeout))
-    with LightSession(["p1:1", "p2:1", "p3:1"]) as session:
+    with LightSession(["p1:1", "p2:1", "p3:1"], cluster_uuid="f") as session:
         started = time.monotonic()
         with pytest.raises(RequestTimeout):
             session.write(kv.put("k", 1), timeout=1.0)
@@ -118,7 +119,7 @@ def test_an_async_call_gives_up_at_its_timeout_not_later(monkeypatch: pytest.Mon
         raise TransportTimeout("no answer")
 
     async def main() -> float:
-        async with AsyncLightSession(["p1:1", "p2:1", "p3:1"]) as session:
+        async with AsyncLightSession(["p1:1", "p2:1", "p3:1"], cluster_uuid="f") as session:
             started = time.monotonic()
             with pytest.raises(RequestTimeout):
                 await session.write(kv.put("k", 1), timeout=1.0)

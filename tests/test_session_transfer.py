@@ -46,6 +46,8 @@ def peers() -> Iterator[TwoPeers]:
         if request.op == "transfer" and is_leader:
             world.transfers_asked += 1
             return ClientReply(request.request_id, True, None)
+        if request.op == "identity":
+            return ClientReply(request.request_id, True, {"cluster_uuid": "founding-1"})
         if request.op == "status":
             leads = is_leader != (world.transfers_asked >= world.lead_from)
             return ClientReply(

@@ -10,12 +10,14 @@ import pytest
 from zraft.core.messages import AppendEntries, AppendResponse, Heartbeat, Message, RequestVote
 from zraft.core.types import Entry, EntryKind
 from zraft.transport import (
+    OTHER_FOUNDING,
     ClientChannel,
     ClientReply,
     ClientRequest,
     TransportError,
     TransportTimeout,
     ZmqTransport,
+    encode,
 )
 
 from .test_transport_support import Inbox, free_address, running, wait_until
@@ -390,3 +392,64 @@ def test_peer_frames_are_admitted_by_their_origin_and_hellos_flow() -> None:
         check_a.origin = ("u2", "a1")  # now b is of another founding
         assert wait_until(lambda: refused(tb, "other-founding"), timeout=10, step=0.02)
         assert not [m for m in inbox_a.snapshot() if m.src in (c, plain.peer_id)]
+
+
+@pytest.mark.timeout(60)
+def test_requests_pinned_to_another_founding_are_refused_before_the_peer_sees_them() -> None:
+    """A client frame's origin with no instance names the founding its requests are for:
+    a peer of another founding answers ``other_founding`` itself (the peer actor never sees
+    them), except the ops that change nothing; and it carries no peer messages."""
+    b = free_address()
+    inbox = Inbox()
+    with (
+        running(b, [b], inbox, origin_check=_Origins(("u1", "b1"), {})) as tb,
+        ClientChannel(CLUSTER, "client") as channel,
+    ):
+        channel.founding = "u2"
+        refused = channel.request(b, ClientRequest(1, "write", "x"), 5)
+        assert refused == ClientReply(1, False, f"{b} belongs to founding u1", OTHER_FOUNDING)
+        assert tb.stats().get("client_other_founding") == 1
+        with pytest.raises(TransportTimeout):  # reaches the peer (which never answers here)
+            channel.request(b, ClientRequest(2, "status"), 0.3)
+        channel.founding = "u1"
+        with pytest.raises(TransportTimeout):
+            channel.request(b, ClientRequest(3, "write", "y"), 0.3)
+        assert wait_until(lambda: len(inbox.requests) == 2)
+        assert [r.request_id for _, r in inbox.requests] == [2, 3]
+        # A peer message under a client's origin is refused: a client cannot pose as a peer.
+        frame = encode(Heartbeat(1, "client", b, 0, 0), cluster_id=CLUSTER, sender="client",
+                       origin=("u1", ""))  # fmt: skip
+        sock = channel._socket(b)
+        sock.send(frame)
+        assert wait_until(lambda: tb.stats().get("rejected_no-origin", 0) == 1)
+        assert not inbox.snapshot()
+
+
+@pytest.mark.timeout(60)
+def test_request_each_gathers_answers_and_names_the_peers_it_could_not_reach() -> None:
+    b, c, nobody = free_address(), free_address(), free_address()
+    inbox_b, inbox_c = Inbox(), Inbox()
+    with (
+        running(b, [b], inbox_b) as tb,
+        running(c, [c], inbox_c),
+        ClientChannel(CLUSTER, "client") as channel,
+    ):
+        requests = {peer: ClientRequest(i, "status") for i, peer in enumerate([b, c, nobody])}
+
+        def answer_b() -> None:  # only b answers (c hears, but stays silent)
+            assert wait_until(lambda: len(inbox_b.requests) == 1)
+            routing_id, request = inbox_b.requests[0]
+            tb.reply([(routing_id, ClientReply(request.request_id, True, "b here"))])
+
+        helper = threading.Thread(target=answer_b)
+        helper.start()
+        replies, unreachable = channel.request_each(requests, 1.0, connect_timeout=0.2)
+        helper.join()
+        assert replies == {b: ClientReply(0, True, "b here")}
+        assert unreachable == {nobody}
+        assert len(inbox_c.requests) == 1  # sent, unanswered: neither replied nor unreachable
+        # Enough said: it returns as soon as the answers so far satisfy the caller.
+        started = time.monotonic()
+        again = {b: ClientRequest(10, "status"), c: ClientRequest(11, "status")}
+        replies, _ = channel.request_each(again, 5.0, enough=lambda _replies: True)
+        assert replies == {} and time.monotonic() - started < 1

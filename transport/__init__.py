@@ -19,7 +19,14 @@ from .codec import (
     encode_batches,
     is_peer_message,
 )
-from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
+from .messages import (
+    FOUNDING_FREE_OPS,
+    OTHER_FOUNDING,
+    ClientReply,
+    ClientRequest,
+    SnapshotOffer,
+    SnapshotReady,
+)
 from .snapshot_stream import SnapshotReceiver, SnapshotTransferError, send_snapshot
 from .zmq_transport import (
     ChannelClosed,
@@ -35,6 +42,8 @@ from .zmq_transport import (
 )
 
 __all__ = [
+    "FOUNDING_FREE_OPS",
+    "OTHER_FOUNDING",
     "AsyncClientChannel",
     "ChannelClosed",
     "DEFAULT_MAX_FRAME_BYTES",

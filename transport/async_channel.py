@@ -83,6 +83,7 @@ class AsyncClientChannel:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.ignored = 0
+        self.founding = ""  # as ClientChannel.founding
 
     async def request(
         self,
@@ -108,7 +109,12 @@ class AsyncClientChannel:
         else:
             self._schedule_flush(loop, 0.0)
         deadline: _Deadline = [
-            now + timeout, next(self._deadline_order), future, peer, timeout, req.request_id
+            now + timeout,
+            next(self._deadline_order),
+            future,
+            peer,
+            timeout,
+            req.request_id,
         ]
         self._add_deadline(loop, deadline)
         try:
@@ -145,9 +151,7 @@ class AsyncClientChannel:
                 if request_id in self._sent:
                     error = TransportTimeout(f"no reply from {peer} within {timeout}s")
                 else:  # still queued behind a full send queue: it never left
-                    error = NotSent(
-                        f"not sent to {peer} within {timeout}s (send queue full)", True
-                    )
+                    error = NotSent(f"not sent to {peer} within {timeout}s (send queue full)", True)
                 future.set_exception(error)
         if deadlines:
             self._deadline_timer = loop.call_at(deadlines[0][0], self._expire_due)
@@ -178,6 +182,7 @@ class AsyncClientChannel:
                 cluster_id=self.cluster_id,
                 sender=self.client_id,
                 max_frame_bytes=self._max_frame_bytes,
+                origin=(self.founding, "") if self.founding else None,
             )
             sock = self._sockets[peer]
             sent = 0

@@ -6,7 +6,8 @@ A frame is one msgpack array ``[version, cluster_id, sender, type_code, body]``.
 is the message's fields as an array, in declaration order (see ``docs/transport.md``).
 Frames between peers carry a sixth element, their origin ``[cluster_uuid, instance]``
 (which founding of the cluster and which data directory sent them); a peer frame may then
-be an empty batch, which says only that (a hello).
+be an empty batch, which says only that (a hello). A client's frame may carry one with no
+instance: the founding its requests are for (peers of another founding refuse them).
 Type code 0 is a batch: its body is an array of ``[type_code, body]`` pairs, all from the
 same sender, so one frame (one socket write, one unpack) carries many messages.
 
@@ -41,7 +42,9 @@ from ..core.types import Configuration, Entry, EntryKind, SnapshotMeta
 from ..packing import pack
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
-PROTOCOL_VERSION = 3  # 2: ClientReply carries the log index; 3: peer frames carry an origin
+# 2: ClientReply carries the log index; 3: peer frames carry an origin; 4: client frames may
+# carry the founding their requests are for (an origin with no instance).
+PROTOCOL_VERSION = 4
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_PEER_ID_LEN = 256
 MAX_OP_LEN = 256
@@ -97,7 +100,7 @@ class Decoded:
 class DecodedBatch:
     sender: str
     messages: list[WireMessage]
-    origin: Origin | None = None  # set on frames from peers
+    origin: Origin | None = None  # set on frames from peers (and pinned clients)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -567,7 +570,7 @@ def _origin(raw: Any) -> Origin:
         type(raw) is not list
         or len(raw) != 2
         or not all(type(p) is str and len(p) <= MAX_ORIGIN_PART_LEN for p in raw)
-        or not raw[1]
+        or not (raw[0] or raw[1])  # a peer's names its instance; a client's, a founding
     ):
         raise FrameError("bad-origin")
     return raw[0], raw[1]

@@ -61,5 +61,12 @@ class ClientReply(NamedTuple):
     index: int = 0
 
 
+# A client's frame names the founding (cluster uuid) its requests are for as its origin,
+# with no instance; a peer of another founding answers them with this error code, except
+# the ops below, which change nothing and tell who it is.
+OTHER_FOUNDING = "other_founding"
+FOUNDING_FREE_OPS = frozenset({"identity", "status", "bootstrap"})
+
+
 PEER_WIRE_TYPES: tuple[type[Message], ...] = (SnapshotOffer, SnapshotReady)
 """Peer-to-peer messages that exist only on the wire (not in ``zraft.core``)."""

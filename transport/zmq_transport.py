@@ -54,7 +54,7 @@ from .codec import (
     encode_batch,
     encode_batches,
 )
-from .messages import ClientReply, ClientRequest
+from .messages import FOUNDING_FREE_OPS, OTHER_FOUNDING, ClientReply, ClientRequest
 
 log = logging.getLogger(__name__)
 
@@ -783,6 +783,7 @@ class ZmqTransport:
         peer_msgs: list[Message] = []
         client_reqs: list[tuple[bytes, ClientRequest]] = []
         shed: dict[bytes, list[ClientReply]] = defaultdict(list)
+        refusals: dict[bytes, list[ClientReply]] = defaultdict(list)
         counts: Counter[str] = Counter()
         now = time.monotonic()
         self._expire_client_requests(now)
@@ -822,16 +823,27 @@ class ZmqTransport:
             if user_id is not None and not self._peer_key_matches(decoded, user_id):
                 self._reject(counts, "unauthenticated-peer", routing_id)
                 continue
-            if check is not None and decoded.origin is not None:
-                refused = check.admit(decoded.sender, decoded.origin, decoded.messages)
+            origin = decoded.origin
+            # A client's origin has no instance: it names the founding it wants, no more.
+            from_client = origin is not None and not origin[1]
+            other_founding = ""
+            if from_client:
+                mine = check.origin[0] if check is not None else ""
+                if mine and mine != origin[0]:  # type: ignore[index]
+                    other_founding = mine
+            elif check is not None and origin is not None:
+                refused = check.admit(decoded.sender, origin, decoded.messages)
                 if refused is not None:
                     self._reject(counts, refused, routing_id)
                     continue
                 if not decoded.messages:
                     counts["hellos"] += 1
-            peer_ok = check is None or decoded.origin is not None
+            peer_ok = check is None or (origin is not None and not from_client)
             for msg in decoded.messages:
                 if type(msg) is ClientRequest:  # first: a leader gets one per write
+                    if other_founding and msg.op not in FOUNDING_FREE_OPS:
+                        refusals[routing_id].append(self._other_founding(msg, other_founding))
+                        continue
                     verdict = self._admit(routing_id, msg.request_id, now)
                     if verdict == _ADMIT:
                         client_reqs.append((routing_id, msg))
@@ -862,6 +874,19 @@ class ZmqTransport:
                 len(self._client_inflight),
             )
             self._flush({}, shed)
+        if refusals:
+            self._count("client_other_founding", sum(len(r) for r in refusals.values()))
+            self._ratelog.warning(
+                OTHER_FOUNDING,
+                "%s: refusing requests of clients pinned to another founding of the cluster "
+                "(a session that talked to it before this directory was founded again?)",
+                self.peer_id,
+            )
+            self._flush({}, refusals)
+
+    def _other_founding(self, request: ClientRequest, mine: str) -> ClientReply:
+        why = f"{self.peer_id} belongs to founding {mine[:8]}"
+        return ClientReply(request.request_id, False, why, OTHER_FOUNDING)
 
     def _deliver(
         self,
@@ -1032,6 +1057,9 @@ class ClientChannel:
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._closed = False
         self.ignored = 0  # replies dropped: malformed, other request ids, wrong cluster
+        # The founding (cluster uuid) our requests are for, once known: peers of another
+        # founding refuse them (sent as the frame's origin, with no instance).
+        self.founding = ""
 
     def request(
         self,
@@ -1050,7 +1078,7 @@ class ClientChannel:
         deadline = time.monotonic() + timeout
         connect_by = min(deadline, time.monotonic() + (connect_timeout or timeout))
         sock = self._socket(peer)
-        frame = encode(req, cluster_id=self.cluster_id, sender=self.client_id)
+        frame = self._encode(req)
         while True:
             if not sock.poll(_remaining_ms(connect_by), zmq.POLLOUT):
                 # One request at a time on this socket: a send queue cannot be full of our
@@ -1065,22 +1093,83 @@ class ClientChannel:
             remaining = _remaining_ms(deadline)
             if remaining <= 0 or not sock.poll(remaining, zmq.POLLIN):
                 raise TransportTimeout(f"no reply from {peer} within {timeout}s")
+            reply = self._reply_to(sock, req.request_id)
+            if reply is not None:
+                return reply
+
+    def request_each(
+        self,
+        requests: Mapping[str, ClientRequest],
+        timeout: float,
+        enough: Callable[[dict[str, ClientReply]], bool] = lambda _replies: False,
+        connect_timeout: float | None = None,
+    ) -> tuple[dict[str, ClientReply], set[str]]:
+        """Send every peer its request at once; gather the replies, by peer, until each
+        has answered, ``enough`` says so, or ``timeout`` passes. Also returns the peers
+        that had no connection within ``connect_timeout`` (default: ``timeout``): their
+        requests were never sent."""
+        if self._closed:
+            raise ChannelClosed("channel closed")
+        deadline = time.monotonic() + timeout
+        connect_by = min(deadline, time.monotonic() + (connect_timeout or timeout))
+        unconnected: set[str] = set()
+        unsent = dict(requests)
+        waiting: dict[zmq.Socket[Any], tuple[str, int]] = {}
+        replies: dict[str, ClientReply] = {}
+        while (unsent or waiting) and not enough(replies):
+            for peer, req in list(unsent.items()):
+                sock = self._socket(peer)
+                try:
+                    sock.send(self._encode(req), zmq.NOBLOCK)
+                except zmq.Again:  # no connection yet (ZMQ_IMMEDIATE)
+                    continue
+                del unsent[peer]
+                waiting[sock] = (peer, req.request_id)
+            if unsent and time.monotonic() >= connect_by:
+                unconnected.update(unsent)
+                unsent.clear()
+            remaining = _remaining_ms(deadline)
+            if remaining <= 0:
+                break
+            wait_ms = min(remaining, 10) if unsent else remaining
+            if not waiting:
+                if unsent:
+                    time.sleep(wait_ms / 1000)
+                continue
+            poller = zmq.Poller()
+            for sock in waiting:
+                poller.register(sock, zmq.POLLIN)
+            for sock, _ in poller.poll(wait_ms):
+                peer, request_id = waiting[sock]
+                reply = self._reply_to(sock, request_id)
+                if reply is not None:
+                    replies[peer] = reply
+                    del waiting[sock]
+        return replies, unconnected
+
+    def _reply_to(self, sock: zmq.Socket[Any], request_id: int) -> ClientReply | None:
+        """The reply to ``request_id`` among the frames waiting on ``sock``, if there."""
+        while True:
             try:
                 raw = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                continue
+                return None
             try:
                 decoded = decode_batch(
                     raw, cluster_id=self.cluster_id, max_frame_bytes=self._max_frame_bytes
                 )
             except FrameError as exc:
                 self.ignored += 1
-                log.debug("ignored a reply from %s: %s", peer, exc.reason)
+                log.debug("ignored a reply: %s", exc.reason)
                 continue
             for msg in decoded.messages:
-                if isinstance(msg, ClientReply) and msg.request_id == req.request_id:
+                if isinstance(msg, ClientReply) and msg.request_id == request_id:
                     return msg
                 self.ignored += 1
+
+    def _encode(self, req: ClientRequest) -> bytes:
+        origin = (self.founding, "") if self.founding else None
+        return encode(req, cluster_id=self.cluster_id, sender=self.client_id, origin=origin)
 
     def close(self) -> None:
         """Close every socket. Idempotent."""
