@@ -37,7 +37,7 @@ import zmq
 from zraft.transport import ClientReply, ClientRequest
 from zraft.transport.zmq_transport import split_address
 
-from .front import client_requests, parse_server_args, send_replies, serve
+from .front import client_requests, identity_reply, parse_server_args, send_replies, serve
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class _Node:
                 role = "leader" if self.listen == self.leader else "follower"
                 status = {"id": self.listen, "role": role, "leader": self.leader}
                 answers.append(ClientReply(message.request_id, True, status))
+            elif message.op == "identity":
+                answers.append(identity_reply(message, self.cluster_id, self.listen))
             elif message.op != "write":
                 answers.append(ClientReply(message.request_id, False, message.op, "not_supported"))
             elif self.listen != self.leader:

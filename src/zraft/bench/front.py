@@ -35,6 +35,13 @@ def client_requests(frame: bytes, cluster_id: str) -> list[ClientRequest]:
     return [m for m in batch.messages if isinstance(m, ClientRequest)]
 
 
+def identity_reply(request: ClientRequest, cluster_id: str, peer: str) -> ClientReply:
+    """The ``identity`` answer of a stand-in server: one founding per cluster id (sessions
+    ask every listed peer which founding it belongs to before their first request)."""
+    founding = {"cluster_uuid": f"stand-in:{cluster_id}", "instance": peer}
+    return ClientReply(request.request_id, True, founding)
+
+
 def send_replies(
     router: zmq.Socket[Any],
     replies: Mapping[bytes, Sequence[ClientReply]],

@@ -41,7 +41,7 @@ import zmq
 from zraft.transport import ClientReply, ClientRequest
 from zraft.transport.zmq_transport import split_address
 
-from .front import client_requests, parse_server_args, send_replies, serve
+from .front import client_requests, identity_reply, parse_server_args, send_replies, serve
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,9 @@ class FrontEnd:
             role = "leader" if self.node._isLeader() else "follower"
             result = {"id": self.front, "role": role, "leader": leader}
             self._queue(routing_id, ClientReply(req.request_id, True, result))
+            return
+        if op == "identity":
+            self._queue(routing_id, identity_reply(req, self.cluster_id, self.front))
             return
         if op == "query_local":
             key = payload.get("key")
