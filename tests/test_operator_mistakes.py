@@ -456,6 +456,39 @@ def test_founding_twice_is_refused(tmp_path: Path) -> None:
         assert settled_query(cluster, a, "x") == {"found": False, "value": None}
 
 
+@pytest.mark.timeout(240)
+def test_a_snapshot_dir_of_another_cluster_or_none_at_all_is_refused(tmp_path: Path) -> None:
+    """``snapshot_dir`` apart from the log: pointed at another founding's snapshots, or at
+    an empty directory while the log was compacted behind a snapshot, the peer would start
+    from state that is not its own. Refused in one line each; its own dir then serves."""
+    compacting = ("--max-log-count", "20")
+    with (
+        local_cluster(tmp_path / "one", 3, *compacting) as one,
+        local_cluster(tmp_path / "two", 1, *compacting) as two,
+    ):
+        for cluster in (one, two):
+            cluster.start()
+            cluster.wait_for_leader()
+            with session(cluster) as s:
+                for i in range(60):
+                    s.write(kv.put(f"k{i}", i))
+        a, other = one.peers[0], two.peers[0]
+        for cluster, peer in ((one, a), (two, other)):
+            cluster.wait_for(lambda c=cluster, p=peer: any((c.data_dir(p) / "snapshots").glob("*")),
+                             20, f"{peer} to take a snapshot")  # fmt: skip
+        one.stop_peer(a)
+        one.peer_args[a] = ["--snapshot-dir", str(two.data_dir(other))]
+        one.start_peer(a)
+        line = one_line(exits_refused(one, a), "another founding")
+        assert str(two.data_dir(other)) in line
+        one.peer_args[a] = ["--snapshot-dir", str(tmp_path / "empty")]
+        one.start_peer(a)
+        one_line(exits_refused(one, a), "holds no snapshot")
+        one.peer_args[a] = []
+        one.start_peer(a)
+        assert settled_query(one, a, "k59") == {"found": True, "value": 59}
+
+
 @pytest.mark.timeout(120)
 def test_two_peers_given_the_same_id(tmp_path: Path) -> None:
     """A second process under a running peer's id, with a directory of its own: refused,

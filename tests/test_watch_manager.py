@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from zraft.session import CHANGE, CHANGE_LEADER, LeaderTracker, Session, WatchEvent
+from zraft.session.founding import FoundingPin
 from zraft.session.watching import WatchManager
 from zraft.transport import ClientReply, TransportTimeout
 
@@ -25,6 +26,7 @@ class ScriptedLeader:
 
     def __init__(self) -> None:
         self.tracker = LeaderTracker(["p1:1", "p2:1"], 0.2, 0.1)
+        self._founding = FoundingPin("f")  # as a LightSession's once pinned
         self.answers: queue.Queue[Any] = queue.Queue()
         self.polls: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.closed = False
