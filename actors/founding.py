@@ -143,6 +143,43 @@ def open_identity(
     return identity
 
 
+def check_snapshots(
+    where: str,
+    identity: DirectoryIdentity,
+    log_first_index: int,
+    latest: tuple[SnapshotMeta, dict[str, Any]] | None,
+) -> None:
+    """Raises ``DirectoryRefused`` unless the snapshots in ``where`` (the snapshot_dir) can
+    be this directory's: of its cluster and founding, and reaching the start of its log
+    (a compacted log without its snapshot would start the state machine from nothing)."""
+    if latest is None:
+        if log_first_index > 1:
+            raise DirectoryRefused(
+                f"{where} holds no snapshot, but the log starts at index {log_first_index} "
+                "(compacted behind one): is snapshot_dir the one this peer ran with?"
+            )
+        return
+    meta, extra = latest
+    cluster, founding = extra.get("cluster_id"), extra.get("founding")
+    if isinstance(cluster, str) and cluster and cluster != identity.cluster_id:
+        raise DirectoryRefused(
+            f"{where} holds a snapshot of cluster {cluster!r}, not {identity.cluster_id!r}: "
+            "is snapshot_dir another cluster's?"
+        )
+    ours = identity.cluster_uuid
+    if isinstance(founding, str) and founding and ours and founding != ours:
+        raise DirectoryRefused(
+            f"{where} holds a snapshot of another founding of cluster {identity.cluster_id!r} "
+            f"({founding[:8]}, this directory's {ours[:8]}): is snapshot_dir another "
+            "cluster's, or one founded before?"
+        )
+    if meta.index + 1 < log_first_index:
+        raise DirectoryRefused(
+            f"{where}'s newest snapshot (index {meta.index}) is older than the start of the "
+            f"log (index {log_first_index}): a snapshot_dir restored from an older backup?"
+        )
+
+
 def new_identity(cluster_id: str, peer_id: str, founding: Iterable[str] = ()) -> DirectoryIdentity:
     voters = tuple(sorted(set(founding)))
     return DirectoryIdentity(

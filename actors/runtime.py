@@ -44,6 +44,7 @@ from .founding import (
     DirectoryRefused,
     IdentityGuard,
     await_founders,
+    check_snapshots,
     has_state,
     new_identity,
     open_identity,
@@ -191,12 +192,20 @@ class PeerRuntime:
                          ", ".join(identity.founding))  # fmt: skip
             identity = replace(identity, founding_pending=False)
             identity_file.save(identity)
+        snapshot_dir = Path(s.snapshot_dir or s.data_dir)
+        check_snapshots(
+            str(snapshot_dir / "snapshots"),
+            identity,
+            raft_log.first_index,
+            None if latest is None else (latest[0], latest[2]),
+        )
         guard = IdentityGuard(identity_file, identity)
         backend = load_backend(s.backend)()
         backend.init(self.peer_id)
         # The configuration comes from the log and the snapshots alone (the founding entry
         # is the log's first), never from the settings.
         state = ReplicatedState(backend, Configuration())
+        state.snapshot_origin = lambda: {"cluster_id": s.cluster_id, "founding": guard.cluster_uuid}
         if latest is None:
             meta = SnapshotMeta(0, 0, Configuration())
         else:

@@ -120,6 +120,9 @@ class ReplicatedState:
         # snapshot installed: the identity guard forgets the members they left out.
         self.on_config: Callable[[Configuration, int], None] = _ignore
         self.on_snapshot: Callable[[SnapshotMeta], None] = _ignore
+        # Whose state a snapshot is (cluster id, founding), written into it so that a
+        # snapshot_dir of another cluster is refused at start (founding.check_snapshots).
+        self.snapshot_origin: Callable[[], dict[str, str]] = dict
         self.applied_index = 0
         self.applied_term = 0
         self.max_clients = max_clients
@@ -261,7 +264,8 @@ class ReplicatedState:
         """What a snapshot at the applied index holds: metadata, backend writer, our tables."""
         meta = SnapshotMeta(self.applied_index, self.applied_term, self.config)
         sessions = sorted(self.session_table().items())
-        return meta, self.backend.snapshot(), {"clients": self._tables(), "sessions": sessions}
+        extra = {"clients": self._tables(), "sessions": sessions, **self.snapshot_origin()}
+        return meta, self.backend.snapshot(), extra
 
     def _tables(self) -> list[list[Any]]:
         return [

@@ -17,6 +17,7 @@ from zraft.actors.founding import (
     FoundingVerdict,
     IdentityGuard,
     ask_founders,
+    check_snapshots,
     founding_uuid,
     judge_founding,
     new_identity,
@@ -336,3 +337,21 @@ def test_a_session_settles_on_the_founding_most_listed_peers_answer() -> None:
     assert agreed_founding({"x:1": said("u1"), "y:1": said("u1")}, listed, final=True) is None
     assert agreed_founding({A: said("u1"), B: "u1", C: None}, listed, final=True) is None  # type: ignore[dict-item]
     assert agreed_founding({A: said("u1")}, [A]) == "u1"
+
+
+def test_snapshots_of_another_cluster_or_founding_or_too_old_are_refused() -> None:
+    identity = replace(new_identity("zraft", A, [A, B, C]), cluster_uuid="u1")
+    meta = SnapshotMeta(100, 3, Configuration.of([A, B, C]))
+    ours = {"cluster_id": "zraft", "founding": "u1"}
+    check_snapshots("snaps", identity, 101, (meta, ours))
+    check_snapshots("snaps", identity, 1, None)  # nothing compacted: the log replays it all
+    check_snapshots("snaps", identity, 90, (meta, {}))  # made before snapshots said whose
+    refused = {
+        "holds no snapshot, but the log starts at index 101": (101, None),
+        "of cluster 'other'": (101, (meta, {**ours, "cluster_id": "other"})),
+        "another founding": (101, (meta, {**ours, "founding": "u2"})),
+        "older than the start of the log": (102, (meta, ours)),
+    }
+    for why, (first, latest) in refused.items():
+        with pytest.raises(DirectoryRefused, match=why):
+            check_snapshots("snaps", identity, first, latest)

@@ -461,7 +461,7 @@ def test_a_snapshot_dir_of_another_cluster_or_none_at_all_is_refused(tmp_path: P
     """``snapshot_dir`` apart from the log: pointed at another founding's snapshots, or at
     an empty directory while the log was compacted behind a snapshot, the peer would start
     from state that is not its own. Refused in one line each; its own dir then serves."""
-    compacting = ("--max-log-count", "20")
+    compacting = ("--max-log-count", "20", "--max-segment-size", "2048")  # logs compacted
     with (
         local_cluster(tmp_path / "one", 3, *compacting) as one,
         local_cluster(tmp_path / "two", 1, *compacting) as two,
@@ -476,6 +476,8 @@ def test_a_snapshot_dir_of_another_cluster_or_none_at_all_is_refused(tmp_path: P
         for cluster, peer in ((one, a), (two, other)):
             cluster.wait_for(lambda c=cluster, p=peer: any((c.data_dir(p) / "snapshots").glob("*")),
                              20, f"{peer} to take a snapshot")  # fmt: skip
+        one.wait_for(lambda: not any((one.data_dir(a) / "log").glob("00000000000000000001*")),
+                     20, f"{a}'s log to be compacted")  # fmt: skip
         one.stop_peer(a)
         one.peer_args[a] = ["--snapshot-dir", str(two.data_dir(other))]
         one.start_peer(a)
