@@ -575,14 +575,15 @@ class IdentityGuard:
     def describe(self, asker: str | None) -> dict[str, Any]:
         """The answer to the ``identity`` op: our founding (its uuid and list), our
         directory, the one we know ``asker`` by, and every member directory we know."""
-        founders = self._identity.founding
-        return {
-            "cluster_uuid": self.origin[0],
-            "instance": self.origin[1],
-            "known": self._known.get(asker) if asker else None,
-            "members": dict(self._known),
-            "founding": founding_uuid(self._identity.cluster_id, founders) if founders else "",
-        }
+        with self._lock:  # called on the transport's thread, as admit is
+            founders = self._identity.founding
+            return {
+                "cluster_uuid": self.origin[0],
+                "instance": self.origin[1],
+                "known": self._known.get(asker) if asker else None,
+                "members": dict(self._known),
+                "founding": founding_uuid(self._identity.cluster_id, founders) if founders else "",
+            }
 
     def _save(self, founding: tuple[str, ...] | None = None) -> None:
         self._identity = replace(

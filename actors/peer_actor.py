@@ -284,8 +284,6 @@ class PeerActor(LoopTurningActor):
                 replies.extend(self._set_members(identity, request))
             elif op == "bootstrap":
                 replies.append((identity, self._bootstrap(request)))
-            elif op == "identity":
-                replies.append((identity, self._identity(request)))
             elif op == "transfer":
                 if node.role is not Role.LEADER:  # a redirect, which sessions follow
                     reply = self._not_leader(request)
@@ -468,15 +466,6 @@ class PeerActor(LoopTurningActor):
             return ClientReply(request.request_id, False, reason, code)
         log.info("%s: founded a cluster of %s", self.node.id, sorted(voters))
         return ClientReply(request.request_id, True, self.node.config.to_wire())
-
-    def _identity(self, request: ClientRequest) -> ClientReply:
-        """Our founding and data directory, and the one we know ``peer`` by: asked by a peer
-        about to found (founding.await_founders)."""
-        payload = request.payload if isinstance(request.payload, dict) else {}
-        peer = payload.get("peer")
-        if self.identity_guard is None or not (peer is None or isinstance(peer, str)):
-            return ClientReply(request.request_id, False, "{peer: id}", "bad_request")
-        return ClientReply(request.request_id, True, self.identity_guard.describe(peer))
 
     def _members(self, request: ClientRequest) -> ClientReply:
         """The leader's configuration, which is in force from the moment it is appended, and

@@ -367,6 +367,9 @@ class _Origins:
             return "other-founding"
         return None if self.known.get(sender) == origin[1] else "replaced-peer"
 
+    def describe(self, asker: str | None) -> dict[str, object]:
+        return {"cluster_uuid": self.origin[0], "instance": self.origin[1], "asker": asker}
+
 
 @pytest.mark.timeout(60)
 def test_peer_frames_are_admitted_by_their_origin_and_hellos_flow() -> None:
@@ -453,3 +456,26 @@ def test_request_each_gathers_answers_and_names_the_peers_it_could_not_reach() -
         again = {b: ClientRequest(10, "status"), c: ClientRequest(11, "status")}
         replies, _ = channel.request_each(again, 5.0, enough=lambda _replies: True)
         assert replies == {} and time.monotonic() - started < 1
+
+
+@pytest.mark.timeout(60)
+def test_identity_is_answered_by_the_transport_even_when_it_sheds() -> None:
+    """Sessions ask every peer ``identity`` before their first request: the transport
+    answers it itself, so it is never shed, never queued behind writes, and never left in
+    flight to count against the asking connection's next request."""
+    b = free_address()
+    inbox = Inbox()
+    with (
+        running(b, [b], inbox, origin_check=_Origins(("u1", "b1"), {}), max_client_requests=1),
+        ClientChannel(CLUSTER, "client") as channel,
+    ):
+        with pytest.raises(TransportTimeout):  # admitted, and never answered here
+            channel.request(b, ClientRequest(1, "write", "x"), 0.3)
+        shed = channel.request(b, ClientRequest(2, "write", "y"), 5)  # the bound is reached
+        assert (shed.ok, shed.error) == (False, "overloaded")
+        answer = channel.request(b, ClientRequest(3, "identity", {"peer": "a:1"}), 5)
+        assert answer == ClientReply(3, True, {"cluster_uuid": "u1", "instance": "b1",
+                                               "asker": "a:1"})  # fmt: skip
+        bad = channel.request(b, ClientRequest(4, "identity", {"peer": 7}), 5)
+        assert (bad.ok, bad.error) == (False, "bad_request")
+        assert [r.request_id for _, r in inbox.requests] == [1]  # the peer saw the write only

@@ -65,7 +65,8 @@ class ClientReply(NamedTuple):
 # with no instance; a peer of another founding answers them with this error code, except
 # the ops below, which change nothing and tell who it is.
 OTHER_FOUNDING = "other_founding"
-FOUNDING_FREE_OPS = frozenset({"identity", "status", "bootstrap"})
+IDENTITY = "identity"  # which founding and directory a peer is: answered by its transport
+FOUNDING_FREE_OPS = frozenset({IDENTITY, "status", "bootstrap"})
 
 
 PEER_WIRE_TYPES: tuple[type[Message], ...] = (SnapshotOffer, SnapshotReady)

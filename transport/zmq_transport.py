@@ -54,7 +54,7 @@ from .codec import (
     encode_batch,
     encode_batches,
 )
-from .messages import FOUNDING_FREE_OPS, OTHER_FOUNDING, ClientReply, ClientRequest
+from .messages import FOUNDING_FREE_OPS, IDENTITY, OTHER_FOUNDING, ClientReply, ClientRequest
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,18 @@ class OriginCheck(Protocol):
     def admit(self, sender: str, origin: Origin, messages: Sequence[WireMessage]) -> str | None:
         """Why the frame (its ``messages``) is refused (a short stable reason), or None."""
         ...
+
+    def describe(self, asker: str | None) -> dict[str, Any]:
+        """The answer to an ``identity`` request (``asker``: the peer id it names)."""
+        ...
+
+
+def _identity_reply(check: OriginCheck, request: ClientRequest) -> ClientReply:
+    payload = request.payload if isinstance(request.payload, dict) else {}
+    asker = payload.get("peer")
+    if not (asker is None or isinstance(asker, str)):
+        return ClientReply(request.request_id, False, "{peer: id}", "bad_request")
+    return ClientReply(request.request_id, True, check.describe(asker))
 
 
 class TransportError(Exception):
@@ -783,7 +795,8 @@ class ZmqTransport:
         peer_msgs: list[Message] = []
         client_reqs: list[tuple[bytes, ClientRequest]] = []
         shed: dict[bytes, list[ClientReply]] = defaultdict(list)
-        refusals: dict[bytes, list[ClientReply]] = defaultdict(list)
+        # Answered by the transport itself: identity, and refusals of another founding.
+        answered: dict[bytes, list[ClientReply]] = defaultdict(list)
         counts: Counter[str] = Counter()
         now = time.monotonic()
         self._expire_client_requests(now)
@@ -842,7 +855,12 @@ class ZmqTransport:
             for msg in decoded.messages:
                 if type(msg) is ClientRequest:  # first: a leader gets one per write
                     if other_founding and msg.op not in FOUNDING_FREE_OPS:
-                        refusals[routing_id].append(self._other_founding(msg, other_founding))
+                        answered[routing_id].append(self._other_founding(msg, other_founding))
+                        continue
+                    if msg.op == IDENTITY and check is not None:
+                        # Answered here: never shed, never queued behind writes (a session
+                        # asks every peer before its first request; founders ask too).
+                        answered[routing_id].append(_identity_reply(check, msg))
                         continue
                     verdict = self._admit(routing_id, msg.request_id, now)
                     if verdict == _ADMIT:
@@ -874,15 +892,18 @@ class ZmqTransport:
                 len(self._client_inflight),
             )
             self._flush({}, shed)
-        if refusals:
-            self._count("client_other_founding", sum(len(r) for r in refusals.values()))
-            self._ratelog.warning(
-                OTHER_FOUNDING,
-                "%s: refusing requests of clients pinned to another founding of the cluster "
-                "(a session that talked to it before this directory was founded again?)",
-                self.peer_id,
-            )
-            self._flush({}, refusals)
+        if answered:
+            refused = sum(1 for r in answered.values() for a in r if a.error == OTHER_FOUNDING)
+            if refused:
+                self._count("client_other_founding", refused)
+                self._ratelog.warning(
+                    OTHER_FOUNDING,
+                    "%s: refusing requests of clients pinned to another founding of the "
+                    "cluster (a session that talked to it before this directory was founded "
+                    "again?)",
+                    self.peer_id,
+                )
+            self._flush({}, answered)
 
     def _other_founding(self, request: ClientRequest, mine: str) -> ClientReply:
         why = f"{self.peer_id} belongs to founding {mine[:8]}"
