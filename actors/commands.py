@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from ..packing import pack
+from zraft.packing import pack
 
 
 class CommandKind(IntEnum):

@@ -18,6 +18,10 @@ The rule (docs/configuration.md, "what `peers` means"):
 ``IdentityGuard`` then keeps the founding honest on the wire: every peer frame carries
 (cluster uuid, instance) and a frame of another founding, or from a member whose data
 directory was replaced since we first heard from it, is refused and counted.
+
+Why one module: the founding rule, the probes that gather its inputs and the guard that
+enforces it afterwards must agree on one definition of a founding (founding_uuid), and are
+read together.
 """
 
 from __future__ import annotations

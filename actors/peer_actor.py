@@ -5,6 +5,9 @@ report) is stepped into the core, then the ready loop hands each part of the out
 whoever carries it out: messages to the transport at once, writes to the log actor (which
 sends what waited for them after its fsync), committed entries and reads to the session
 actor, snapshot transfers to the snapshot actor. Nothing here blocks on another actor.
+
+Why one module: the actor's handlers share the node and the client waiters. Moving the
+driving into a sans-I/O driver (issue 18, item 1) is what will shrink it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ it, then the hard state) and joins the cluster; ``stop()`` takes everything down
 actor fails, the whole peer stops (``failed`` is set) rather than limp on half-alive; the
 process supervisor restarts it from disk. If ``start()`` fails, it stops whatever it had
 started and raises ``StartupError``, whose message is one line saying what failed.
+
+Why one module: start-up is one ordered sequence with an undo for every step, and stop is
+its mirror; apart, the two would drift.
 """
 
 from __future__ import annotations

@@ -23,8 +23,13 @@ import pykka
 
 from zraft.core import InstallSnapshot, Message
 from zraft.storage import SnapshotStorage
-from zraft.transport import SnapshotOffer, SnapshotReady, SnapshotReceiver, send_snapshot
-from zraft.transport.zmq_transport import split_address
+from zraft.transport import (
+    SnapshotOffer,
+    SnapshotReady,
+    SnapshotReceiver,
+    send_snapshot,
+    split_address,
+)
 
 from .counters import Counters
 from .messages import (

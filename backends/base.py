@@ -178,9 +178,7 @@ class QueryResult:
                 raise ValueError("watch_prefixes need watch_keys (use an empty set)")
             return
         object.__setattr__(self, "watch_keys", _key_set(self.watch_keys, "watch_keys"))
-        object.__setattr__(
-            self, "watch_prefixes", _key_set(self.watch_prefixes, "watch_prefixes")
-        )
+        object.__setattr__(self, "watch_prefixes", _key_set(self.watch_prefixes, "watch_prefixes"))
 
     @property
     def watch(self) -> WatchSpec | None:
@@ -339,8 +337,7 @@ def _failure(exc: Exception, what: str, backend: Backend) -> Failure:
         return Failure("not_supported", exc.reason)
     if isinstance(exc, _ENVIRONMENTAL):
         raise BackendFailure(f"{type(backend).__name__}.{what} failed: {exc!r}") from exc
-    log.error("%s.%s raised; answering backend_error", type(backend).__name__, what,
-              exc_info=exc)
+    log.error("%s.%s raised; answering backend_error", type(backend).__name__, what, exc_info=exc)
     return Failure("backend_error", f"{what} raised {type(exc).__name__}")
 
 
@@ -414,9 +411,7 @@ def load_backend(path: str) -> type[Backend]:
         parts = module_name.split(".")
         prefixes = {".".join(parts[: i + 1]) for i in range(len(parts))}
         if exc.name in prefixes:
-            raise BackendLoadError(
-                f"backend {path!r}: module {module_name!r} not found"
-            ) from exc
+            raise BackendLoadError(f"backend {path!r}: module {module_name!r} not found") from exc
         raise BackendLoadError(
             f"backend {path!r}: importing {module_name!r} failed: {exc}"
         ) from exc

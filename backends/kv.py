@@ -30,6 +30,9 @@ to a key that exists and is not its own. ``delete`` removes a key whatever its o
 
 Watches: ``get`` names its key (a watch fires when the key is created, changed or
 deleted); ``list`` names its prefix in ``watch_prefixes`` (any key starting with it).
+
+Why one module: the command set, its validation and the store it applies to are one backend;
+apart, a command and its check could drift.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from typing import Any, Final
 
 import msgpack
 
-from ..packing import pack
-from ..storage.syncs import fsync_dir
+from zraft.packing import pack
+from zraft.storage.syncs import fsync_dir
+
 from .base import (
     ApplyResult,
     Backend,
@@ -220,7 +224,10 @@ def cas(key: str, expected: Any, value: Any) -> dict[str, Any]:
 
 
 def list_prefix(
-    prefix: str = "", *, limit: int | None = None, after: str | None = None,
+    prefix: str = "",
+    *,
+    limit: int | None = None,
+    after: str | None = None,
     keys_only: bool = False,
 ) -> dict[str, Any]:
     """List keys starting with ``prefix`` in sorted order, after ``after``, at most ``limit``."""
@@ -354,8 +361,9 @@ class KeyValueBackend(Backend):
         # Values are immutable bytes, so shallow copies are a complete, private copy.
         data = dict(self._data)
         owners = dict(self._owner)
-        return SnapshotWriter(lambda directory: _write_snapshot(directory, data, owners),
-                              background=True)
+        return SnapshotWriter(
+            lambda directory: _write_snapshot(directory, data, owners), background=True
+        )
 
     def install(self, directory: Path) -> None:
         data, owners = _read_snapshot(Path(directory) / SNAPSHOT_FILE)

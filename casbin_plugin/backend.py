@@ -23,6 +23,9 @@ session; ``expire_session`` removes them (one change per ptype) and names what c
 Trigger keys (watches): ``casbin/seq`` (any change), ``casbin/ptype/{sec}/{ptype}``,
 ``casbin/subject/{value}`` (field 0 of a rule, and for grouping rules field 1 too) and
 ``casbin/rule/{sec}/{ptype}/{json of the rule}``.
+
+Why one module: the replicated policy's commands, their validation against the declared
+model shape and the store are one backend, as kv.py is.
 """
 
 from __future__ import annotations

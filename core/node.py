@@ -16,6 +16,10 @@ in flight as long as each one's step 1 finishes in order.
 No clocks, threads, sockets, files or randomness of its own: time is ``tick``, randomness is
 the injected ``rng``. Inputs that are malformed or impossible are ignored, and ``step``
 returns the reason; nothing a peer sends can raise out of here.
+
+Why one module: the Raft state machine is one object whose handlers all read and write the
+same fields (term, log, progress, commit); split, its invariants would be spread over files
+(etcd keeps raft.go whole for the same reason).
 """
 
 from __future__ import annotations

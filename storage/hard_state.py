@@ -26,7 +26,8 @@ from typing import Any
 
 import msgpack
 
-from ..core.types import Configuration, HardState
+from zraft.core.types import Configuration, HardState
+
 from .errors import CorruptHardStateError, translate_os_error
 from .syncs import fsync_dir
 

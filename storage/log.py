@@ -18,6 +18,9 @@ Crash safety, in short:
   unacknowledged append leaves) is cut off with a warning; damage anywhere else raises
   ``CorruptLogError`` naming the file and offset, and a hole in the index ranges raises
   ``MissingSegmentError``. Acknowledged entries are never dropped silently.
+
+Why one module: segments, their index, recovery and compaction share one on-disk layout and
+one lock; the record encoding is apart (records.py).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from contextlib import contextmanager
 from itertools import accumulate, islice
 from types import TracebackType
 
-from ..core.types import Entry
+from zraft.core.types import Entry
+
 from .errors import (
     CorruptLogError,
     LogBrokenError,

@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.types import Configuration, Entry, HardState, SnapshotMeta
+from zraft.core.types import Configuration, Entry, HardState, SnapshotMeta
+
 from .errors import CorruptSnapshotError, LogLockedError, StorageError, translate_os_error
 from .protocols import LatestSnapshot, check_append_start
 from .snapshots import (

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..core.types import Configuration, Entry, HardState, SnapshotMeta
+from zraft.core.types import Configuration, Entry, HardState, SnapshotMeta
 
 # (meta, path of a directory holding the snapshot's files, extra) of a published snapshot.
 LatestSnapshot = tuple[SnapshotMeta, str, dict[str, Any]]
@@ -33,8 +33,7 @@ def check_append_start(first: int, base_index: int, last_index: int) -> None:
         )
     if first > last_index + 1:
         raise ValueError(
-            f"cannot append at index {first}: it would leave a gap after last index "
-            f"{last_index}"
+            f"cannot append at index {first}: it would leave a gap after last index {last_index}"
         )
 
 

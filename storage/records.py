@@ -29,8 +29,9 @@ from typing import NamedTuple
 
 import msgpack
 
-from ..core.types import Configuration, Entry, EntryKind
-from ..packing import pack
+from zraft.core.types import Configuration, Entry, EntryKind
+from zraft.packing import pack
+
 from .errors import CorruptRecordError, TornRecordError
 
 HEADER = struct.Struct("<IIQQBI")

@@ -26,7 +26,8 @@ from typing import Any
 
 import msgpack
 
-from ..core.types import Configuration, SnapshotMeta
+from zraft.core.types import Configuration, SnapshotMeta
+
 from .errors import CorruptSnapshotError, translate_os_error
 from .syncs import fsync_dir
 

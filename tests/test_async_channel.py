@@ -14,10 +14,9 @@ import pytest
 import zmq
 
 from zraft.session import AsyncLightSession, LightSession, SessionClosed, ZraftError
-from zraft.transport import codec
+from zraft.transport import ChannelClosed, TransportTimeout, codec
 from zraft.transport.async_channel import AsyncClientChannel
 from zraft.transport.messages import ClientReply, ClientRequest
-from zraft.transport.zmq_transport import ChannelClosed, TransportTimeout
 
 CLUSTER = "test-cluster"
 

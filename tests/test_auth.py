@@ -40,7 +40,7 @@ from zraft.transport import (
     generate_keys,
     key_name,
 )
-from zraft.transport.zmq_transport import client_socket
+from zraft.transport.client_channel import client_socket
 
 from .test_transport_support import Inbox, free_address, running, wait_until
 

@@ -22,9 +22,10 @@ from zraft.chaos.backend import DIGEST_QUERY, ChaosBackend, count, incr
 from zraft.chaos.cli import _NEMESES, _WORKLOADS, add_chaos_command
 from zraft.chaos.convergence import Convergence, compare_logs
 from zraft.chaos.nemesis import NEMESES, Schedule, ScheduleOptions
+from zraft.chaos.registry import WORKLOADS
 from zraft.chaos.report import RunReport
 from zraft.chaos.runner import RunOptions, run_once, run_series, summarize
-from zraft.chaos.workloads import WORKLOADS, CounterWorkload, RegisterWorkload, check_counter
+from zraft.chaos.workloads import CounterWorkload, RegisterWorkload, check_counter
 from zraft.cli import main
 from zraft.core import Entry
 from zraft.linearizability import History, Operation

@@ -29,8 +29,8 @@ from zraft.chaos.casbin_workload import (
     replay,
 )
 from zraft.chaos.nemesis import ScheduleOptions
+from zraft.chaos.registry import WORKLOADS
 from zraft.chaos.runner import RunOptions, backend_groups, run_once
-from zraft.chaos.workloads import WORKLOADS
 from zraft.linearizability import History, Operation
 
 # (client, op, sec, rule, old, outcome, seq): seq None = no output (unknown)

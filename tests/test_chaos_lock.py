@@ -24,8 +24,8 @@ from zraft.chaos.backend import (
 )
 from zraft.chaos.lock_workload import LOCK_KEY, RESOURCE, LockWorkload, check_lock
 from zraft.chaos.nemesis import ScheduleOptions
+from zraft.chaos.registry import WORKLOADS
 from zraft.chaos.runner import RunOptions, run_once
-from zraft.chaos.workloads import WORKLOADS
 from zraft.linearizability import History, Operation
 
 L = LOCK_KEY

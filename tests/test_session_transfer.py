@@ -106,8 +106,8 @@ def test_a_lapsed_transfer_is_asked_for_again_by_the_async_session(peers: TwoPee
 @pytest.mark.timeout(30)
 def test_a_transfer_that_never_happens_fails_at_its_deadline(peers: TwoPeers) -> None:
     peers.lead_from = 10**9
-    with LightSession([peers.leader, peers.target], cluster_id=CLUSTER, timeout=10.0) as s:
-        with pytest.raises(NotLeader, match="did not take over in time"):
-            s.transfer_leadership(peers.target, timeout=2.5)
+    s = LightSession([peers.leader, peers.target], cluster_id=CLUSTER, timeout=10.0)
+    with s, pytest.raises(NotLeader, match="did not take over in time"):
+        s.transfer_leadership(peers.target, timeout=2.5)
     # Asked again about once a second, not once for the whole wait nor in a tight loop.
     assert 2 <= peers.transfers_asked <= 4

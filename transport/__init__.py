@@ -4,6 +4,7 @@ See ``docs/transport.md`` for the frame format, validation rules, queues and CUR
 """
 
 from .async_channel import AsyncClientChannel
+from .client_channel import ClientChannel
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -19,6 +20,8 @@ from .codec import (
     encode_batches,
     is_peer_message,
 )
+from .curve import CurveSettings, generate_keys, key_name
+from .errors import ChannelClosed, NotSent, TransportError, TransportTimeout
 from .messages import (
     FOUNDING_FREE_OPS,
     OTHER_FOUNDING,
@@ -28,18 +31,8 @@ from .messages import (
     SnapshotReady,
 )
 from .snapshot_stream import SnapshotReceiver, SnapshotTransferError, send_snapshot
-from .zmq_transport import (
-    ChannelClosed,
-    ClientChannel,
-    CurveSettings,
-    NotSent,
-    TransportError,
-    TransportTimeout,
-    ZmqTransport,
-    generate_keys,
-    key_name,
-    split_address,
-)
+from .sockets import split_address
+from .zmq_transport import ZmqTransport
 
 __all__ = [
     "FOUNDING_FREE_OPS",

@@ -22,17 +22,12 @@ from typing import Any
 
 import zmq
 
+from .client_channel import client_socket
 from .codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode_batch, encode_batches
+from .curve import CurveSettings
+from .errors import ChannelClosed, NotSent, TransportTimeout
 from .messages import ClientReply, ClientRequest
-from .zmq_transport import (
-    ZMQ_EVENTS,
-    ZMQ_POLLIN,
-    ChannelClosed,
-    CurveSettings,
-    NotSent,
-    TransportTimeout,
-    client_socket,
-)
+from .sockets import ZMQ_EVENTS, ZMQ_POLLIN
 
 log = logging.getLogger(__name__)
 

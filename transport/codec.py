@@ -15,6 +15,9 @@ same sender, so one frame (one socket write, one unpack) carries many messages.
 own length limits stop a hostile header from allocating more than the frame could hold,
 and every field's type and range is checked. Any violation raises ``FrameError`` whose
 ``reason`` is a short, stable code suitable for counters.
+
+Why one module: the wire format is one table of type codes with an encoder and a validating
+decoder per type, side by side so that they cannot drift.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, TypeAlias
 
 import msgpack
 
-from ..core.messages import (
+from zraft.core.messages import (
     AppendEntries,
     AppendResponse,
     Heartbeat,
@@ -38,8 +41,9 @@ from ..core.messages import (
     TimeoutNow,
     VoteResponse,
 )
-from ..core.types import Configuration, Entry, EntryKind, SnapshotMeta
-from ..packing import pack
+from zraft.core.types import Configuration, Entry, EntryKind, SnapshotMeta
+from zraft.packing import pack
+
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
 # 2: ClientReply carries the log index; 3: peer frames carry an origin; 4: client frames may

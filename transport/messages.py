@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..core.messages import Message
-from ..core.types import SnapshotMeta
+from zraft.core.messages import Message
+from zraft.core.types import SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,9 @@ a msgpack value; see ``docs/transport.md``)::
 Any failure on the receiving side removes every file the transfer wrote, calls
 ``on_failed(index, reason)`` and keeps the expectation, so the leader can simply retry; a
 new connection for a snapshot that is still being received supersedes the old one.
+
+Why one module: the sending and the receiving half of one stream protocol, which must agree
+byte for byte.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from typing import Any
 
 import msgpack
 
-from ..storage.snapshots import file_crc
+from zraft.storage.snapshots import file_crc
+
 from .codec import MAX_PEER_ID_LEN
 
 log = logging.getLogger(__name__)

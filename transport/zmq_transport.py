@@ -20,6 +20,10 @@ Outbound: never blocks. A message is dropped and counted when its destination is
 when the hand-off backlog is full, or when the peer's DEALER refuses it (EAGAIN: not
 connected, since ``ZMQ_IMMEDIATE`` is set, or its ``SNDHWM`` queue is full), so a dead peer
 costs at most ``send_hwm`` queued frames.
+
+Why one module: one I/O thread owns every socket; its loop, the admission of client requests
+and the origin checks run on that thread and share its state (the client side, CURVE,
+addresses and errors are apart).
 """
 
 from __future__ import annotations
@@ -27,13 +31,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import zmq
@@ -41,33 +42,32 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from ..core.messages import Message
+from zraft.core.messages import Message
+
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
-    MAX_PEER_ID_LEN,
     DecodedBatch,
     FrameError,
     Origin,
     WireMessage,
     decode_batch,
-    encode,
     encode_batch,
     encode_batches,
 )
+from .curve import CurveSettings, client_curve, key_name
+from .errors import TransportError
 from .messages import FOUNDING_FREE_OPS, IDENTITY, OTHER_FOUNDING, ClientReply, ClientRequest
+from .sockets import (
+    COPY_THRESHOLD,
+    MAXMSGSIZE_SLACK,
+    ZMQ_EVENTS,
+    ZMQ_POLLIN,
+    endpoint,
+    split_address,
+)
 
 log = logging.getLogger(__name__)
 
-# Frames larger than max_frame_bytes are useless, so zmq refuses them (and drops the
-# connection) before reading them; the slack covers the ROUTER's framing.
-_MAXMSGSIZE_SLACK = 64 * 1024
-# pyzmq sends frames above 64 KiB without copying even when asked to copy, and then needs its
-# garbage-collector thread (one more wakeup and GIL hand-off per frame) to learn when libzmq
-# is done with the buffer. Copying a big append batch costs microseconds; that wakeup, under
-# load, costs more: always copy.
-_COPY_THRESHOLD = 2**31 - 1
-# As plain ints: pyzmq answers an enum key with an enum, whose arithmetic is slow.
-ZMQ_EVENTS, ZMQ_POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 # Fairness: at most this many inbound frames per wakeup before the outbox is looked at.
 _MAX_FRAMES_PER_WAKEUP = 4096
 # A callback gets at most about this many messages (more would only hold memory longer).
@@ -110,117 +110,6 @@ def _identity_reply(check: OriginCheck, request: ClientRequest) -> ClientReply:
     if not (asker is None or isinstance(asker, str)):
         return ClientReply(request.request_id, False, "{peer: id}", "bad_request")
     return ClientReply(request.request_id, True, check.describe(asker))
-
-
-class TransportError(Exception):
-    """The transport cannot do what was asked (bad address, bind failure, closed)."""
-
-
-class TransportTimeout(TransportError):
-    """No (matching) reply arrived in time."""
-
-
-class NotSent(TransportTimeout):
-    """The request never left this process (no connection to the peer in time, or its
-    send queue stayed full: ``queue_full``): the peer cannot have acted on it."""
-
-    def __init__(self, message: str, queue_full: bool = False) -> None:
-        super().__init__(message)
-        self.queue_full = queue_full
-
-
-class ChannelClosed(TransportError):
-    """The client channel was closed: before the request, or while it waited."""
-
-
-# --------------------------------------------------------------------------- addresses/keys
-
-
-def split_address(peer_id: str) -> tuple[str, int]:
-    """``"host:port"`` (or ``"[v6]:port"``) → (host, port). Raises ValueError."""
-    if not isinstance(peer_id, str) or not peer_id or len(peer_id) > MAX_PEER_ID_LEN:
-        raise ValueError(f"bad peer id {peer_id!r}")
-    host, sep, port_text = peer_id.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"peer id {peer_id!r} is not host:port")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"peer id {peer_id!r} has a bad port")
-    return host, port
-
-
-def _endpoint(host: str, port: int) -> str:
-    return f"tcp://{host}:{port}"
-
-
-_KEY_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def key_name(peer_id: str) -> str:
-    """File stem of a peer's (or client's) certificate: unsafe characters become ``_``.
-
-    ``"127.0.0.1:7001"`` → ``"127.0.0.1_7001"``; its public key is
-    ``<authorized_keys_dir>/127.0.0.1_7001.key``.
-    """
-    name = _KEY_NAME_UNSAFE.sub("_", peer_id)
-    if not name.strip("."):
-        raise ValueError(f"cannot name a key after {peer_id!r}")
-    return name
-
-
-def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Create a CURVE keypair: ``<name>.key`` (public) and ``<name>.key_secret``.
-
-    For a peer pass ``key_name(peer_id)`` so other peers find its public key by id.
-    Returns (public_key_file, secret_key_file).
-    """
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
-    return Path(public), Path(secret)
-
-
-@dataclass(frozen=True, slots=True)
-class CurveSettings:
-    """CURVE encryption and authentication.
-
-    ``authorized_keys_dir`` holds the public certificates (``*.key``) of every peer and
-    client allowed to connect; peers' files are named ``key_name(peer_id) + ".key"`` so
-    DEALERs find the server key of the peer they connect to.
-    """
-
-    secret_key_file: str | os.PathLike[str]
-    public_key_file: str | os.PathLike[str]
-    authorized_keys_dir: str | os.PathLike[str]
-
-    def own_keys(self) -> tuple[bytes, bytes]:
-        """(public, secret) of this process."""
-        public, secret = zmq.auth.load_certificate(os.fspath(self.secret_key_file))
-        if secret is None:
-            raise ValueError(f"{self.secret_key_file} holds no secret key")
-        own_public, _ = zmq.auth.load_certificate(os.fspath(self.public_key_file))
-        if own_public != public:
-            raise ValueError("public and secret key files do not belong together")
-        return public, secret
-
-    def server_key(self, peer_id: str) -> bytes | None:
-        """The public key of ``peer_id`` from the authorized directory, or None."""
-        path = Path(self.authorized_keys_dir) / f"{key_name(peer_id)}.key"
-        try:
-            public, _ = zmq.auth.load_certificate(os.fspath(path))
-        except (OSError, ValueError):
-            return None
-        return public
-
-
-def _client_curve(sock: zmq.Socket[Any], curve: CurveSettings, server: str) -> bool:
-    server_key = curve.server_key(server)
-    if server_key is None:
-        return False
-    public, secret = curve.own_keys()
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
-    sock.curve_serverkey = server_key
-    return True
 
 
 # --------------------------------------------------------------------------- logging
@@ -344,8 +233,8 @@ class ZmqTransport:
         router = self._ctx.socket(zmq.ROUTER)
         try:
             router.linger = 0
-            router.copy_threshold = _COPY_THRESHOLD
-            router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + _MAXMSGSIZE_SLACK)
+            router.copy_threshold = COPY_THRESHOLD
+            router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes + MAXMSGSIZE_SLACK)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.sndhwm = self._send_hwm
             if ":" in self._listen_host:
@@ -360,7 +249,7 @@ class ZmqTransport:
                 router.curve_publickey = public
                 router.curve_secretkey = secret
                 router.curve_server = True
-            router.bind(_endpoint(self._listen_host, self._port))
+            router.bind(endpoint(self._listen_host, self._port))
         except (zmq.ZMQError, OSError, ValueError) as exc:
             router.close(linger=0)
             self._shutdown_context()
@@ -768,7 +657,7 @@ class ZmqTransport:
                 continue
             sock = self._ctx.socket(zmq.DEALER)
             sock.linger = 0
-            sock.copy_threshold = _COPY_THRESHOLD
+            sock.copy_threshold = COPY_THRESHOLD
             sock.immediate = True
             sock.sndhwm = self._send_hwm
             # Nothing is ever sent back on this socket: refuse anything that tries.
@@ -778,7 +667,7 @@ class ZmqTransport:
             host, port = split_address(self._routes.get(peer, peer))
             if ":" in host:
                 sock.ipv6 = True
-            if self._curve is not None and not _client_curve(sock, self._curve, peer):
+            if self._curve is not None and not client_curve(sock, self._curve, peer):
                 sock.close(linger=0)
                 self._missing_keys.add(peer)
                 log.error(
@@ -788,7 +677,7 @@ class ZmqTransport:
                     key_name(peer),
                 )
                 continue
-            sock.connect(_endpoint(host, port))
+            sock.connect(endpoint(host, port))
             self._dealers[peer] = sock
 
     def _drain_inbound(self, router: zmq.Socket[Any]) -> None:
@@ -1031,214 +920,3 @@ class ZmqTransport:
             self._count_many(counts)
 
 
-# --------------------------------------------------------------------------- client side
-
-
-_CLIENT_MAX_SOCKETS = 32768
-
-
-def _client_context() -> zmq.Context[Any]:
-    ctx = zmq.Context.instance()
-    if ctx.get(zmq.MAX_SOCKETS) < _CLIENT_MAX_SOCKETS:
-        try:
-            ctx.set(zmq.MAX_SOCKETS, _CLIENT_MAX_SOCKETS)  # the default 1,024 caps sessions
-        except zmq.ZMQError as error:  # too late once sockets exist: keep the default
-            log.warning("cannot raise the client socket limit: %s", error)
-    return ctx
-
-
-class ClientChannel:
-    """Client side of the request/reply protocol: one DEALER per peer, created lazily.
-
-    Thread-confined: create, use and close it on one thread (zmq sockets are not
-    thread-safe); give each client thread its own channel. ``request`` sends only once a
-    connection to the peer is up (``ZMQ_IMMEDIATE``), so a request never waits in a queue
-    for a dead peer and surfaces later.
-    """
-
-    def __init__(
-        self,
-        cluster_id: str,
-        client_id: str,
-        curve: CurveSettings | None = None,
-        *,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        routes: Mapping[str, str] | None = None,
-    ) -> None:
-        if not client_id or len(client_id) > MAX_PEER_ID_LEN:
-            raise ValueError("client_id must be a non-empty string of at most 256 characters")
-        self.cluster_id = cluster_id
-        self.client_id = client_id
-        self._curve = curve
-        self._routes = dict(routes or {})  # peer id -> address to connect to, if another
-        self._max_frame_bytes = max_frame_bytes
-        # One process-wide context (and its I/O thread) for every client channel, so a
-        # process can hold thousands of sessions.
-        self._ctx: zmq.Context[Any] = _client_context()
-        self._sockets: dict[str, zmq.Socket[Any]] = {}
-        self._closed = False
-        self.ignored = 0  # replies dropped: malformed, other request ids, wrong cluster
-        # The founding (cluster uuid) our requests are for, once known: peers of another
-        # founding refuse them (sent as the frame's origin, with no instance).
-        self.founding = ""
-
-    def request(
-        self,
-        peer: str,
-        req: ClientRequest,
-        timeout: float,
-        connect_timeout: float | None = None,
-    ) -> ClientReply:
-        """Send ``req`` to ``peer`` and wait for its reply. Raises ``TransportTimeout``.
-
-        ``connect_timeout`` (default: ``timeout``) bounds the wait for a connection, so a
-        peer that is down is given up on sooner than one that is merely slow to answer.
-        """
-        if self._closed:
-            raise ChannelClosed("channel closed")
-        deadline = time.monotonic() + timeout
-        connect_by = min(deadline, time.monotonic() + (connect_timeout or timeout))
-        sock = self._socket(peer)
-        frame = self._encode(req)
-        while True:
-            if not sock.poll(_remaining_ms(connect_by), zmq.POLLOUT):
-                # One request at a time on this socket: a send queue cannot be full of our
-                # own requests, so this is a missing connection (or a peer not reading).
-                raise NotSent(f"no connection to {peer}")
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-                break
-            except zmq.Again:
-                continue
-        while True:
-            remaining = _remaining_ms(deadline)
-            if remaining <= 0 or not sock.poll(remaining, zmq.POLLIN):
-                raise TransportTimeout(f"no reply from {peer} within {timeout}s")
-            reply = self._reply_to(sock, req.request_id)
-            if reply is not None:
-                return reply
-
-    def request_each(
-        self,
-        requests: Mapping[str, ClientRequest],
-        timeout: float,
-        enough: Callable[[dict[str, ClientReply]], bool] = lambda _replies: False,
-        connect_timeout: float | None = None,
-    ) -> tuple[dict[str, ClientReply], set[str]]:
-        """Send every peer its request at once; gather the replies, by peer, until each
-        has answered, ``enough`` says so, or ``timeout`` passes. Also returns the peers
-        that had no connection within ``connect_timeout`` (default: ``timeout``): their
-        requests were never sent."""
-        if self._closed:
-            raise ChannelClosed("channel closed")
-        deadline = time.monotonic() + timeout
-        connect_by = min(deadline, time.monotonic() + (connect_timeout or timeout))
-        unconnected: set[str] = set()
-        unsent = dict(requests)
-        waiting: dict[zmq.Socket[Any], tuple[str, int]] = {}
-        replies: dict[str, ClientReply] = {}
-        while (unsent or waiting) and not enough(replies):
-            for peer, req in list(unsent.items()):
-                sock = self._socket(peer)
-                try:
-                    sock.send(self._encode(req), zmq.NOBLOCK)
-                except zmq.Again:  # no connection yet (ZMQ_IMMEDIATE)
-                    continue
-                del unsent[peer]
-                waiting[sock] = (peer, req.request_id)
-            if unsent and time.monotonic() >= connect_by:
-                unconnected.update(unsent)
-                unsent.clear()
-            remaining = _remaining_ms(deadline)
-            if remaining <= 0:
-                break
-            wait_ms = min(remaining, 10) if unsent else remaining
-            if not waiting:
-                if unsent:
-                    time.sleep(wait_ms / 1000)
-                continue
-            poller = zmq.Poller()
-            for sock in waiting:
-                poller.register(sock, zmq.POLLIN)
-            for sock, _ in poller.poll(wait_ms):
-                peer, request_id = waiting[sock]
-                reply = self._reply_to(sock, request_id)
-                if reply is not None:
-                    replies[peer] = reply
-                    del waiting[sock]
-        return replies, unconnected
-
-    def _reply_to(self, sock: zmq.Socket[Any], request_id: int) -> ClientReply | None:
-        """The reply to ``request_id`` among the frames waiting on ``sock``, if there."""
-        while True:
-            try:
-                raw = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return None
-            try:
-                decoded = decode_batch(
-                    raw, cluster_id=self.cluster_id, max_frame_bytes=self._max_frame_bytes
-                )
-            except FrameError as exc:
-                self.ignored += 1
-                log.debug("ignored a reply: %s", exc.reason)
-                continue
-            for msg in decoded.messages:
-                if isinstance(msg, ClientReply) and msg.request_id == request_id:
-                    return msg
-                self.ignored += 1
-
-    def _encode(self, req: ClientRequest) -> bytes:
-        origin = (self.founding, "") if self.founding else None
-        return encode(req, cluster_id=self.cluster_id, sender=self.client_id, origin=origin)
-
-    def close(self) -> None:
-        """Close every socket. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for sock in self._sockets.values():
-            sock.close(linger=0)
-        self._sockets.clear()
-
-    def __enter__(self) -> ClientChannel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _socket(self, peer: str) -> zmq.Socket[Any]:
-        sock = self._sockets.get(peer)
-        if sock is None:
-            sock = self._sockets[peer] = client_socket(
-                self._ctx, peer, self._curve, self._max_frame_bytes, self._routes.get(peer)
-            )
-        return sock
-
-
-def client_socket(
-    ctx: zmq.Context[Any],
-    peer: str,
-    curve: CurveSettings | None,
-    max_frame_bytes: int,
-    address: str | None = None,
-) -> Any:
-    """A client's DEALER to ``peer`` (sync or asyncio, as ``ctx`` is), connected to
-    ``address`` where that differs from the peer's id (a route: a proxy, a NAT)."""
-    host, port = split_address(address or peer)
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.copy_threshold = _COPY_THRESHOLD
-    sock.immediate = True  # requests never queue for a peer that is not connected
-    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + _MAXMSGSIZE_SLACK)
-    if ":" in host:
-        sock.ipv6 = True
-    if curve is not None and not _client_curve(sock, curve, peer):
-        sock.close(linger=0)
-        raise TransportError(f"no CURVE public key for {peer} ({key_name(peer)}.key)")
-    sock.connect(_endpoint(host, port))
-    return sock
-
-
-def _remaining_ms(deadline: float) -> int:
-    return max(0, int((deadline - time.monotonic()) * 1000))

@@ -262,9 +262,7 @@ def _request(args: argparse.Namespace, op: str) -> int:
     target = args.peer
     with _client(args) as channel:
         for attempt in range(5):
-            request = ClientRequest(
-                attempt + 1, op, payload, client_id=f"cli-{os.getpid()}", seq=1
-            )
+            request = ClientRequest(attempt + 1, op, payload, client_id=f"cli-{os.getpid()}", seq=1)
             try:
                 reply = channel.request(target, request, args.timeout)
             except TransportTimeout:
@@ -368,8 +366,10 @@ def cluster_demo(size: int, writes: int) -> int:
                 "the restarted peer to catch up",
             )
             value = cluster.query(leader, kv.get("after-failover"), local=True)
-            _say(f"- {leader} applied everything, including the write made while it was down: "
-                 f"{value}")
+            _say(
+                f"- {leader} applied everything, including the write made while it was down: "
+                f"{value}"
+            )
             _say("- stopping the cluster")
             return 1 if missing else 0
     finally:

@@ -17,6 +17,9 @@ linearized set as a Python int bitset. Keys are independent registers, so each k
 checked on its own (P-compositionality). When a key fails, the smallest failing prefix of
 its history is found by bisection and shrunk to the operations that matter; see
 ``docs/linearizability.md``.
+
+Why one module: the history model and the checker (a Wing-Gong search with memoization per
+key) are one algorithm.
 """
 
 from __future__ import annotations

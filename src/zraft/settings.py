@@ -11,6 +11,9 @@ source). ``log_dir`` and ``snapshot_dir`` default to ``data_dir``; ``request_tim
 
 Unknown keys and bad values raise :class:`SettingsError`, naming the key and where the
 value came from. See ``docs/configuration.md`` for every key.
+
+Why one module: every setting's key table, its validation and its sources (flags, TOML file,
+defaults) must stay one list.
 """
 
 from __future__ import annotations
@@ -65,15 +68,21 @@ _KEYS: dict[str, _Key] = {
     "snapshot_dir": _Key("path", "directory for snapshots (default: data_dir)", derived=True),
     "election_timeout": _Key("ms", "election timeout in ms", minimum=1),
     "request_timeout": _Key(
-        "ms", "client request timeout in ms (default: 2 x election_timeout)", derived=True,
+        "ms",
+        "client request timeout in ms (default: 2 x election_timeout)",
+        derived=True,
         minimum=1,
     ),
     "heartbeat_interval": _Key(
-        "ms", "leader heartbeat interval in ms (default: election_timeout / 10)", derived=True,
+        "ms",
+        "leader heartbeat interval in ms (default: election_timeout / 10)",
+        derived=True,
         minimum=1,
     ),
     "tick_interval": _Key(
-        "ms", "consensus clock tick in ms (default: heartbeat_interval)", derived=True,
+        "ms",
+        "consensus clock tick in ms (default: heartbeat_interval)",
+        derived=True,
         minimum=1,
     ),
     "snapshot_listener_addr": _Key("str", "address receiving snapshots from a leader"),
@@ -211,15 +220,20 @@ class Settings:
         derive("log_dir", self.data_dir, "the default log_dir = data_dir")
         derive("snapshot_dir", self.data_dir, "the default snapshot_dir = data_dir")
         derive(
-            "request_timeout", 2 * self.election_timeout,
+            "request_timeout",
+            2 * self.election_timeout,
             "the default request_timeout = 2 x election_timeout",
         )
         derive(
-            "heartbeat_interval", self.election_timeout // 10,
+            "heartbeat_interval",
+            self.election_timeout // 10,
             "the default heartbeat_interval = election_timeout / 10",
         )
-        derive("tick_interval", self.heartbeat_interval,
-               "the default tick_interval = heartbeat_interval")
+        derive(
+            "tick_interval",
+            self.heartbeat_interval,
+            "the default tick_interval = heartbeat_interval",
+        )
         object.__setattr__(self, "_derived", frozenset(derived))
         self._check_relations()
 
@@ -343,7 +357,10 @@ class Settings:
             if value % tick:
                 log.warning(
                     "%s %d ms is not a multiple of tick_interval %d ms; using %d ms",
-                    name, value, tick, value - value % tick,
+                    name,
+                    value,
+                    tick,
+                    value - value % tick,
                 )
         if self.max_bytes_per_message >= self.max_frame_bytes:
             raise self._error(
@@ -515,19 +532,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group("zraft settings")
     group.add_argument(
-        "--config", dest="zraft_config", metavar="PATH", default=argparse.SUPPRESS,
+        "--config",
+        dest="zraft_config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
         help="TOML settings file",
     )
     for name, spec in _KEYS.items():
         dest = f"zraft_{name}"
         if spec.kind == "bool":
             group.add_argument(
-                _flag(name), dest=dest, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=spec.help,
+                _flag(name),
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=spec.help,
             )
             continue
-        metavar = {"ms": "MS", "int": "N", "port": "PORT", "path": "PATH", "peer": "HOST:PORT",
-                   "peers": "HOST:PORT,...", "import": "MODULE:CLASS"}.get(spec.kind, "TEXT")
+        metavar = {
+            "ms": "MS",
+            "int": "N",
+            "port": "PORT",
+            "path": "PATH",
+            "peer": "HOST:PORT",
+            "peers": "HOST:PORT,...",
+            "import": "MODULE:CLASS",
+        }.get(spec.kind, "TEXT")
         group.add_argument(
             _flag(name), dest=dest, metavar=metavar, default=argparse.SUPPRESS, help=spec.help
         )

@@ -38,8 +38,7 @@ from typing import Any
 
 import zmq
 
-from zraft.transport import ClientReply, ClientRequest
-from zraft.transport.zmq_transport import split_address
+from zraft.transport import ClientReply, ClientRequest, split_address
 
 from .front import client_requests, identity_reply, parse_server_args, send_replies, serve
 

@@ -29,6 +29,9 @@ lacks), which must raise pycasbin's exception before anything is sent; written d
 a client that ignores the model, which the cluster must refuse; and written by a client of
 another model that first declares its own shape (a ptype ``p9``, one-field grouping rules),
 which the cluster takes, so the log holds rules the instances must skip while carrying on.
+
+Why one module: the workload, its model of the expected policy and its checker share one
+encoding of operations.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from zraft.linearizability import Operation, Status
 from zraft.session import LightSession, Rejected, ZraftError
 
 from .backend import DIGEST_FILE
-from .workloads import FINAL_CLIENT, WORKLOADS, ClientContext, Verdict, Workload, _tally
+from .workloads import FINAL_CLIENT, ClientContext, Verdict, Workload, _tally
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +89,9 @@ def fits_model(name: str, rule: tuple[str, ...]) -> bool:
 
 def held_by_model(policy: Policy) -> Policy:
     """``policy`` less the rules the model cannot hold (what every instance skips)."""
-    out = {name: {rule for rule in rules if fits_model(name, rule)}
-           for name, rules in policy.items()}
+    out = {
+        name: {rule for rule in rules if fits_model(name, rule)} for name, rules in policy.items()
+    }
     return {name: rules for name, rules in out.items() if rules}
 
 
@@ -384,13 +388,23 @@ class CasbinWorkload(Workload):
             self._count("enforcer", "refused at the caller")
             return
         except Exception as error:  # sent, or refused the wrong way
-            self._poison_anomaly(f"{name}{args} raised {type(error).__name__}: {error}, "
-                                 f"not pycasbin's {refusal.__name__}")
+            self._poison_anomaly(
+                f"{name}{args} raised {type(error).__name__}: {error}, "
+                f"not pycasbin's {refusal.__name__}"
+            )
             return
         self._poison_anomaly(f"{name}{args} was taken (it must raise {refusal.__name__})")
 
-    def _poison_write(self, client: int, session: LightSession, kind: str, sec: str,
-                      ptype: str, rule: tuple[str, ...], op: str = "add") -> None:
+    def _poison_write(
+        self,
+        client: int,
+        session: LightSession,
+        kind: str,
+        sec: str,
+        ptype: str,
+        rule: tuple[str, ...],
+        op: str = "add",
+    ) -> None:
         """A raw write, recorded like every change: if the cluster takes it, it is in the
         feed, and the checker wants it replayed (and skipped by every instance)."""
         value = {"sec": sec, "ptype": ptype, "rules": [list(rule)]}
@@ -406,12 +420,19 @@ class CasbinWorkload(Workload):
             self.history.unknown(handle)
             self._count(kind, "unknown")
             return
-        self.history.ok(handle, {"returned": bool(result["changed"]),
-                                 "changed": bool(result["changed"]), "seq": int(result["seq"])})
+        self.history.ok(
+            handle,
+            {
+                "returned": bool(result["changed"]),
+                "changed": bool(result["changed"]),
+                "seq": int(result["seq"]),
+            },
+        )
         self._count(kind, f"{op}s taken into the log" if result["changed"] else "no change")
         if kind == "direct" and not self._other_shape_maybe:
-            self._poison_anomaly(f"the cluster took {sec}/{ptype} {list(rule)}, which the "
-                                 "declared model cannot hold")
+            self._poison_anomaly(
+                f"the cluster took {sec}/{ptype} {list(rule)}, which the declared model cannot hold"
+            )
 
     def _raw(self, session: LightSession, command: dict[str, Any]) -> bool:
         try:
@@ -486,7 +507,8 @@ class CasbinWorkload(Workload):
         )
         poison = "; ".join(
             f"{kind}: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-            for kind, counts in self.poison.items() if counts
+            for kind, counts in self.poison.items()
+            if counts
         )
         unfit = sum(
             1 for change in self.final.changes
@@ -524,8 +546,11 @@ _ENFORCER_POISON: Final[list[tuple[str, tuple[Any, ...], type[Exception]]]] = [
     ("add_grouping_policy", ("alice",), TypeError),
     ("add_named_policy", ("p9", "alice", "data1", "read"), KeyError),
 ]
-_DIRECT_POISON: Final = [("p", "p", ("alice", "data1")), ("g", "g", ("alice",)),
-                         ("p", "p9", ("alice", "data1", "read"))]
+_DIRECT_POISON: Final = [
+    ("p", "p", ("alice", "data1")),
+    ("g", "g", ("alice",)),
+    ("p", "p9", ("alice", "data1", "read")),
+]
 
 
 def _other_model_rule(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
@@ -669,8 +694,10 @@ def check_casbin(ops: list[Operation], final: CasbinFinal) -> list[str]:
             problems.append(f"{name}: never connected, so never checked")
             continue
         if instance.metrics.get("failed_changes"):
-            problems.append(f"{name}: {instance.metrics['failed_changes']} change(s) failed "
-                            "to apply (skipped, then the policy reloaded)")
+            problems.append(
+                f"{name}: {instance.metrics['failed_changes']} change(s) failed "
+                "to apply (skipped, then the policy reloaded)"
+            )
         if instance.applied_seq != final.seq:
             problems.append(
                 f"{name}: applied up to change {instance.applied_seq}, not "
@@ -705,7 +732,6 @@ def _note(problems: list[str], what: str, items: list[str]) -> None:
 
 # Registered here, not in workloads.py: this module needs the base classes there, and
 # workloads.py imports this one at its end (either may be imported first).
-WORKLOADS[CasbinWorkload.name] = CasbinWorkload
 
 __all__ = [
     "CASBIN_CHAOS_BACKEND", "CasbinFinal", "CasbinWorkload", "ChaosCasbinBackend",

@@ -52,7 +52,7 @@ from zraft.session import ClientError, LightSession, Session, ZraftError
 from zraft.session.recipes import Lock
 
 from .backend import CREATED, DELETED, OVERWRITTEN, fenced_append, lock_audit
-from .workloads import WORKLOADS, ClientContext, Verdict, Workload, _tally
+from .workloads import ClientContext, Verdict, Workload, _tally
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +393,3 @@ def _note(problems: list[str], what: str, items: list[Any]) -> None:
     if items:
         shown = ", ".join(map(str, items[:_LISTED])) + (" ..." if len(items) > _LISTED else "")
         problems.append(f"{len(items)} {what}: {shown}")
-
-
-WORKLOADS[LockWorkload.name] = LockWorkload

@@ -35,7 +35,6 @@ from .storage_faults import INJECTED_FSYNC_FAILURE
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(slots=True)
 class FaultEvent:
     """One fault: what, on whom, when (history clock, ns), and what happened."""

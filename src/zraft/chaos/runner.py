@@ -30,8 +30,9 @@ from zraft.linearizability import Status
 from .cluster import ChaosCluster
 from .convergence import Convergence, compare_logs, compare_states
 from .nemesis import NEMESES, Schedule, ScheduleOptions
+from .registry import WORKLOADS
 from .report import RunReport, draw_timeline
-from .workloads import FINAL_CLIENT, WORKLOADS, ClientContext, Verdict, Workload
+from .workloads import FINAL_CLIENT, ClientContext, Verdict, Workload
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A workload is a class with a ``name``, the ``backend`` its peers must run, a cli
 that records every operation in a :class:`~zraft.linearizability.History` (invoke, then
 ok, fail or unknown), a final read once the faults have healed, and a ``check`` that turns
 the history into a :class:`Verdict`. New workloads (sessions with a lock, Casbin policies)
-subclass :class:`Workload` and register in :data:`WORKLOADS`; workloads run together in
+subclass :class:`Workload` and are named in ``registry.WORKLOADS``; workloads run together in
 one cluster when they name the same backend.
 
 Outcomes, for every workload: a reply is ``ok``; a refusal the backend gives on every peer
@@ -284,9 +284,7 @@ class CounterWorkload(Workload):
                 value=unique,
             )  # fmt: skip
         else:
-            self.record(
-                client, "read", key, lambda: session.query(count(key), timeout)["count"]
-            )
+            self.record(client, "read", key, lambda: session.query(count(key), timeout)["count"])
 
     def final_read(self, session: LightSession, timeout: float) -> None:
         self.final = read_lists(session, [f"ctr-{n}" for n in range(self.KEYS)], timeout)
@@ -473,13 +471,3 @@ class FloodWorkload(Workload):
         refused: list[str] = []
         _note(refused, "flood", "valid writes refused", self.refused)
         return counter_verdict(self.name, self.history.operations(), self.final, refused)
-
-
-WORKLOADS: dict[str, type[Workload]] = {
-    RegisterWorkload.name: RegisterWorkload,
-    CounterWorkload.name: CounterWorkload,
-    FloodWorkload.name: FloodWorkload,
-}
-
-from . import casbin_workload  # noqa: E402,F401  (it registers "casbin" here; needs the above)
-from . import lock_workload as _lock  # noqa: E402,F401  (registers "lock" here too)
