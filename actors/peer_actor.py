@@ -152,6 +152,7 @@ class PeerActor(LoopTurningActor):
         self.askers: dict[str, int] = {}  # peers answered outside the configuration -> until
         self.undrained = 0  # inputs stepped since the output was last gathered
         self._contexts = itertools.count(1)
+        self._ops = self._client_ops()
         self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
         self.members: frozenset[str] = frozenset()
         self.peers_key: tuple[Any, ...] = ()
@@ -254,7 +255,6 @@ class PeerActor(LoopTurningActor):
             log.debug("ignored %s from %s: %s", type(msg).__name__, msg.src, reason)
 
     def _client_batch(self, requests: Iterable[tuple[Identity, ClientRequest]]) -> None:
-        node = self.node
         writes: list[tuple[Identity, ClientRequest]] = []
         replies: Replies = []
         count = 0
@@ -263,41 +263,15 @@ class PeerActor(LoopTurningActor):
             op = request.op
             if request.client_id and self.role is Role.LEADER:
                 self.last_heard[request.client_id] = self.ticks  # any request keeps it alive
-            if op in _WRITE_KINDS:
+            if op in _WRITE_KINDS:  # batched: proposed together below
                 writes.append((identity, request))
-            elif op == "ping":
-                replies.append((identity, self._ping(request)))
-            elif op == "query":
-                context = next(self._contexts)
-                read = (identity, request.request_id, request.payload, self.ticks, None)
-                self.reads[context] = read
-                node.read_index(context)
-            elif op == "watch_query":
-                replies.extend(self._watch_query(identity, request))
-            elif op == "watch_poll":
-                replies.extend(self._watch_poll(identity, request))
-            elif op == "query_local":
-                read = PendingRead(0, identity, request.request_id, request.payload)
-                self.session_actor.tell(ServeReads((read,)))
-            elif op == "status":
-                replies.append((identity, ClientReply(request.request_id, True, self.status())))
-            elif op == "members":
-                replies.append((identity, self._members(request)))
-            elif op == "set_members":
-                replies.extend(self._set_members(identity, request))
-            elif op == "bootstrap":
-                replies.append((identity, self._bootstrap(request)))
-            elif op == "transfer":
-                if node.role is not Role.LEADER:  # a redirect, which sessions follow
-                    reply = self._not_leader(request)
-                else:
-                    reason = node.transfer_leadership(str(request.payload))
-                    done = reason is None or reason == "already leader"  # asked again, done
-                    reply = ClientReply(request.request_id, done, reason, None if done else reason)
-                replies.append((identity, reply))
-            else:
+                continue
+            handler = self._ops.get(op)
+            if handler is None:
                 error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
                 replies.append((identity, error))
+            else:
+                replies.extend(handler(identity, request))
         self.metrics["client_requests"] += count
         # Propose in slices, each sent on before the next is built, so followers persist and
         # the state machine applies one slice while the next is on its way: a big batch
@@ -307,6 +281,45 @@ class PeerActor(LoopTurningActor):
             self._drain()
         if replies:
             self.reply(replies)
+
+    def _client_ops(self) -> dict[str, Callable[[Identity, ClientRequest], Replies]]:
+        """Every client op but the writes, by name: each answers at once (a list of
+        replies, maybe empty) or registers a waiter that answers later."""
+
+        def answering(handler: Callable[[ClientRequest], ClientReply]) -> Any:
+            return lambda identity, request: [(identity, handler(request))]
+
+        return {
+            "ping": answering(self._ping),
+            "query": self._query,
+            "query_local": self._query_local,
+            "watch_query": self._watch_query,
+            "watch_poll": self._watch_poll,
+            "status": answering(lambda r: ClientReply(r.request_id, True, self.status())),
+            "members": answering(self._members),
+            "set_members": self._set_members,
+            "bootstrap": answering(self._bootstrap),
+            "transfer": answering(self._transfer),
+        }
+
+    def _query(self, identity: Identity, request: ClientRequest) -> Replies:
+        """A linearizable read: answered once a ReadIndex confirms it and it is applied."""
+        context = next(self._contexts)
+        self.reads[context] = (identity, request.request_id, request.payload, self.ticks, None)
+        self.node.read_index(context)
+        return []
+
+    def _query_local(self, identity: Identity, request: ClientRequest) -> Replies:
+        read = PendingRead(0, identity, request.request_id, request.payload)
+        self.session_actor.tell(ServeReads((read,)))
+        return []
+
+    def _transfer(self, request: ClientRequest) -> ClientReply:
+        if self.node.role is not Role.LEADER:  # a redirect, which sessions follow
+            return self._not_leader(request)
+        reason = self.node.transfer_leadership(str(request.payload))
+        done = reason is None or reason == "already leader"  # asked again: done
+        return ClientReply(request.request_id, done, reason, None if done else reason)
 
     def _propose(self, writes: list[tuple[Identity, ClientRequest]]) -> Replies:
         node = self.node

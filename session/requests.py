@@ -425,23 +425,25 @@ def interpret(
         reason = str(reply.result[0]) if isinstance(reply.result, list) else reason
         raise TryAgain(reason, TOO_FAR_AHEAD_WAIT, Overloaded(reason))
     tracker.succeeded(peer)  # it answered as leader would: keep talking to it
-    if code == "not_supported":
-        raise NotSupported(reason, code)
-    if code == "backend_error":
-        raise BackendError(reason, code)
-    if code == "peers_changed":
-        raise PeersChanged(reason)
-    if code == "not_stable":
-        raise NotStable(reason)
     if code == "already_present":
         raise ClusterExists(peer)
-    if code == "session_expired":
-        raise SessionExpired(reason)
-    if code == "overloaded":
-        raise Overloaded(reason)
-    if code == "forgotten":
-        raise ResultForgotten(reason)
-    raise Rejected(reason, code)
+    error = FINAL_ERRORS.get(code)
+    if error is None:
+        raise Rejected(reason, code)  # the backend's refusal, by whatever code it names
+    raise error(reason, code) if issubclass(error, Rejected) else error(reason)
+
+
+# A leader's final answers (no retry helps) by error code, and what each raises; anything
+# else is the backend's refusal (``Rejected``).
+FINAL_ERRORS: dict[str, type[ClientError]] = {
+    "not_supported": NotSupported,
+    "backend_error": BackendError,
+    "peers_changed": PeersChanged,
+    "not_stable": NotStable,
+    "session_expired": SessionExpired,
+    "overloaded": Overloaded,
+    "forgotten": ResultForgotten,
+}
 
 
 def interpret_once(
