@@ -23,6 +23,7 @@ from typing import Any
 _EXPORTS = {
     "CasbinBackend": "backend",
     "CasbinNode": "cluster",
+    "ModelMismatch": "cluster",
     "connect": "cluster",
     "embedded": "cluster",
     "Dispatcher": "dispatcher",

@@ -47,7 +47,15 @@ from zraft.backends.base import (
     SnapshotWriter,
 )
 
-from .commands import SESSION_OPS, Parsed, Rule, fits, parse_command, parse_query
+from .commands import (
+    MODEL_MISMATCH,
+    SESSION_OPS,
+    Parsed,
+    Rule,
+    fits,
+    parse_command,
+    parse_query,
+)
 from .snapshot_file import read_objects, write_objects
 
 log = logging.getLogger(__name__)
@@ -302,6 +310,11 @@ class CasbinBackend(Backend):
     def _define(self, cmd: Parsed, first_seq: int) -> ApplyResult:
         shape = {(sec, ptype): (fields, priority) for sec, ptype, fields, priority in cmd.shape}
         changed = shape != self._shape
+        if changed and self._shape and not cmd.replace:
+            raise CommandRejected(
+                f"{MODEL_MISMATCH}: the cluster's policy model is {_shape_text(self._shape)}, "
+                f"this enforcer's is {_shape_text(shape)}"
+            )
         if changed and self._shape:  # instances on two models: worth a line in every log
             log.warning("the casbin model's shape changes from %s to %s",
                         _shape_text(self._shape), _shape_text(shape))

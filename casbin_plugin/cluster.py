@@ -27,6 +27,7 @@ from typing import Any
 from zraft.session import LightSession, Rejected, Session, ZraftError
 
 from . import commands as c
+from .commands import MODEL_MISMATCH
 from .dispatcher import Dispatcher, set_dispatcher
 from .local_model import LocalModel, core_enforcer
 from .persist import AdapterPersister, load_adapter_policy
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 __all__ = ["BACKEND", "CasbinNode", "connect", "embedded"]
 
 BACKEND = "zraft.casbin.backend:CasbinBackend"
+
+
+class ModelMismatch(ValueError):
+    """``connect``: the cluster's policy model is another than this enforcer's."""
 
 
 class CasbinNode:
@@ -57,13 +62,16 @@ class CasbinNode:
         adapter: Any = None,
         persist: bool | Callable[[], bool] = False,
         use_watches: bool = False,
+        redefine: bool = False,
         **session_options: Any,
     ) -> None:
         """``adapter``: the user's casbin adapter; a cluster that never had a change starts
         from its policy, and with ``persist`` (True, or a callable saying when this
         instance is the one that writes) every change is written to it (``persist.py``).
         ``use_watches``: idle, wake on the cluster's one-shot watches instead of polling
-        (``WatchWaker``, through a session of its own); ``waker`` chooses any other way."""
+        (``WatchWaker``, through a session of its own); ``waker`` chooses any other way.
+        ``redefine``: make this enforcer's model the cluster's even if another is declared
+        (else ``ModelMismatch``)."""
         self.enforcer = enforcer
         self.peers = list(peers)
         self.runtime = runtime
@@ -92,8 +100,9 @@ class CasbinNode:
         deadline = time.monotonic() + start_timeout
         try:
             model = core_enforcer(enforcer).model
-            # The cluster refuses from now on any rule this model cannot hold.
-            self._start_write(c.define(model_shape(model)), deadline)
+            # The cluster refuses from now on any rule this model cannot hold; an enforcer
+            # of another model than the one declared is refused, unless told to replace it.
+            self._declare(model_shape(model), redefine, deadline)
             if adapter is not None:
                 initial = _fitting(load_adapter_policy(adapter, model), model)
                 self._start_write(c.seed(initial), deadline)
@@ -108,6 +117,18 @@ class CasbinNode:
         if adapter is not None and persist:
             is_active = persist if callable(persist) else (lambda: True)
             self.persister = AdapterPersister(self.sync, adapter, is_active).start()
+
+    def _declare(self, shape: Any, redefine: bool, deadline: float) -> None:
+        try:
+            self._start_write(c.define(shape, replace=redefine), deadline)
+        except Rejected as error:
+            if MODEL_MISMATCH not in str(error):
+                raise
+            raise ModelMismatch(
+                f"{error}: connect with the cluster's model, or pass redefine=True to make "
+                "this one the cluster's (instances on the old model then skip what does "
+                "not fit theirs)"
+            ) from None
 
     def _start_write(self, command: dict[str, Any], deadline: float) -> None:
         """Write ``command`` (idempotent: ``define`` and ``seed``), retrying while the cluster

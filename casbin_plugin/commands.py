@@ -90,7 +90,10 @@ _OPTIONAL: Final[dict[str, frozenset[str]]] = {
     "add": frozenset({"ex"}),
     "remove": frozenset({"ex"}),
     "changes_since": frozenset({"limit"}),
+    "define": frozenset({"replace"}),
 }
+# How a ``define`` of another model than the declared one is refused (``connect`` reads it).
+MODEL_MISMATCH: Final = "model mismatch"
 WRITE_OPS: Final = frozenset({"add", "remove", "remove_filtered", "update", "update_filtered",
                               "clear", "define", "seed", "notify"})
 READ_OPS: Final = frozenset({"policy", "has", "filtered", "subject", "changes_since"})
@@ -146,10 +149,13 @@ def clear() -> dict[str, Any]:
     return {"op": "clear"}
 
 
-def define(shape: Sequence[tuple[str, str, int, int]]) -> dict[str, Any]:
+def define(shape: Sequence[tuple[str, str, int, int]], replace: bool = True) -> dict[str, Any]:
     """The model's shape, ``[(sec, ptype, fields, priority), ...]`` (see :func:`fits`):
     replaces what the cluster held; later writes whose rules do not fit it are refused."""
-    return _checked({"op": "define", "shape": [list(item) for item in shape]})
+    command = {"op": "define", "shape": [list(item) for item in shape]}
+    if not replace:  # (absent, it replaces: what versions before it sent)
+        command["replace"] = False
+    return _checked(command)
 
 
 def fits(sec: str, fields: int, rule: Sequence[Any], priority: int = -1) -> bool:
@@ -225,6 +231,7 @@ class Parsed:
     rules: tuple[Rule, ...] = ()
     seed: tuple[tuple[str, str, tuple[Rule, ...]], ...] = ()
     shape: tuple[tuple[str, str, int, int], ...] = ()
+    replace: bool = True  # define: False refuses it when another shape is declared
     message: dict[str, Any] | None = None
     old_rules: tuple[Rule, ...] = ()
     ex: bool = False
@@ -277,6 +284,10 @@ def _parse(raw: Any, allowed: frozenset[str]) -> Parsed:
         parsed.seed = _seed(raw["policy"])
     elif op == "define":
         parsed.shape = _shape(raw["shape"])
+        if "replace" in raw:
+            if type(raw["replace"]) is not bool:
+                raise CommandRejected("define: replace must be a bool")
+            parsed.replace = raw["replace"]
     elif op == "notify":
         parsed.message = _message(raw["message"])
     elif op == "has":

@@ -193,6 +193,8 @@ class LocalModel:
         core = self.core
         if sec != "g" or not rules or not core.auto_build_role_links:
             return
+        if op is PolicyOp.Policy_remove:
+            rules = self._unheld_links(ptype, rules)
         as_lists = [list(rule) for rule in rules]
         try:
             rm = core.rm_map.get(ptype)
@@ -204,6 +206,20 @@ class LocalModel:
         except (RuntimeError, TypeError) as error:  # a link casbin cannot represent
             log.warning("role links for %s: %s; rebuilding them all", ptype, error)
             self._rebuild_role_links()
+
+    def _unheld_links(self, ptype: str, removed: list[Rule]) -> list[Rule]:
+        """The removed rules whose role link no held rule still implies, one per link.
+        Casbin links a grouping rule by its first fields only (as many as the role
+        definition has), so two rules may share a link: removing one must keep it, as a
+        rebuild from the policy would (plain pycasbin drops it, and then disagrees with
+        its own reload; every instance here must agree)."""
+        assertion = self.core.model["g"][ptype]
+        width = str(assertion.value).count("_")
+        held = {tuple(rule[:width]) for rule in assertion.policy}
+        unheld: dict[tuple[str, ...], Rule] = {}
+        for rule in removed:
+            unheld.setdefault(tuple(rule[:width]), rule)
+        return [rule for key, rule in unheld.items() if key not in held]
 
     # ------------------------------------------------------------------ reading
 
