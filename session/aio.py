@@ -40,6 +40,7 @@ from .errors import (
     TransportFailure,
     UnreachablePeer,
     WriteRequest,
+    ZraftError,
 )
 from .founding import FOUNDING_ROUND
 from .light import DEFAULT_ELECTION_TIMEOUT
@@ -258,20 +259,24 @@ class AsyncLightSession(SessionCore):
 
     async def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
         """``LightSession.transfer_leadership``: returns once ``target`` leads (asking
-        again every ``TRANSFER_ASK_AGAIN`` seconds until then)."""
+        again every ``TRANSFER_ASK_AGAIN`` seconds while the target answers)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        asked_at, answering = -TRANSFER_ASK_AGAIN, True
         while (left := deadline - loop.time()) > 0:
-            await self._call("transfer", target, left)
-            ask_again = min(deadline, loop.time() + TRANSFER_ASK_AGAIN)
-            while loop.time() < ask_again:
-                try:
-                    if (await self.status(target, timeout=0.5)).get("role") == "leader":
-                        self.tracker.succeeded(target)
-                        return target
-                except Exception:  # the target may be busy campaigning
-                    pass
-                await asyncio.sleep(0.02)
+            if answering and loop.time() - asked_at >= TRANSFER_ASK_AGAIN:
+                await self._call("transfer", target, left)
+                asked_at, answering = loop.time(), False
+            try:
+                status = await self.status(target, timeout=max(0.01, min(0.5, left)))
+            except ZraftError:  # down, or busy campaigning
+                status = {}
+            else:
+                answering = True
+            if status.get("role") == "leader":
+                self.tracker.succeeded(target)
+                return target
+            await asyncio.sleep(0.02)
         raise NotLeader(f"{target} did not take over in time", None)
 
     async def _change(self, kind: str, peer: str, timeout: float | None) -> Configuration:
@@ -380,11 +385,12 @@ class AsyncLightSession(SessionCore):
         while (left := deadline - loop.time()) > 0:
             started = loop.time()
             connect = self.retry_policy.connect_timeout
+            requests = self._identity_requests(answers)
             asking = {
                 loop.create_task(
                     self._channel.request(peer, request, min(left, FOUNDING_ROUND), connect)
                 ): peer
-                for peer, request in self._identity_requests(answers).items()
+                for peer, request in requests.items()
             }
             pending = set(asking)
             unreachable = []
@@ -402,16 +408,18 @@ class AsyncLightSession(SessionCore):
                             task.exception(), TransportTimeout
                         ):  # no connection can be set up (a CURVE key)
                             raise TransportFailure(str(task.exception()))
-                    if self._pin_from(answers, self._channel):
-                        return
+                    if self._settles(answers, requests):
+                        break  # settled, or members named that were not asked: ask them
             finally:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-            if self._pin_from(answers, self._channel, final=True):
+            if self._pin_from(answers, self._channel):
                 return
             self._unreachable(unreachable, answers)
-            await asyncio.sleep(max(0.0, min(FOUNDING_ROUND / 10 - (loop.time() - started), left)))
+            if not self._settles(answers, requests):  # nobody new to ask: not at once
+                pause = FOUNDING_ROUND / 10 - (loop.time() - started)
+                await asyncio.sleep(max(0.0, min(pause, left)))
         raise RequestTimeout("no founding agreed on in time")
 
     async def _send(

@@ -13,11 +13,11 @@ the pin, and a peer of another founding refuses their requests before doing anyt
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zraft.transport import FOUNDING_FREE_OPS
+from zraft.transport.codec import MAX_ORIGIN_PART_LEN
 
 from .errors import OtherFounding
 
@@ -27,44 +27,76 @@ log = logging.getLogger(__name__)
 FOUNDING_ROUND = 0.5
 
 
-def agreed_founding(
-    answers: Mapping[str, Any], listed: Sequence[str], final: bool = False
-) -> str | None:
-    """The founding the ``listed`` peers' ``identity`` answers (by peer) settle on, or None.
+# At most this many peers a session asks beyond its list (members the answers name).
+MAX_NAMED_PEERS = 64
 
-    Settled at once when more than half of the listed peers answered with one founding.
-    Peers that answer "not founded" hold no state (joiners about to be added, say, to a
-    cluster founded by one peer), so once every listed peer answered, or the asking is over
-    (``final``), it is also settled when more than half of the listed peers answered at all
-    and more than half of the founded ones answered with one founding.
+
+def _founding_of(answer: Any) -> str:
+    uuid = answer.get("cluster_uuid") if isinstance(answer, dict) else None
+    return uuid if isinstance(uuid, str) else ""
+
+
+def _named_members(answer: Any) -> set[str]:
+    members = answer.get("members") if isinstance(answer, dict) else None
+    return {p for p in members if isinstance(p, str)} if isinstance(members, dict) else set()
+
+
+def peers_to_ask(answers: Mapping[str, Any], listed: Sequence[str]) -> list[str]:
+    """The listed peers, and the members founded answers name, not yet known founded."""
+    named: set[str] = set()
+    for answer in answers.values():
+        if _founding_of(answer):
+            named |= _named_members(answer)
+    extra = sorted(named - set(listed))[:MAX_NAMED_PEERS]
+    return [p for p in dict.fromkeys([*listed, *extra]) if not _founding_of(answers.get(p))]
+
+
+def agreed_founding(answers: Mapping[str, Any], listed: Sequence[str]) -> str | None:
+    """The founding the ``identity`` answers (by peer) settle on, or None.
+
+    A founding F is settled when both hold:
+
+    * more than half of its members answered F (its members: those that answered F and
+      the members they name), so F is a live cluster, not one peer's claim about others;
+    * more than half of the listed peers and F's members together answered F, or every
+      one of them answered (a peer that answers "not founded" holds no state: a joiner,
+      as when a cluster founded by one peer grows) and F has more of them than any other.
+
+    A peer wiped and founded again alone names no other member, so it settles nothing
+    while the others are silent; a cluster with a member down, listed with it, settles.
+    A session given one peer only believes it (its user chose it; it may speak for a
+    cluster most of which is down, say to an operator's ``members`` or ``query_local``).
     """
-    members = set(listed)
-    said = {peer: a for peer, a in answers.items() if peer in members and isinstance(a, dict)}
-    counts = Counter(a.get("cluster_uuid") for a in said.values())
-    counts.pop("", None)
-    counts.pop(None, None)
-    if not counts:
-        return None
-    ((uuid, count),) = counts.most_common(1)
-    if not isinstance(uuid, str):
-        return None
-    if count > len(members) // 2:
+    said = {peer: answer for peer, answer in answers.items() if isinstance(answer, dict)}
+    if len(set(listed)) == 1 and (uuid := _founding_of(said.get(listed[0]))):
         return uuid
-    if not (final or len(said) == len(members)):
-        return None
-    if len(said) > len(members) // 2 and count > sum(counts.values()) // 2:
-        return uuid
+    backers: dict[str, set[str]] = {}
+    for peer, answer in said.items():
+        if uuid := _founding_of(answer):
+            backers.setdefault(uuid, set()).add(peer)
+    for uuid, backing in backers.items():
+        members = set(backing)
+        for peer in backing:
+            members |= _named_members(said[peer])
+        if len(backing) * 2 <= len(members):
+            continue
+        everyone = members | set(listed)
+        if len(backing) * 2 > len(everyone):
+            return uuid
+        rivals = (len(b) for u, b in backers.items() if u != uuid)
+        if everyone <= said.keys() and all(len(backing) > n for n in rivals):
+            return uuid
     return None
 
 
 def describe_answers(answers: Mapping[str, Any], listed: Sequence[str]) -> str:
-    """What each listed peer answered, for the error that no founding was agreed on."""
+    """What each peer asked answered, for the error that no founding was settled on."""
     said = []
-    for peer in listed:
+    for peer in dict.fromkeys([*listed, *answers]):
         answer = answers.get(peer)
         if isinstance(answer, dict):
-            uuid = answer.get("cluster_uuid")
-            said.append(f"{peer}: {str(uuid)[:8] if uuid else 'not founded'}")
+            uuid = _founding_of(answer)
+            said.append(f"{peer}: {uuid[:8] if uuid else 'not founded'}")
         else:
             said.append(f"{peer}: no answer")
     return ", ".join(said)
@@ -74,8 +106,13 @@ class FoundingPin:
     """A session's founding: empty until pinned, then fixed for the session's life."""
 
     def __init__(self, cluster_uuid: str | None = None) -> None:
-        if cluster_uuid is not None and (not isinstance(cluster_uuid, str) or not cluster_uuid):
-            raise ValueError("cluster_uuid must be a non-empty string (see `zraft status`)")
+        if cluster_uuid is not None and (
+            not isinstance(cluster_uuid, str) or not 0 < len(cluster_uuid) <= MAX_ORIGIN_PART_LEN
+        ):
+            raise ValueError(
+                f"cluster_uuid must be a string of 1 to {MAX_ORIGIN_PART_LEN} characters "
+                "(a peer's founding, as `zraft status` shows it)"
+            )
         self.uuid = cluster_uuid or ""
         self.others: dict[str, str] = {}  # peer -> the founding it refused us with
 

@@ -40,8 +40,9 @@ from .errors import (
     TransportFailure,
     UnreachablePeer,
     WriteRequest,
+    ZraftError,
 )
-from .founding import FOUNDING_ROUND, agreed_founding
+from .founding import FOUNDING_ROUND
 from .requests import (
     DEFAULT_RETRY_WINDOW,
     TRANSFER_ASK_AGAIN,
@@ -254,21 +255,26 @@ class LightSession(SessionCore):
     def transfer_leadership(self, target: str, timeout: float | None = None) -> str:
         """Ask the leader to hand over to ``target``; returns once ``target`` leads.
 
-        The request is made again every ``TRANSFER_ASK_AGAIN`` seconds until then: a
-        transfer lapses after an election timeout (its TimeoutNow lost, the target's
-        campaign beaten), and asking while one is under way changes nothing."""
+        A transfer lapses after an election timeout (its TimeoutNow lost, the target's
+        campaign beaten), so it is asked for again every ``TRANSFER_ASK_AGAIN`` seconds,
+        but only while the target answers: the leader takes no writes while a transfer is
+        under way, and one to a peer that is down would only hold them up."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        asked_at, answering = -TRANSFER_ASK_AGAIN, True
         while (left := deadline - time.monotonic()) > 0:
-            self._call("transfer", target, left)
-            ask_again = min(deadline, time.monotonic() + TRANSFER_ASK_AGAIN)
-            while time.monotonic() < ask_again:
-                try:
-                    if self.status(target, timeout=0.5).get("role") == "leader":
-                        self.tracker.succeeded(target)
-                        return target
-                except Exception:  # the target may be busy campaigning
-                    pass
-                time.sleep(0.02)
+            if answering and time.monotonic() - asked_at >= TRANSFER_ASK_AGAIN:
+                self._call("transfer", target, left)
+                asked_at, answering = time.monotonic(), False
+            try:
+                status = self.status(target, timeout=max(0.01, min(0.5, left)))
+            except ZraftError:  # down, or busy campaigning
+                status = {}
+            else:
+                answering = True
+            if status.get("role") == "leader":
+                self.tracker.succeeded(target)
+                return target
+            time.sleep(0.02)
         raise NotLeader(f"{target} did not take over in time", None)
 
     # ------------------------------------------------------------------ plumbing
@@ -332,19 +338,19 @@ class LightSession(SessionCore):
         """Ask every listed peer its founding until a majority answer with one, and pin
         it (see ``zraft.session.founding``)."""
         answers: dict[str, Any] = {}
-
-        def agreed(replies: dict[str, ClientReply]) -> bool:
-            got = {peer: reply.result for peer, reply in replies.items() if reply.ok}
-            return agreed_founding({**answers, **got}, self.tracker.peers) is not None
-
         while (left := deadline - time.monotonic()) > 0:
             started = time.monotonic()
             requests = self._identity_requests(answers)
+
+            def enough(replies: dict[str, ClientReply], asked: Any = requests) -> bool:
+                got = {peer: reply.result for peer, reply in replies.items() if reply.ok}
+                return self._settles({**answers, **got}, asked)
+
             try:
                 replies, unreachable = self._channel.request_each(
                     requests,
                     min(left, FOUNDING_ROUND),
-                    agreed,
+                    enough,
                     connect_timeout=self.retry_policy.connect_timeout,
                 )
             except ChannelClosed:
@@ -352,11 +358,12 @@ class LightSession(SessionCore):
             except TransportError as error:  # no connection can be set up (a CURVE key)
                 raise TransportFailure(str(error)) from None
             answers.update((peer, r.result) for peer, r in replies.items() if r.ok)
-            if self._pin_from(answers, self._channel, final=True):
+            if self._pin_from(answers, self._channel):
                 return
             self._unreachable(unreachable, answers)
-            # Every peer answered, none founded (yet): do not ask again at once.
-            time.sleep(max(0.0, min(FOUNDING_ROUND / 10 - (time.monotonic() - started), left)))
+            if not self._settles(answers, requests):  # nobody new to ask: not at once
+                pause = FOUNDING_ROUND / 10 - (time.monotonic() - started)
+                time.sleep(max(0.0, min(pause, left)))
         raise self._no_founding(answers, budget)
 
     def _send(

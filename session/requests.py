@@ -39,7 +39,7 @@ from .errors import (
     SessionExpired,
     WriteRequest,
 )
-from .founding import FoundingPin, agreed_founding, describe_answers
+from .founding import FoundingPin, agreed_founding, describe_answers, peers_to_ask
 from .tracker import LeaderTracker
 
 
@@ -227,16 +227,23 @@ class SessionCore:
         return self._founding.uuid
 
     def _identity_requests(self, answers: dict[str, Any]) -> dict[str, ClientRequest]:
-        """An ``identity`` request for each listed peer not yet known to be founded."""
+        """An ``identity`` request for each peer to ask (``founding.peers_to_ask``)."""
         return {
             peer: self._request("identity", {}, 0, 0)
-            for peer in self.tracker.peers
-            if not (isinstance(answers.get(peer), dict) and answers[peer].get("cluster_uuid"))
+            for peer in peers_to_ask(answers, self.tracker.peers)
         }
 
-    def _pin_from(self, answers: dict[str, Any], channel: Any, final: bool = False) -> bool:
-        """Pin the founding the listed peers' answers settle on, if they do."""
-        uuid = agreed_founding(answers, self.tracker.peers, final)
+    def _settles(self, answers: dict[str, Any], asked: Iterable[str]) -> bool:
+        """Whether asking may stop for now: the answers settle, or they name members
+        not asked yet (asked next, at once)."""
+        listed = self.tracker.peers
+        if agreed_founding(answers, listed) is not None:
+            return True
+        return bool(set(peers_to_ask(answers, listed)) - set(asked) - answers.keys())
+
+    def _pin_from(self, answers: dict[str, Any], channel: Any) -> bool:
+        """Pin the founding the answers settle on, if they do."""
+        uuid = agreed_founding(answers, self.tracker.peers)
         if uuid is None:
             return False
         self._founding.uuid = channel.founding = uuid
@@ -245,8 +252,10 @@ class SessionCore:
     def _unreachable(self, peers: Iterable[str], answers: dict[str, Any]) -> None:
         """Asking the founding, ``peers`` had no connection: failed, as for any request;
         ``AllPeersFailed`` if every listed peer has, and none answered."""
+        listed = set(self.tracker.peers)
         for peer in peers:
-            self.tracker.failed(peer)
+            if peer in listed:  # (a member an answer named is not the session's to track)
+                self.tracker.failed(peer)
         if not answers and self.tracker.all_failed():
             raise AllPeersFailed(
                 f"every peer failed in the last {self.tracker.fail_timeout:.2f}s "
@@ -256,8 +265,9 @@ class SessionCore:
     def _no_founding(self, answers: dict[str, Any], budget: float) -> RequestTimeout:
         listed = self.tracker.peers
         return RequestTimeout(
-            f"the {len(listed)} listed peers did not settle on one founding of the cluster "
-            f"within {budget:.2f}s ({describe_answers(answers, listed)})"
+            f"the peers did not settle on one founding of the cluster within {budget:.2f}s "
+            f"({describe_answers(answers, listed)}; see docs/api.md, 'Which founding a "
+            "session talks to')"
         )
 
     @property

@@ -33,7 +33,7 @@ from zraft.core import (
     SnapshotMeta,
     VoteResponse,
 )
-from zraft.session.founding import agreed_founding
+from zraft.session.founding import agreed_founding, peers_to_ask
 from zraft.storage import HardStateFile, SegmentedLog
 from zraft.storage.identity import CorruptIdentityError, DirectoryIdentity, IdentityFile
 from zraft.transport import (
@@ -313,30 +313,41 @@ def test_founders_are_asked_through_their_routes() -> None:
         }
 
 
-def said(uuid: str) -> dict[str, Any]:
-    return {"cluster_uuid": uuid, "instance": "i"}
+def said(uuid: str, *members: str) -> dict[str, Any]:
+    return {"cluster_uuid": uuid, "instance": "i", "members": dict.fromkeys(members, "x")}
 
 
-def test_a_session_settles_on_the_founding_most_listed_peers_answer() -> None:
-    """``agreed_founding``: a majority of the listed peers at once; otherwise, once all (or
-    the round) answered, a majority answering and a majority of the founded ones."""
+def test_a_session_settles_on_a_live_founding_not_on_one_peers_claim() -> None:
+    """``agreed_founding``: more than half of a founding's members (as they name them) back
+    it, and more than half of them and the listed peers together do, or all of those
+    answered and it has the most backers; ``peers_to_ask`` adds the members named."""
+    D, E = "d:1", "e:1"
     listed = [A, B, C]
-    assert agreed_founding({A: said("u1"), B: said("u1")}, listed) == "u1"
-    # A wiped peer that founded alone loses to the cluster it left...
-    assert agreed_founding({A: said("u9"), B: said("u1"), C: said("u1")}, listed) == "u1"
-    # ...and is not believed alone while the others are silent, nor on a tie.
-    assert agreed_founding({A: said("u9")}, listed, final=True) is None
-    assert agreed_founding({A: said("u9"), B: said("u1")}, listed, final=True) is None
+    assert agreed_founding({A: said("u1", B, C), B: said("u1", A, C)}, listed) == "u1"
+    # A wiped peer that founded alone names nobody: it loses to the cluster it left...
+    assert agreed_founding({A: said("u9"), B: said("u1", A, C), C: said("u1", A, B)},
+                           listed) == "u1"  # fmt: skip
+    # ...and settles nothing while others are silent, or answer "not founded" but some
+    # listed peer is silent (it may belong to the real cluster).
+    assert agreed_founding({A: said("u9")}, listed) is None
+    assert agreed_founding({A: said("u9"), B: said("u1", A, C)}, listed) is None
+    five = [A, B, C, D, E]
+    assert agreed_founding({C: said("u9"), D: said(""), E: said("")}, five) is None
     # A cluster founded by one peer, growing: the others hold no state yet.
     growing = {A: said("u1"), B: said(""), C: said("")}
     assert agreed_founding(growing, listed) == "u1"
     assert agreed_founding({A: said("u1"), B: said("")}, listed) is None  # C may say more
-    assert agreed_founding({A: said("u1"), B: said("")}, listed, final=True) == "u1"
-    assert agreed_founding({A: said(""), B: said(""), C: said("")}, listed, final=True) is None
-    # Only listed peers count, and only well-formed answers.
-    assert agreed_founding({"x:1": said("u1"), "y:1": said("u1")}, listed, final=True) is None
-    assert agreed_founding({A: said("u1"), B: "u1", C: None}, listed, final=True) is None  # type: ignore[dict-item]
+    assert agreed_founding({A: said(""), B: said(""), C: said("")}, listed) is None
+    # Two of a three-peer cluster listed, one of them down: the named third one settles it.
+    assert agreed_founding({A: said("u1", B, C)}, [A, C]) is None
+    assert peers_to_ask({A: said("u1", B, C)}, [A, C]) == [C, B]
+    assert agreed_founding({A: said("u1", B, C), B: said("u1", A, C)}, [A, C]) == "u1"
+    # (a silent listed peer no member names might be of another founding: not settled)
+    assert agreed_founding({A: said("u1", B, C), B: said("u1", A, C)}, [A, D]) is None
+    # Malformed answers count for nothing; one peer listed alone is believed.
+    assert agreed_founding({A: "u1", B: None, C: said(7)}, listed) is None  # type: ignore[arg-type]
     assert agreed_founding({A: said("u1")}, [A]) == "u1"
+    assert agreed_founding({A: said("u1", B, C)}, [A, A]) == "u1"  # its members silent
 
 
 def test_snapshots_of_another_cluster_or_founding_or_too_old_are_refused() -> None:

@@ -85,6 +85,24 @@ def test_a_transfer_asked_of_a_follower_follows_the_redirect(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(120)
+def test_a_session_listing_two_of_three_peers_one_of_them_down_still_writes(
+    tmp_path: Path,
+) -> None:
+    """The founding a session pins is settled by the members the answers name, not only
+    by the peers it lists: one listed peer down, the unlisted third one vouches."""
+    with local_cluster(tmp_path, 3) as cluster:
+        cluster.start()
+        cluster.wait_for_leader()
+        a, b, c = cluster.peers
+        cluster.stop_peer(c)
+        with LightSession([b, c], timeout=10) as session:
+            session.write(kv.put("k", 1))
+            assert session.cluster_uuid
+        with LightSession([a, c], timeout=10) as session:
+            assert session.query(kv.get("k")) == {"found": True, "value": 1}
+
+
+@pytest.mark.timeout(120)
 def test_members_come_from_the_leader_and_settled_waits_out_a_change(tmp_path: Path) -> None:
     # A long election timeout: with its followers paused, the leader leads on for seconds
     # (check-quorum), long enough to watch a change it cannot commit.

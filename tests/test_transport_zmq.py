@@ -479,3 +479,32 @@ def test_identity_is_answered_by_the_transport_even_when_it_sheds() -> None:
         bad = channel.request(b, ClientRequest(4, "identity", {"peer": 7}), 5)
         assert (bad.ok, bad.error) == (False, "bad_request")
         assert [r.request_id for _, r in inbox.requests] == [1]  # the peer saw the write only
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_not_founded_refuses_requests_pinned_to_a_founding() -> None:
+    b = free_address()
+    with (
+        running(b, [b], Inbox(), origin_check=_Origins(("", "b1"), {})),
+        ClientChannel(CLUSTER, "client") as channel,
+    ):
+        channel.founding = "u1"
+        refused = channel.request(b, ClientRequest(1, "query_local", "x"), 5)
+        assert (refused.ok, refused.error) == (False, OTHER_FOUNDING)
+        assert "not founded yet" in refused.result
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_identity_requests_is_shed_per_connection() -> None:
+    b = free_address()
+    with (
+        running(b, [b], Inbox(), origin_check=_Origins(("u1", "b1"), {})),
+        ClientChannel(CLUSTER, "flooder") as flooder,
+        ClientChannel(CLUSTER, "polite") as polite,
+    ):
+        requests = {b: ClientRequest(0, "identity")}
+        answers = [flooder.request(b, ClientRequest(i, "identity"), 5) for i in range(1, 61)]
+        errors = [a.error for a in answers]
+        assert errors.count(None) >= 20 and "overloaded" in errors  # the budget: 20 a second
+        replies, _ = polite.request_each(requests, 5)  # another connection is not held up
+        assert replies[b].ok

@@ -46,9 +46,11 @@ from zraft.packing import pack
 
 from .messages import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
 
-# 2: ClientReply carries the log index; 3: peer frames carry an origin; 4: client frames may
-# carry the founding their requests are for (an origin with no instance).
-PROTOCOL_VERSION = 4
+# 2: ClientReply carries the log index; 3: peer frames carry an origin. (Client frames may
+# carry the founding their requests are for, an origin with no instance: peer frames are
+# unchanged, so peers of this version and the one before talk, and a rolling upgrade works;
+# upgrade clients after their peers, as older peers refuse such a client frame.)
+PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_PEER_ID_LEN = 256
 MAX_OP_LEN = 256

@@ -104,6 +104,26 @@ class OriginCheck(Protocol):
         ...
 
 
+class _PerConnectionBudget:
+    """At most ``per_second`` uses per connection in each second (a fixed window)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._window = 0.0
+        self._used: Counter[bytes] = Counter()
+
+    def take(self, routing_id: bytes, now: float) -> bool:
+        if now - self._window >= 1.0:
+            self._window, self._used = now, Counter()
+        self._used[routing_id] += 1
+        return self._used[routing_id] <= self.per_second
+
+
+# ``identity`` answers per client connection per second: a session asks once per peer, a
+# founder a few times a second while it waits; more is a flood, shed as overloaded.
+IDENTITY_PER_CONNECTION_PER_S = 20
+
+
 def _identity_reply(check: OriginCheck, request: ClientRequest) -> ClientReply:
     payload = request.payload if isinstance(request.payload, dict) else {}
     asker = payload.get("peer")
@@ -208,6 +228,7 @@ class ZmqTransport:
         # time, oldest first; and how many each connection has.
         self._client_inflight: OrderedDict[tuple[bytes, int], float] = OrderedDict()
         self._client_inflight_per_conn: Counter[bytes] = Counter()
+        self._identity_budget = _PerConnectionBudget(IDENTITY_PER_CONNECTION_PER_S)
         # CURVE: peer id -> its public key (z85) from the authorized directory, or None.
         self._peer_keys: dict[str, str | None] = {}
         self._stop = False
@@ -728,11 +749,10 @@ class ZmqTransport:
             origin = decoded.origin
             # A client's origin has no instance: it names the founding it wants, no more.
             from_client = origin is not None and not origin[1]
-            other_founding = ""
+            other_founding: str | None = None  # ours, when a client wants another one
             if from_client:
-                mine = check.origin[0] if check is not None else ""
-                if mine and mine != origin[0]:  # type: ignore[index]
-                    other_founding = mine
+                if check is not None and check.origin[0] != origin[0]:  # type: ignore[index]
+                    other_founding = check.origin[0]  # "" while not founded: nothing yet
             elif check is not None and origin is not None:
                 refused = check.admit(decoded.sender, origin, decoded.messages)
                 if refused is not None:
@@ -743,13 +763,17 @@ class ZmqTransport:
             peer_ok = check is None or (origin is not None and not from_client)
             for msg in decoded.messages:
                 if type(msg) is ClientRequest:  # first: a leader gets one per write
-                    if other_founding and msg.op not in FOUNDING_FREE_OPS:
+                    if other_founding is not None and msg.op not in FOUNDING_FREE_OPS:
                         answered[routing_id].append(self._other_founding(msg, other_founding))
                         continue
                     if msg.op == IDENTITY and check is not None:
-                        # Answered here: never shed, never queued behind writes (a session
-                        # asks every peer before its first request; founders ask too).
-                        answered[routing_id].append(_identity_reply(check, msg))
+                        # Answered here, never queued behind writes (a session asks every
+                        # peer before its first request; founders ask too), within a
+                        # budget per connection: a flood of them is shed like any other.
+                        if self._identity_budget.take(routing_id, now):
+                            answered[routing_id].append(_identity_reply(check, msg))
+                        else:
+                            shed[routing_id].append(self._overloaded(msg))
                         continue
                     verdict = self._admit(routing_id, msg.request_id, now)
                     if verdict == _ADMIT:
@@ -795,7 +819,8 @@ class ZmqTransport:
             self._flush({}, answered)
 
     def _other_founding(self, request: ClientRequest, mine: str) -> ClientReply:
-        why = f"{self.peer_id} belongs to founding {mine[:8]}"
+        why = f"{self.peer_id} belongs to founding {mine[:8]}" if mine else (
+            f"{self.peer_id} is not founded yet: it holds nothing of any founding")
         return ClientReply(request.request_id, False, why, OTHER_FOUNDING)
 
     def _deliver(
