@@ -82,20 +82,22 @@ def _sectioned(name: str, args: tuple[Any, ...]) -> tuple[str, str, Any, Any]:
                     "arguments")
 
 
-def _one_rule(params: tuple[Any, ...]) -> list[str]:
-    """pycasbin passes a single rule as one list argument; Go-style callers spread it."""
+def _one_rule(params: tuple[Any, ...]) -> list[Any]:
+    """pycasbin passes a single rule as one list argument; Go-style callers spread it.
+    Values go as they are: one that is not a string is refused when published, never
+    turned into one (peers would then hold a rule the caller does not)."""
     if len(params) == 1 and isinstance(params[0], list | tuple):
-        return [str(v) for v in params[0]]
-    return [str(v) for v in params]
+        return list(params[0])
+    return list(params)
 
 
-def _many_rules(rules: tuple[Any, ...]) -> list[list[str]]:
+def _many_rules(rules: tuple[Any, ...]) -> list[list[Any]]:
     """pycasbin passes a batch as one list of rules; Go-style callers spread the rules."""
     if len(rules) == 1 and isinstance(rules[0], list | tuple) and all(
         isinstance(r, list | tuple) for r in rules[0]
     ):
         rules = tuple(rules[0])
-    return [[str(v) for v in rule] for rule in rules]
+    return [list(rule) if isinstance(rule, list | tuple) else [rule] for rule in rules]
 
 
 class _Inbox:

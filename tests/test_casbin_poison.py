@@ -21,7 +21,7 @@ from tests.test_casbin_sync import MemoryCluster, MemoryFeed, attach
 from zraft.backends.base import CommandRejected
 from zraft.casbin import commands as c
 from zraft.casbin.backend import SNAPSHOT_FILE, CasbinBackend
-from zraft.casbin.cluster import BACKEND, CasbinNode, connect
+from zraft.casbin.cluster import BACKEND, CasbinNode, ModelMismatch, connect
 from zraft.casbin.local_model import LocalModel
 from zraft.casbin.shape import model_shape
 from zraft.casbin.snapshot_file import write_objects
@@ -299,9 +299,12 @@ def test_poison_neither_reaches_the_log_nor_stops_any_instance_on_real_peers(
             assert want[0] is True  # alice, domain1, data1, read: through admin
             for e in enforcers:
                 assert [e.enforce(*r) for r in requests] == want
-            # A new instance connects (declaring the domains shape again) and agrees.
+            # A new instance of the domains model is refused while another is declared,
+            # unless it is told to declare its own again; then it connects and agrees.
             late = casbin.Enforcer(DOMAINS)
-            nodes.append(connect(late, cluster.peers))
+            with pytest.raises(ModelMismatch, match="the cluster's policy model is"):
+                connect(late, cluster.peers)
+            nodes.append(connect(late, cluster.peers, redefine=True))
             assert nodes[-1].metrics()["skipped_rules"] == 2
             assert [late.enforce(*r) for r in requests] == want
             with pytest.raises(Rejected):  # the shape is the domains model's again

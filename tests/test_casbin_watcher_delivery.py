@@ -84,6 +84,13 @@ def test_every_method_refuses_a_message_lacking_what_it_needs() -> None:
             w.update_for_add_policy("p", "p")  # no rule
         with pytest.raises(CommandRejected, match="differ in length"):
             w.update_for_update_policies("p", "p", [["a", "d", "r"]], [])
+        # A value that is not a string is refused, never turned into one: peers would
+        # then hold "1" or "None" where the caller holds 1 or None.
+        for rule in (["alice", "data1", 1], ["bob", None, "read"]):
+            with pytest.raises(CommandRejected):
+                w.update_for_add_policy("p", "p", rule)
+            with pytest.raises(CommandRejected):
+                w.update_for_add_policies("p", "p", [rule])
         assert cluster.backend.seq == 0
     finally:
         w.close()
