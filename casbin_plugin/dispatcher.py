@@ -186,6 +186,13 @@ def _rule(params: tuple[Any, ...]) -> list[str]:
     return list(params)
 
 
+class _NoRules:
+    policy: list[list[str]] = []
+
+
+_NO_RULES = _NoRules()
+
+
 class _Routes:
     """The routed management methods of one enforcer (bound to its core enforcer)."""
 
@@ -212,6 +219,8 @@ class _Routes:
         return bool(self._send(c.add(sec, ptype, [rule]))["changed"])
 
     def add_many(self, sec: str, ptype: str, rules: Sequence[Sequence[str]], ex: bool) -> bool:
+        if not rules:
+            return not ex  # casbin: nothing to add is done, but not "all of them new"
         self.d.check(sec, ptype, rules)
         return bool(self._send(c.add(sec, ptype, rules, ex=ex))["changed"])
 
@@ -219,11 +228,16 @@ class _Routes:
         return self.remove_many(sec, ptype, [_rule(params)])
 
     def remove_many(self, sec: str, ptype: str, rules: Sequence[Sequence[str]]) -> bool:
+        if not rules:
+            return True  # casbin: nothing to remove is done
         if not all(_is_rule(rule) for rule in rules):
             return False  # casbin: not found (every rule held is a list of str)
         return bool(self._send(c.remove(sec, ptype, rules))["changed"])
 
     def remove_filtered(self, sec: str, ptype: str, field_index: int, *values: str) -> Any:
+        field_index = self._filter_start(sec, ptype, field_index, values)
+        while len(values) > 1 and values[-1] == "":  # casbin skips empty values, so a
+            values = values[:-1]  # trailing one may lie past a rule's end
         if not all(isinstance(value, str) for value in values):
             return [] if sec == "g" else False  # casbin: nothing matches
         if sec == "g" and not values:
@@ -234,6 +248,10 @@ class _Routes:
 
     def update(self, sec: str, ptype: str, old: Sequence[Sequence[str]],
                new: Sequence[Sequence[str]]) -> bool:
+        if len(old) != len(new):
+            return False  # casbin's answer for lists of different lengths
+        if not old:
+            return True  # nothing to update is done
         if (self.core.model[sec] or {}).get(ptype) is None:
             return False  # casbin's update answers False for a ptype the model lacks
         if sec == "p":
@@ -242,6 +260,24 @@ class _Routes:
         if not all(_is_rule(rule) for rule in old):
             return False  # casbin: the old rule is not found
         return bool(self._send(c.update(sec, ptype, old, new))["changed"])
+
+    def _filter_start(self, sec: str, ptype: str, field_index: Any, values: Sequence[Any]) -> int:
+        """The first field a filter looks at, as casbin reads ``field_index``: an int (else
+        casbin's own TypeError), counted from the end when negative (Python's indexing;
+        a filter that would wrap past the last field is refused), and past a rule's end
+        casbin's IndexError."""
+        if type(field_index) is not int:
+            raise TypeError(f"field_index must be an int, not {type(field_index).__name__}")
+        rules = ((self.core.model[sec] or {}).get(ptype) or _NO_RULES).policy
+        if field_index < 0 and rules:
+            width = len(rules[0])
+            if field_index + len(values) > 0 or any(len(rule) != width for rule in rules):
+                raise ValueError("a negative field_index must not reach past the last field")
+            field_index += width
+        reach = max((i + 1 for i, value in enumerate(values) if value != ""), default=0)
+        if reach and any(len(rule) < field_index + reach for rule in rules):
+            raise IndexError("list index out of range")  # casbin reads only non-empty ones
+        return max(field_index, 0)
 
     def update_filtered(self, sec: str, ptype: str, new_rules: Sequence[Sequence[str]],
                         field_index: int, *values: str) -> bool:
