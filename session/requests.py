@@ -8,18 +8,24 @@ timeout, with the back-off of ``RetryPolicy``).
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import tenacity
 
 from zraft.core import Configuration
-from zraft.transport import OTHER_FOUNDING, ClientReply, ClientRequest, NotSent, TransportError
+from zraft.transport import (
+    NOT_FOUNDED,
+    OTHER_FOUNDING,
+    ClientReply,
+    ClientRequest,
+    NotSent,
+    TransportError,
+)
 
+from .acks import DEFAULT_RETRY_WINDOW, AckTracker, results_limit
 from .errors import (
     AllPeersFailed,
     BackendError,
@@ -70,10 +76,6 @@ TOO_FAR_AHEAD_WAIT = 0.02
 # How long a leadership transfer is waited for before it is asked for again (it lapses
 # after an election timeout; asking while one is under way changes nothing).
 TRANSFER_ASK_AGAIN = 1.0
-DEFAULT_RETRY_WINDOW = 30.0
-# The peers' default max_results_per_client (zraft.actors.state_machine): a session learns
-# the real one from the first refusal that names it.
-SERVER_RESULTS_LIMIT = 4_096
 # How far ahead of its acknowledged results a session sends writes, until a leader's
 # refusal names its own limit: the server's default.
 DEFAULT_RESULTS_WINDOW = 4_096
@@ -87,97 +89,6 @@ class CallState:
     def __init__(self, maybe_applied: bool = False) -> None:
         # True once an attempt may have reached a leader without its answer coming back.
         self.maybe_applied = maybe_applied
-
-
-class AckTracker:
-    """A session's writes by seq, and the ``acked`` it sends: the highest seq at or below
-    which every write has a known outcome, so the cluster may forget those results.
-
-    A write is open from ``issue`` until its outcome is known (``answered``: a result, a
-    backend refusal, or definitely not applied). One whose outcome is unknown (``unknown``)
-    stays open, pinning ``acked`` below it, so a retry with the same seq still finds its
-    result, until it is retried and answered, ``release``d, ``retry_window`` seconds pass,
-    or more than ``keep_behind`` later writes were issued (then the cluster may forget it,
-    and a retry raises ``ResultForgotten``). The last bound keeps a session that never
-    retries from being slowed down by its own pins: the cluster holds at most
-    ``max_results_per_client`` results a client has not acknowledged, and half of that
-    stays free for writes in flight. Answers come in any order; ``acked`` costs O(1)
-    amortised per write.
-    """
-
-    def __init__(
-        self,
-        retry_window: float = DEFAULT_RETRY_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-        keep_behind: int = SERVER_RESULTS_LIMIT // 2,
-    ) -> None:
-        self.retry_window = retry_window
-        self.clock = clock
-        self.keep_behind = keep_behind
-        self.issued = 0
-        # seq -> None while in flight, or the clock time an unknown outcome's pin ends.
-        # Seqs are issued in order, so the first key is the lowest open one.
-        self._open: OrderedDict[int, float | None] = OrderedDict()
-
-    def issue(self) -> int:
-        self.issued += 1
-        self._open[self.issued] = None
-        return self.issued
-
-    def answered(self, seq: int) -> None:
-        self._open.pop(seq, None)
-
-    def unknown(self, seq: int) -> None:
-        if seq in self._open:
-            self._open[seq] = self.clock() + self.retry_window
-
-    def release(self, seq: int) -> None:
-        """Give up on learning ``seq``'s outcome: the cluster may forget it."""
-        self._open.pop(seq, None)
-
-    def reopen(self, seq: int) -> bool:
-        """A retry of ``seq`` is going out: True if its seq is still pinned (so the cluster
-        still has its result, if it was applied), and then it is in flight again."""
-        if seq not in self._open:
-            return False
-        self._open[seq] = None
-        return True
-
-    def pinned(self, seq: int) -> bool:
-        return seq in self._open
-
-    def acked(self) -> int:
-        open_ = self._open
-        if not open_:
-            return self.issued
-        now: float | None = None
-        while open_:
-            lowest, until = next(iter(open_.items()))
-            if until is None:
-                return lowest - 1
-            if self.issued - lowest <= self.keep_behind:
-                if now is None:
-                    now = self.clock()
-                if until > now:
-                    return lowest - 1
-            del open_[lowest]  # its retry window passed: let the cluster forget it
-        return self.issued
-
-    def learn_limit(self, limit: int | None) -> None:
-        """The leader's ``max_results_per_client`` (from a refusal): keep pins within half."""
-        if limit is not None:
-            self.keep_behind = min(self.keep_behind, max(1, limit // 2))
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-
-def results_limit(reply: ClientReply) -> int | None:
-    """The leader's ``max_results_per_client``, from a ``too_far_ahead`` refusal."""
-    result = reply.result
-    if isinstance(result, list) and len(result) == 2 and type(result[1]) is int:
-        return result[1] if result[1] > 0 else None
-    return None
 
 
 def finish_write_error(
@@ -425,7 +336,7 @@ def interpret(
         tracker.failed(peer)  # skipped, as a failed peer is: others may be of ours
         final = founding.refused_by(peer, reason) if founding else OtherFounding(reason)
         raise TryAgain(f"{peer} is of another founding", 0.0, final)
-    if code == "not_leader":
+    if code == "not_leader" or code == NOT_FOUNDED:  # (a joiner may lead one day)
         tracker.not_leader(peer, reply.leader)
         raise TryAgain(f"{peer} is not the leader")
     if code == "retry":

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from zraft.session.requests import AckTracker
+from zraft.session.acks import AckTracker
 
 
 class Clock:

@@ -24,6 +24,7 @@ from .curve import CurveSettings, generate_keys, key_name
 from .errors import ChannelClosed, NotSent, TransportError, TransportTimeout
 from .messages import (
     FOUNDING_FREE_OPS,
+    NOT_FOUNDED,
     OTHER_FOUNDING,
     ClientReply,
     ClientRequest,
@@ -36,6 +37,7 @@ from .zmq_transport import ZmqTransport
 
 __all__ = [
     "FOUNDING_FREE_OPS",
+    "NOT_FOUNDED",
     "OTHER_FOUNDING",
     "AsyncClientChannel",
     "ChannelClosed",

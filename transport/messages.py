@@ -65,6 +65,8 @@ class ClientReply(NamedTuple):
 # with no instance; a peer of another founding answers them with this error code, except
 # the ops below, which change nothing and tell who it is.
 OTHER_FOUNDING = "other_founding"
+# ...and a peer not founded yet (a joiner): it holds nothing yet, but may soon.
+NOT_FOUNDED = "not_founded"
 IDENTITY = "identity"  # which founding and directory a peer is: answered by its transport
 FOUNDING_FREE_OPS = frozenset({IDENTITY, "status", "bootstrap"})
 

@@ -56,7 +56,14 @@ from .codec import (
 )
 from .curve import CurveSettings, client_curve, key_name
 from .errors import TransportError
-from .messages import FOUNDING_FREE_OPS, IDENTITY, OTHER_FOUNDING, ClientReply, ClientRequest
+from .messages import (
+    FOUNDING_FREE_OPS,
+    IDENTITY,
+    NOT_FOUNDED,
+    OTHER_FOUNDING,
+    ClientReply,
+    ClientRequest,
+)
 from .sockets import (
     COPY_THRESHOLD,
     MAXMSGSIZE_SLACK,
@@ -819,8 +826,10 @@ class ZmqTransport:
             self._flush({}, answered)
 
     def _other_founding(self, request: ClientRequest, mine: str) -> ClientReply:
-        why = f"{self.peer_id} belongs to founding {mine[:8]}" if mine else (
-            f"{self.peer_id} is not founded yet: it holds nothing of any founding")
+        if not mine:  # a joiner: nothing yet, but soon, maybe (sessions treat it so)
+            why = f"{self.peer_id} is not founded yet: it holds nothing of any founding"
+            return ClientReply(request.request_id, False, why, NOT_FOUNDED)
+        why = f"{self.peer_id} belongs to founding {mine[:8]}"
         return ClientReply(request.request_id, False, why, OTHER_FOUNDING)
 
     def _deliver(
