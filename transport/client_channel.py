@@ -138,20 +138,20 @@ class ClientChannel:
             remaining = remaining_ms(deadline)
             if remaining <= 0:
                 break
-            wait_ms = min(remaining, 10) if unsent else remaining
-            if not waiting:
-                if unsent:
-                    time.sleep(wait_ms / 1000)
-                continue
+            # Wait for a reply, or for a connection to come up (the send goes at once).
             poller = zmq.Poller()
             for sock in waiting:
                 poller.register(sock, zmq.POLLIN)
-            for sock, _ in poller.poll(wait_ms):
-                peer, request_id = waiting[sock]
-                reply = self._reply_to(sock, request_id)
-                if reply is not None:
-                    replies[peer] = reply
-                    del waiting[sock]
+            for peer in unsent:
+                poller.register(self._socket(peer), zmq.POLLOUT)
+            wait_ms = min(remaining, remaining_ms(connect_by)) if unsent else remaining
+            for sock, events in poller.poll(wait_ms):
+                if events & zmq.POLLIN and sock in waiting:
+                    peer, request_id = waiting[sock]
+                    reply = self._reply_to(sock, request_id)
+                    if reply is not None:
+                        replies[peer] = reply
+                        del waiting[sock]
         return replies, unconnected
 
     def _reply_to(self, sock: zmq.Socket[Any], request_id: int) -> ClientReply | None:
