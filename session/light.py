@@ -95,8 +95,8 @@ class LightSession(SessionCore):
         ``fail_timeout`` (default 2 × ``election_timeout``): how long a failed peer is
         skipped; ``timeout``: the default for each call; ``retry_window``: how long a write
         whose outcome is unknown can be retried exactly once (``retry``);
-        ``cluster_uuid``: the founding to talk to (default: the one a majority of
-        ``peers`` report at the first call; see ``cluster_uuid``).
+        ``cluster_uuid``: the founding to talk to (default: the one the peers settle on
+        at the first call, ``founding.agreed_founding``; see ``cluster_uuid``).
         """
         self._configure(
             client_id, "s", election_timeout, fail_timeout, timeout, retry, retry_window,
@@ -335,8 +335,8 @@ class LightSession(SessionCore):
         return result
 
     def _pin_founding(self, deadline: float, budget: float) -> None:
-        """Ask every listed peer its founding until a majority answer with one, and pin
-        it (see ``zraft.session.founding``)."""
+        """Ask the peers their founding until their answers settle on one, and pin it
+        (see ``zraft.session.founding``)."""
         answers: dict[str, Any] = {}
         while (left := deadline - time.monotonic()) > 0:
             started = time.monotonic()

@@ -134,7 +134,7 @@ class SessionCore:
     @property
     def cluster_uuid(self) -> str:
         """The founding this session's requests are for ("" until its first request that
-        needs one): given as ``cluster_uuid=``, or the one a majority of its peers report."""
+        needs one): given as ``cluster_uuid=``, or the one the peers settle on."""
         return self._founding.uuid
 
     def _identity_requests(self, answers: dict[str, Any]) -> dict[str, ClientRequest]:
