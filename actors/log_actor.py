@@ -51,7 +51,7 @@ class LogWriter:
         snapshot_lock: Any,
         send: Callable[[Iterable[Message]], None],
         flush: Callable[[], None] = lambda: None,
-        session: pykka.ActorRef[Any],
+        state_machine: pykka.ActorRef[Any],
         saved: HardState,
         own_thread: bool = False,
     ) -> None:
@@ -61,7 +61,7 @@ class LogWriter:
         self.snapshot_lock = snapshot_lock
         self.send = send
         self.flush = flush  # on the peer's thread: sends what is queued now
-        self.session = session
+        self.state_machine = state_machine
         self.saved = saved  # the hard state last made durable
         self.counters = Counters("log", fsyncs=0, persisted_readys=0, persist_seconds_total=0.0)
         self.own_thread = own_thread
@@ -132,7 +132,7 @@ class LogWriter:
         with self.snapshot_lock:
             meta, path, extra = self.snapshots.finish_install(item.staged_path)
         self.raft_log.restore_to_snapshot(meta.index, meta.term)
-        self.session.tell(InstallState(meta, path, extra))
+        self.state_machine.tell(InstallState(meta, path, extra))
         log.info("installed snapshot at index %d term %d from the leader", meta.index, meta.term)
 
 

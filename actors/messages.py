@@ -89,7 +89,7 @@ class SnapshotReport:
 
 @dataclass(frozen=True, slots=True)
 class AppliedUpTo:
-    """The session actor, to the peer actor: how far the state machine has applied, and the
+    """The state machine actor, to the peer actor: how far the state machine has applied, and the
     long-lived sessions' timeouts (ms) when they changed (a copy nobody changes; None: as
     last sent)."""
 
@@ -118,7 +118,7 @@ class CompactLog:
     term: int
 
 
-# ----------------------------------------------------------------------- to the session actor
+# ----------------------------------------------------------------------- to the state machine actor
 
 
 class PendingWrite(NamedTuple):

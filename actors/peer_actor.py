@@ -103,7 +103,7 @@ class PeerActor(LoopTurningActor):
         set_peers: Callable[[Iterable[str]], None],
         log_writer: LogWriter | None,
         log_actor: pykka.ActorRef[Any] | None = None,
-        session_actor: pykka.ActorRef[Any],
+        state_machine_actor: pykka.ActorRef[Any],
         snapshot_actor: pykka.ActorRef[Any],
         applied: AppliedUpTo,
         transport_stats: Callable[[], dict[str, Any]] = dict,
@@ -124,15 +124,15 @@ class PeerActor(LoopTurningActor):
         assert (log_writer is None) != (log_actor is None), "one place writes the log"
         self.log_writer = log_writer
         self.log_actor = log_actor
-        self.session_actor = session_actor
+        self.state_machine_actor = state_machine_actor
         self.snapshot_actor = snapshot_actor
-        # How far the session actor has applied, as it last told us (AppliedUpTo).
+        # How far the state machine actor has applied, as it last told us (AppliedUpTo).
         self.applied = applied
         self.transport_stats = transport_stats
         # The other actors' counters as they last reported them (MetricsReport).
         self.reported_metrics: dict[str, tuple[tuple[str, int | float], ...]] = {}
         self.report_removed = on_removed
-        # Long-lived sessions (id -> timeout in ms), as the session actor last told us. The
+        # Long-lived sessions (id -> timeout in ms), as the state machine actor last told us. The
         # leader tracks when each was last heard of (in ticks); a new leader starts every
         # session afresh: failover never expires one.
         self.sessions: dict[str, int] = applied.sessions or {}
@@ -227,9 +227,9 @@ class PeerActor(LoopTurningActor):
             self.peers_key = ()  # an asker's time is up: the next drain lets it go
         if node.role is Role.LEADER:
             self._expire_silent_sessions()
-            self.session_actor.tell(WATCH_TICK)  # held watch polls time out
+            self.state_machine_actor.tell(WATCH_TICK)  # held watch polls time out
         # The other actors own their counters: they send a copy if it changed.
-        self.session_actor.tell(REPORT_METRICS)
+        self.state_machine_actor.tell(REPORT_METRICS)
         self.snapshot_actor.tell(REPORT_METRICS)
         if self.log_actor is not None:
             self.log_actor.tell(REPORT_METRICS)
@@ -311,7 +311,7 @@ class PeerActor(LoopTurningActor):
 
     def _query_local(self, identity: Identity, request: ClientRequest) -> Replies:
         read = PendingRead(0, identity, request.request_id, request.payload)
-        self.session_actor.tell(ServeReads((read,)))
+        self.state_machine_actor.tell(ServeReads((read,)))
         return []
 
     def _transfer(self, request: ClientRequest) -> ClientReply:
@@ -425,7 +425,7 @@ class PeerActor(LoopTurningActor):
         poll = WatchPoll(
             identity, request.request_id, request.client_id, epoch, after, wait_ms / 1000
         )
-        self.session_actor.tell(poll)
+        self.state_machine_actor.tell(poll)
         return []
 
     def _not_leader(self, request: ClientRequest) -> ClientReply:
@@ -549,7 +549,7 @@ class PeerActor(LoopTurningActor):
                 self._persist(ready)
             if ready.committed:
                 waiting = self._waiting_up_to(ready.committed[-1].index)
-                self.session_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
+                self.state_machine_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
             if ready.read_states or ready.read_failures:
                 self._reads(ready)
         self._track_peers(drop=True)  # after the last word to a removed peer went out
@@ -604,7 +604,7 @@ class PeerActor(LoopTurningActor):
 
     def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
         """The proposals' waiters whose index is now committed (or, before a snapshot,
-        overtaken), oldest first; the session actor answers them when it applies."""
+        overtaken), oldest first; the state machine actor answers them when it applies."""
         awaiting = self.awaiting
         taken = 0
         while taken < len(awaiting) and awaiting[taken].index <= index:
@@ -634,8 +634,8 @@ class PeerActor(LoopTurningActor):
         if ready.snapshot is not None:
             staged = self.staged.pop(ready.snapshot.index)
             if overtaken := self._waiting_up_to(ready.snapshot.index):
-                self.session_actor.tell(AwaitWrites(overtaken))
-            self.session_actor.tell(ExpectSnapshot(ready.snapshot.index))
+                self.state_machine_actor.tell(AwaitWrites(overtaken))
+            self.state_machine_actor.tell(ExpectSnapshot(ready.snapshot.index))
         item = PersistItem(
             ready.snapshot,
             staged,
@@ -667,7 +667,7 @@ class PeerActor(LoopTurningActor):
                 continue
             reads.append(PendingRead(state.index, identity, request_id, query, watch))
         if reads:
-            self.session_actor.tell(ServeReads(tuple(reads)))
+            self.state_machine_actor.tell(ServeReads(tuple(reads)))
         failures = []
         for failure in ready.read_failures:
             request = self.reads.pop(failure.context, None)
@@ -700,7 +700,7 @@ class PeerActor(LoopTurningActor):
                 )
                 self.membership_waiters = []
             if self.role is Role.LEADER:
-                self.session_actor.tell(LEADERSHIP_LOST)
+                self.state_machine_actor.tell(LEADERSHIP_LOST)
             self.role = ready.role
             self.leader_since = time.time() if ready.role is Role.LEADER else None
             # Whoever leads next starts every session's timeout afresh.

@@ -58,9 +58,9 @@ from .log_actor import LogActor, LogWriter
 from .messages import AppliedUpTo, ClientBatch, PeerBatch, StatusRequest
 from .metrics import MetricsServer
 from .peer_actor import PeerActor
-from .session_actor import SessionActor
 from .snapshot_actor import SnapshotActor
 from .state_machine import ReplicatedState
+from .state_machine_actor import StateMachineActor
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,13 @@ class PeerRuntime:
         # Bound now (a busy port fails here, before any actor starts); the peer actor's
         # thread runs its loop.
         transport.start(hosted=True)
-        # Guards the snapshot store, which the session, snapshot and log writers share.
+        # Guards the snapshot store, which the state machine, snapshot and log writers share.
         lock = threading.Lock()
-        # The session, snapshot and log actors tell the peer actor through this ref: the
+        # The state machine, snapshot and log actors tell the peer actor through this ref: the
         # peer's thread may be waiting in the transport's loop. Set before the peer starts.
         peer_ref = LoopWakingRef(transport.wake)
         self._peer_from_outside = peer_ref
-        session = SessionActor.start(
+        state_machine = StateMachineActor.start(
             peer_id=self.peer_id,
             state=state,
             snapshots=snapshots,
@@ -277,7 +277,7 @@ class PeerRuntime:
             on_failure=self._fail,
         )
         # Each actor is listed as it starts: a failed start stops those that did.
-        self._actors.append(session)
+        self._actors.append(state_machine)
         log_writer = LogWriter(
             raft_log=raft_log,
             hard_state_file=hard_state_file,
@@ -285,7 +285,7 @@ class PeerRuntime:
             snapshot_lock=lock,
             send=transport.send,
             flush=transport.flush,
-            session=_SafeRef(session),
+            state_machine=_SafeRef(state_machine),
             saved=hard_state,
             own_thread=s.log_thread,
         )
@@ -315,7 +315,7 @@ class PeerRuntime:
             set_peers=transport.set_peers,
             log_writer=None if s.log_thread else log_writer,
             log_actor=_SafeRef(log_actor) if log_actor is not None else None,
-            session_actor=_SafeRef(session),
+            state_machine_actor=_SafeRef(state_machine),
             snapshot_actor=_SafeRef(snapshot_actor),
             applied=AppliedUpTo(state.applied_index, state.applied_term, state.session_table()),
             transport_stats=transport.stats,

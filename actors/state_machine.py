@@ -1,5 +1,5 @@
 """The replicated state on one peer: the user's backend plus the tables that make client
-writes exactly-once. Plain and synchronous; the session actor drives it.
+writes exactly-once. Plain and synchronous; the state machine actor drives it.
 
 Every peer applies the same committed entries in the same order, so everything here must be
 deterministic: client tables are evicted by entry order, never by clock.
@@ -128,7 +128,7 @@ class ReplicatedState:
         self.max_clients = max_clients
         self._clients: OrderedDict[str, _ClientRecord] = OrderedDict()
         # Long-lived sessions: id -> timeout in ms. The leader's peer actor decides expiry
-        # from a copy the session actor sends it after a change (counted here).
+        # from a copy the state machine actor sends it after a change (counted here).
         self._sessions: dict[str, int] = {}
         self.sessions_changes = 0
 

@@ -1,5 +1,5 @@
 """One-shot watches, kept on the leader only (like ZooKeeper's, which live on the server a
-client is connected to). Plain and synchronous; the session actor drives it.
+client is connected to). Plain and synchronous; the state machine actor drives it.
 
 A watch is armed by a linearizable query at the moment the query is evaluated, so no write
 between the read and the arming is missed. A committed write (or a session expiry) whose

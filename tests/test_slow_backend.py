@@ -27,7 +27,7 @@ def test_a_slow_apply_neither_costs_the_leader_nor_stalls_the_loop(tmp_path: Pat
             for i in range(50):  # quick writes first
                 session.write(kv.put(f"k{i}", i))
 
-            # 3 s on the session actor's thread: the loop still answers at once.
+            # 3 s on the state machine actor's thread: the loop still answers at once.
             started = time.monotonic()
             with LightSession(cluster.peers, timeout=30) as writer:
                 done = threading.Event()

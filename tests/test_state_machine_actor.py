@@ -1,4 +1,4 @@
-"""The session actor: a plain pykka actor that applies committed entries on its own thread,
+"""The state machine actor: a plain pykka actor that applies committed entries on its own thread,
 answers the clients waiting for them, takes its snapshots when due, and reports its own
 counters to the peer actor by message (it shares none)."""
 
@@ -22,8 +22,8 @@ from zraft.actors.messages import (
     PendingWrite,
     SnapshotTaken,
 )
-from zraft.actors.session_actor import SessionActor, snapshot_point
 from zraft.actors.state_machine import ReplicatedState
+from zraft.actors.state_machine_actor import StateMachineActor, snapshot_point
 from zraft.backends import kv
 from zraft.backends.kv import KeyValueBackend
 from zraft.core import Configuration, Entry, EntryKind
@@ -90,7 +90,7 @@ class Ident:
     """Asked of the probe: its thread's ident (handled after what was told before)."""
 
 
-class SessionProbe(SessionActor):
+class StateMachineProbe(StateMachineActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Ident):
             return threading.get_ident()
@@ -124,7 +124,7 @@ def start_session(tmp_path: Path, *, max_log_count: int = 1_000_000) -> Session:
         journal.append(("reply", replies[-1][1]))
 
     peer = StubPeer(journal)
-    ref = SessionProbe.start(
+    ref = StateMachineProbe.start(
         peer_id="a",
         state=state,
         snapshots=store,
@@ -220,7 +220,7 @@ def test_the_peer_hears_how_far_it_applied_before_any_client_is_answered(
     tmp_path: Path,
 ) -> None:
     """The peer actor keeps its own copy of the applied index and term and of the sessions
-    (the session actor shares none of its state). The copy is told before the replies
+    (the state machine actor shares none of its state). The copy is told before the replies
     leave, so a client that just opened a session and pings next is never told it has
     none; the sessions are copied only when they changed."""
     s = start_session(tmp_path)

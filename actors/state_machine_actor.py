@@ -1,4 +1,4 @@
-"""The session actor: hosts the replicated state (backend + client tables), applies
+"""The state machine actor: hosts the replicated state (backend + client tables), applies
 committed entries, answers clients, and takes snapshots every ``max_log_count`` entries."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def snapshot_point(after: int, every: int, rank: int, peers: int) -> int:
     return earliest + (phase - earliest) % every
 
 
-class SessionActor(pykka.ThreadingActor):
+class StateMachineActor(pykka.ThreadingActor):
     """Has a thread of its own, so a long apply (user code) never holds up the peer's loop.
     It answers the clients itself, through the transport."""
 
