@@ -94,7 +94,7 @@ def test_a_slow_write_is_reported_once_per_interval(
         snapshots=None,  # type: ignore[arg-type]
         snapshot_lock=threading.Lock(),
         send=sent.extend,
-        session=None,  # type: ignore[arg-type]
+        state_machine=None,  # type: ignore[arg-type]
         saved=HardState(),
         own_thread=own_thread,
     )
@@ -137,7 +137,7 @@ def _log_writer(raft_log: object, events: list[object]) -> LogWriter:
         snapshot_lock=threading.Lock(),
         send=lambda messages: events.append(("send", list(messages))),
         flush=lambda: events.append("flush"),
-        session=None,  # type: ignore[arg-type]
+        state_machine=None,  # type: ignore[arg-type]
         saved=HardState(),
     )
 
