@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,12 @@ def peer_log(cluster: LocalCluster, peer: str) -> str:
 def exits_refused(cluster: LocalCluster, peer: str) -> str:
     """The refused start's exit: non-zero, soon; returns its output."""
     process = cluster.processes.pop(peer)
-    code = process.wait(timeout=PEER_EXIT_S)
+    try:
+        code = process.wait(timeout=PEER_EXIT_S)
+    except subprocess.TimeoutExpired:  # it did not refuse: fail, but leave nothing running
+        process.kill()
+        process.wait(timeout=10)
+        raise
     assert code != 0
     return peer_log(cluster, peer)
 
