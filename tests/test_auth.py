@@ -156,8 +156,9 @@ def test_curve_keeps_out_unknown_peers_and_peers_of_other_clusters(tmp_path: Pat
         cluster.kill(wiped)
         cluster.wipe(wiped)
         cluster.start_peer(wiped, members)
-        process = cluster.processes.pop(wiped)
-        assert process.wait(timeout=20) != 0
+        # Waited for while still the cluster's: if it does not exit, close() kills it.
+        assert cluster.processes[wiped].wait(timeout=20) != 0
+        cluster.processes.pop(wiped)
         assert "wiped or replaced" in (cluster.data_dir(wiped) / "peer.log").read_text()
 
 
