@@ -1,93 +1,48 @@
-"""The peer actor: owns the consensus core and runs its ready loop.
+"""The peer actor: a thin shell that runs the peer's ``PeerDriver`` on the transport's loop.
 
 Every input (a tick, a batch of peer messages, a batch of client requests, a persisted
-report) is stepped into the core, then the ready loop hands each part of the output to
-whoever carries it out: messages to the transport at once, writes to the log actor (which
-sends what waited for them after its fsync), committed entries and reads to the session
-actor, snapshot transfers to the snapshot actor. Nothing here blocks on another actor.
-
-Why one module: the actor's handlers share the node and the client waiters. Moving the
-driving into a sans-I/O driver (issue 18, item 1) is what will shrink it.
+report) goes to the driver, and the driver's effects leave through this actor's edges:
+messages to the transport at once, writes to the log writer (inline, or the log actor's
+thread), committed entries and reads to the state machine actor, snapshot transfers to the
+snapshot actor. Nothing here blocks on another actor.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pykka
 
-from zraft.core import (
-    Configuration,
-    InstallSnapshot,
-    Message,
-    Node,
-    Ready,
-    ReplicationState,
-    Role,
-)
-from zraft.transport import ClientReply, ClientRequest, SnapshotOffer, SnapshotReady
+from zraft.core import Message, Node
+from zraft.transport import ClientReply
 
-from .commands import Command, CommandKind
+from .driver import PeerDriver
 from .founding import IdentityGuard
 from .hosted_loop import HostedLoop, LoopTurningActor
 from .log_actor import LogWriter
 from .messages import (
-    LEADERSHIP_LOST,
     REPORT_METRICS,
-    WATCH_TICK,
     AppliedUpTo,
-    ApplyBatch,
-    AwaitWrites,
-    ClientBatch,
     CompactLog,
-    ExpectSnapshot,
     Identity,
-    MetricsReport,
-    OfferReceived,
-    PeerBatch,
-    PendingRead,
-    PendingWrite,
-    Persisted,
     PersistItem,
-    ReadyReceived,
-    SendSnapshot,
-    ServeReads,
-    SnapshotReport,
-    SnapshotStaged,
-    SnapshotTaken,
     StatusRequest,
-    WatchPoll,
 )
-from .state_machine import DEFAULT_MAX_RESULTS_PER_CLIENT, admission_refusal
+from .state_machine import DEFAULT_MAX_RESULTS_PER_CLIENT
 
 log = logging.getLogger(__name__)
 
-Replies = list[tuple[Identity, ClientReply]]
-
-PROPOSAL_SLICE = 128
-# The error code of a write refused at admission for its client's unacknowledged results.
-TOO_FAR_AHEAD = "too_far_ahead"
-# Inputs stepped at most before the core's output is gathered (see on_receive).
+# Inputs handed to the driver at most before its output is gathered (see receive).
 MAX_UNDRAINED = 64
-
-# Client ops that become log entries, and the command each carries.
-_WRITE_KINDS = {
-    "write": CommandKind.WRITE,
-    "session_open": CommandKind.SESSION_OPEN,
-    "session_write": CommandKind.SESSION_WRITE,
-    "session_close": CommandKind.SESSION_CLOSE,
-}
 
 
 class PeerActor(LoopTurningActor):
     """Turns the transport's loop on its own thread (see ``hosted_loop``): peer messages
-    and client requests are stepped on the thread that received them, and what the core
-    sends is flushed by it. It owns the log writer unless the log has a thread of its own
-    (``log_actor``), and keeps the clock (a tick when one is due).
+    and client requests reach the driver on the thread that received them, and what the
+    core sends is flushed by it. It owns the log writer unless the log has a thread of its
+    own (``log_actor``), and keeps the clock (a tick when one is due).
 
     Tell it from other threads through a ``LoopWakingRef``: a plain tell would wait until
     the loop's current wait ends.
@@ -116,100 +71,43 @@ class PeerActor(LoopTurningActor):
     ) -> None:
         super().__init__(loop, tick_seconds, on_failure)
         on_ref(self.actor_ref)  # before the thread starts: others may tell us at once
-        self.node = node
         self.flush = loop.flush  # sends what this thread queued, now
         self.send = send
         self.reply = reply
-        self.set_peers = set_peers
+        self._set_peers = set_peers
         assert (log_writer is None) != (log_actor is None), "one place writes the log"
         self.log_writer = log_writer
         self.log_actor = log_actor
         self.state_machine_actor = state_machine_actor
         self.snapshot_actor = snapshot_actor
-        # How far the state machine actor has applied, as it last told us (AppliedUpTo).
-        self.applied = applied
         self.transport_stats = transport_stats
-        # The other actors' counters as they last reported them (MetricsReport).
-        self.reported_metrics: dict[str, tuple[tuple[str, int | float], ...]] = {}
         self.report_removed = on_removed
-        # Long-lived sessions (id -> timeout in ms), as the state machine actor last told us. The
-        # leader tracks when each was last heard of (in ticks); a new leader starts every
-        # session afresh: failover never expires one.
-        self.sessions: dict[str, int] = applied.sessions or {}
-        self.max_results_per_client = max_results_per_client
-        self.tick_ms = tick_seconds * 1000
-        self.last_heard: dict[str, int] = {}
-        self.expiring: set[str] = set()
-        self.was_member = node.id in node.config.members
-        self.staged: dict[int, str] = {}
-        self.awaiting: list[PendingWrite] = []  # proposals' waiters, by index, until committed
-        # The term and vote last handed to the log actor (the node starts from the saved ones)
-        self.queued_vote = (node.term, node.vote)
-        # read context -> (request, tick it arrived, watch to arm); contexts grow, so the
-        # oldest come first
-        self.reads: dict[int, tuple[Identity, int, Any, int, tuple[str, int] | None]] = {}
-        self.ticks = 0
-        self.askers: dict[str, int] = {}  # peers answered outside the configuration -> until
-        self.undrained = 0  # inputs stepped since the output was last gathered
-        self._contexts = itertools.count(1)
-        self._ops = self._client_ops()
-        self.membership_waiters: list[tuple[Identity, int, Configuration]] = []
-        self.members: frozenset[str] = frozenset()
-        self.peers_key: tuple[Any, ...] = ()
-        self.identity_guard = identity_guard
-        self.guard_config: Configuration | None = None
-        self.role = node.role
-        self.leader = node.leader
-        self.leader_since: float | None = None  # wall clock, comparable across processes
-        self.metrics = {
-            "elections_started": 0,
-            "leader_changes": 0,
-            "proposals": 0,
-            "client_requests": 0,
-            "peer_messages": 0,
-            "writes_too_far_ahead": 0,
-        }
+        self.undrained = 0  # inputs handed to the driver since its output was last gathered
+        self.driver = PeerDriver(
+            node=node,
+            edges=self,
+            applied=applied,
+            tick_ms=tick_seconds * 1000,
+            identity_guard=identity_guard,
+            max_results_per_client=max_results_per_client,
+        )
+
+    @property
+    def node(self) -> Node:
+        return self.driver.node
 
     def loop_opened(self) -> None:
-        self._track_peers(drop=True)
-        self._drain()
+        self.driver.open()
 
     def before_wait(self) -> None:
         if self.undrained:
             self._drain()  # what was stepped goes out before the loop may wait
 
     def receive(self, message: Any) -> Any:
-        node = self.node
-        if isinstance(message, PeerBatch):
-            self.metrics["peer_messages"] += len(message.messages)
-            for msg in message.messages:
-                self._step(msg)
-        elif isinstance(message, ClientBatch):
-            self._client_batch(message.requests)
-        elif isinstance(message, Persisted):
-            node.persisted(message.index, message.term)
-        elif isinstance(message, SnapshotTaken):
-            if node.compact(message.index):
-                compact = CompactLog(message.index, node.snapshot_meta.term)
-                if self.log_writer is not None:
-                    self.log_writer.compact(compact)
-                else:
-                    assert self.log_actor is not None
-                    self.log_actor.tell(compact)
-        elif isinstance(message, SnapshotStaged):
-            self.staged[message.index] = message.path
-        elif isinstance(message, SnapshotReport):
-            node.report_snapshot(message.peer, message.success)
-        elif isinstance(message, AppliedUpTo):
-            self.applied = message
-            if message.sessions is not None:
-                self.sessions = message.sessions
-            return None
-        elif isinstance(message, MetricsReport):
-            self.reported_metrics[message.source] = message.values
-            return None
-        elif isinstance(message, StatusRequest):
+        if isinstance(message, StatusRequest):
             return self.status()  # answers an ask() from a non-actor thread (metrics)
+        if not self.driver.receive(message):
+            return None
         # Everything already waiting is stepped before the output is gathered: one Ready,
         # one send per peer and one log write for the lot (bounded, so output keeps flowing).
         self.undrained += 1
@@ -218,560 +116,56 @@ class PeerActor(LoopTurningActor):
         return None
 
     def on_tick(self) -> None:
-        node = self.node
-        node.tick()
-        self.ticks += 1
+        self.driver.tick()
         self.undrained += 1
-        self._forget_lost_reads()
-        if self.askers and min(self.askers.values()) <= self.ticks:
-            self.peers_key = ()  # an asker's time is up: the next drain lets it go
-        if node.role is Role.LEADER:
-            self._expire_silent_sessions()
-            self.state_machine_actor.tell(WATCH_TICK)  # held watch polls time out
         # The other actors own their counters: they send a copy if it changed.
         self.state_machine_actor.tell(REPORT_METRICS)
         self.snapshot_actor.tell(REPORT_METRICS)
         if self.log_actor is not None:
             self.log_actor.tell(REPORT_METRICS)
 
-    # ------------------------------------------------------------------ inputs
-
-    def _step(self, msg: Message) -> None:
-        if isinstance(msg, SnapshotOffer):
-            self.snapshot_actor.tell(OfferReceived(msg))
-            return
-        if isinstance(msg, SnapshotReady):
-            self.snapshot_actor.tell(ReadyReceived(msg))
-            return
-        if (
-            isinstance(msg, InstallSnapshot)
-            and msg.meta.index not in self.staged
-            and msg.meta.index > self.node.commit
-        ):
-            log.warning("InstallSnapshot %d without its files; ignored", msg.meta.index)
-            return
-        reason = self.node.step(msg)
-        if reason is not None:
-            log.debug("ignored %s from %s: %s", type(msg).__name__, msg.src, reason)
-
-    def _client_batch(self, requests: Iterable[tuple[Identity, ClientRequest]]) -> None:
-        writes: list[tuple[Identity, ClientRequest]] = []
-        replies: Replies = []
-        count = 0
-        for identity, request in requests:
-            count += 1
-            op = request.op
-            if request.client_id and self.role is Role.LEADER:
-                self.last_heard[request.client_id] = self.ticks  # any request keeps it alive
-            if op in _WRITE_KINDS:  # batched: proposed together below
-                writes.append((identity, request))
-                continue
-            handler = self._ops.get(op)
-            if handler is None:
-                error = ClientReply(request.request_id, False, f"unknown op {op!r}", "bad_request")
-                replies.append((identity, error))
-            else:
-                replies.extend(handler(identity, request))
-        self.metrics["client_requests"] += count
-        # Propose in slices, each sent on before the next is built, so followers persist and
-        # the state machine applies one slice while the next is on its way: a big batch
-        # would otherwise go through every stage in lockstep.
-        for start in range(0, len(writes), PROPOSAL_SLICE):
-            replies.extend(self._propose(writes[start : start + PROPOSAL_SLICE]))
-            self._drain()
-        if replies:
-            self.reply(replies)
-
-    def _client_ops(self) -> dict[str, Callable[[Identity, ClientRequest], Replies]]:
-        """Every client op but the writes, by name: each answers at once (a list of
-        replies, maybe empty) or registers a waiter that answers later."""
-
-        def answering(handler: Callable[[ClientRequest], ClientReply]) -> Any:
-            return lambda identity, request: [(identity, handler(request))]
-
-        return {
-            "ping": answering(self._ping),
-            "query": self._query,
-            "query_local": self._query_local,
-            "watch_query": self._watch_query,
-            "watch_poll": self._watch_poll,
-            "status": answering(lambda r: ClientReply(r.request_id, True, self.status())),
-            "members": answering(self._members),
-            "set_members": self._set_members,
-            "bootstrap": answering(self._bootstrap),
-            "transfer": answering(self._transfer),
-        }
-
-    def _query(self, identity: Identity, request: ClientRequest) -> Replies:
-        """A linearizable read: answered once a ReadIndex confirms it and it is applied."""
-        context = next(self._contexts)
-        self.reads[context] = (identity, request.request_id, request.payload, self.ticks, None)
-        self.node.read_index(context)
-        return []
-
-    def _query_local(self, identity: Identity, request: ClientRequest) -> Replies:
-        read = PendingRead(0, identity, request.request_id, request.payload)
-        self.state_machine_actor.tell(ServeReads((read,)))
-        return []
-
-    def _transfer(self, request: ClientRequest) -> ClientReply:
-        if self.node.role is not Role.LEADER:  # a redirect, which sessions follow
-            return self._not_leader(request)
-        reason = self.node.transfer_leadership(str(request.payload))
-        done = reason is None or reason == "already leader"  # asked again: done
-        return ClientReply(request.request_id, done, reason, None if done else reason)
-
-    def _propose(self, writes: list[tuple[Identity, ClientRequest]]) -> Replies:
-        node = self.node
-        refused: Replies = []
-        if node.role is Role.LEADER:
-            writes, refused = self._admit(writes)
-            if not writes:
-                return refused
-        data = []
-        for _, request in writes:
-            command = Command(
-                _WRITE_KINDS[request.op],
-                request.client_id,
-                request.seq,
-                request.acked,
-                request.payload,
-            )
-            data.append(command.encode())
-        result = node.propose(data)
-        if not result.accepted:
-            return [
-                (
-                    identity,
-                    ClientReply(r.request_id, False, result.reason, "not_leader", node.leader),
-                )
-                for identity, r in writes
-            ] + refused
-        self.metrics["proposals"] += len(writes)
-        pending = tuple(
-            PendingWrite(result.index + offset, result.term, identity, request.request_id)
-            for offset, (identity, request) in enumerate(writes)
-        )
-        self.awaiting.extend(pending)
-        return refused
-
-    def _admit(
-        self, writes: list[tuple[Identity, ClientRequest]]
-    ) -> tuple[list[tuple[Identity, ClientRequest]], Replies]:
-        """The writes that may be proposed, and the answers to those that may not: a client
-        too far ahead of its acknowledged results is slowed down here, before its write is
-        in the log, so the answer is a certain "not applied" (see ``admission_refusal``)."""
-        limit = self.max_results_per_client
-        if all(r.seq - r.acked <= limit or not r.client_id for _, r in writes):
-            return writes, []  # the common case: one pass, no copies
-        admitted: list[tuple[Identity, ClientRequest]] = []
-        refused: Replies = []
-        for identity, request in writes:
-            why = None
-            if request.client_id:
-                why = admission_refusal(request.seq, request.acked, limit)
-            if why is None:
-                admitted.append((identity, request))
-            else:
-                # The limit goes with the refusal: sessions hold back later writes on
-                # their side rather than sending each again to be refused again.
-                reply = ClientReply(request.request_id, False, [why, limit], TOO_FAR_AHEAD)
-                refused.append((identity, reply))
-        self.metrics["writes_too_far_ahead"] += len(refused)
-        return admitted, refused
-
-    def _watch_query(self, identity: Identity, request: ClientRequest) -> Replies:
-        """A linearizable query that arms a watch: served by the leader itself, since the
-        watch lives in the leader's table."""
-        payload = request.payload
-        valid = (
-            isinstance(payload, list)
-            and len(payload) == 2
-            and type(payload[1]) is int
-            and request.client_id
-        )
-        if not valid:
-            reply = ClientReply(request.request_id, False, "[query, watch id]", "bad_request")
-            return [(identity, reply)]
-        if self.node.role is not Role.LEADER:
-            reply = self._not_leader(request)
-            return [(identity, reply)]
-        context = next(self._contexts)
-        watch = (request.client_id, payload[1])
-        self.reads[context] = (identity, request.request_id, payload[0], self.ticks, watch)
-        self.node.read_index(context)
-        return []
-
-    def _watch_poll(self, identity: Identity, request: ClientRequest) -> Replies:
-        payload = request.payload if isinstance(request.payload, dict) else {}
-        epoch, after, wait_ms = payload.get("epoch"), payload.get("after"), payload.get("wait_ms")
-        valid = (
-            request.client_id
-            and isinstance(epoch, str)
-            and type(after) is int
-            and type(wait_ms) is int
-            and 0 <= wait_ms <= 60_000
-        )
-        if not valid:
-            reply = ClientReply(
-                request.request_id, False, "{epoch, after, wait_ms 0..60000}", "bad_request"
-            )
-            return [(identity, reply)]
-        if self.node.role is not Role.LEADER:
-            reply = self._not_leader(request)
-            return [(identity, reply)]
-        if not self._caught_up():  # it would not know a session opened just before
-            return [(identity, ClientReply(request.request_id, False, "catching up", "retry"))]
-        poll = WatchPoll(
-            identity, request.request_id, request.client_id, epoch, after, wait_ms / 1000
-        )
-        self.state_machine_actor.tell(poll)
-        return []
-
-    def _not_leader(self, request: ClientRequest) -> ClientReply:
-        """The answer to a leader-only request that reached a non-leader: a redirect."""
-        return ClientReply(request.request_id, False, None, "not_leader", self.node.leader)
-
-    def _caught_up(self) -> bool:
-        """Our state machine has applied an entry of our term (at least our no-op), so it
-        holds everything committed before we led: a session it lacks is really gone."""
-        return self.applied.term == self.node.term
-
-    def _ping(self, request: ClientRequest) -> ClientReply:
-        if self.node.role is not Role.LEADER:
-            return self._not_leader(request)
-        if not self._caught_up():
-            return ClientReply(request.request_id, False, "catching up", "retry")
-        if request.client_id not in self.sessions:
-            return ClientReply(request.request_id, False, "no such session", "session_expired")
-        return ClientReply(request.request_id, True)
-
-    def _expire_silent_sessions(self) -> None:
-        """The leader decides expiry and replicates it as one entry per session."""
-        table = self.sessions
-        expired = []
-        for session, timeout_ms in table.items():
-            heard = self.last_heard.setdefault(session, self.ticks)
-            silent_ms = (self.ticks - heard) * self.tick_ms
-            if silent_ms > timeout_ms and session not in self.expiring:
-                expired.append(session)
-        if expired:
-            data = [Command(CommandKind.SESSION_EXPIRE, "", 0, 0, s).encode() for s in expired]
-            if self.node.propose(data).accepted:
-                self.expiring.update(expired)
-                log.info("%s: expiring %d silent session(s)", self.node.id, len(expired))
-        self.expiring &= table.keys()
-        if len(self.last_heard) > 2 * len(table) + 1024:  # plain clients are noted too
-            self.last_heard = {s: t for s, t in self.last_heard.items() if s in table}
-
-    def _bootstrap(self, request: ClientRequest) -> ClientReply:
-        voters = request.payload.get("voters") if isinstance(request.payload, dict) else None
-        if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
-            return ClientReply(request.request_id, False, "voters: list of ids", "bad_request")
-        guard = self.identity_guard
-        if guard is not None and guard.cluster_uuid:
-            # Pristine, but a member already reached us: we belong to that founding.
-            reason: str | None = "already present"
-        else:
-            reason = self.node.bootstrap(frozenset(voters))
-            if reason is None and guard is not None:
-                # Durable now, before the drain persists the founding entry (founding.py).
-                guard.founded(voters)
-        if reason is not None:
-            code = "already_present" if reason == "already present" else "bad_request"
-            return ClientReply(request.request_id, False, reason, code)
-        log.info("%s: founded a cluster of %s", self.node.id, sorted(voters))
-        return ClientReply(request.request_id, True, self.node.config.to_wire())
-
-    def _members(self, request: ClientRequest) -> ClientReply:
-        """The leader's configuration, which is in force from the moment it is appended, and
-        whether it is settled (committed and not joint). Only the leader answers: a
-        follower's copy may lag a change or hold one that never commits."""
-        node = self.node
-        if node.role is not Role.LEADER:
-            return self._not_leader(request)
-        answer = {"config": node.config.to_wire(), "settled": node.membership_stable}
-        return ClientReply(request.request_id, True, answer)
-
-    def _set_members(self, identity: Identity, request: ClientRequest) -> Replies:
-        payload = request.payload if isinstance(request.payload, dict) else {}
-        voters = payload.get("voters")
-        learners = payload.get("learners", [])
-        if not isinstance(voters, list) or not isinstance(learners, list):
-            return [
-                (identity, ClientReply(request.request_id, False, "voters: list", "bad_request"))
-            ]
-        if self.node.role is not Role.LEADER:
-            reply = self._not_leader(request)
-            return [(identity, reply)]
-        target = Configuration.of(voters, learners)
-        config = self.node.config
-        if config.voters == target.voters and config.learners == target.learners:
-            if self.node.membership_stable:
-                # Already in force: a retry of a change whose answer was lost, or a no-op.
-                return [(identity, ClientReply(request.request_id, True, target.to_wire()))]
-            # This very change is under way (a retry of one that timed out): answer when it
-            # settles, as the first attempt would have; its `old` is the config it left.
-            self.membership_waiters.append((identity, request.request_id, target))
-            return []
-        old = payload.get("old")
-        if old is not None and frozenset(old) != self.node.config.voters:
-            return [(identity, ClientReply(request.request_id, False, None, "peers_changed"))]
-        result = self.node.propose_membership(frozenset(voters), frozenset(learners))
-        if not result.accepted:
-            code = "not_stable" if result.reason == "not stable" else "rejected"
-            if result.reason == "not leader":
-                code = "not_leader"
-            reply = ClientReply(request.request_id, False, result.reason, code, self.node.leader)
-            return [(identity, reply)]
-        self.membership_waiters.append((identity, request.request_id, target))
-        return []
-
-    # ------------------------------------------------------------------ the ready loop
-
     def _drain(self) -> None:
         self.undrained = 0
-        node = self.node
-        while node.has_ready():
-            ready = node.ready()
-            self._observe_roles(ready)
-            self._track_peers(drop=False)  # a joiner's first answer: to a leader it just met
-            outgoing = []
-            for msg in ready.messages:
-                if isinstance(msg, InstallSnapshot):
-                    self.snapshot_actor.tell(SendSnapshot(msg))
-                else:
-                    outgoing.append(msg)
-            if outgoing:
-                self._reach_askers(outgoing)
-                self.send(outgoing)
-            if ready.must_persist or ready.messages_after_persist:
-                self._persist(ready)
-            if ready.committed:
-                waiting = self._waiting_up_to(ready.committed[-1].index)
-                self.state_machine_actor.tell(ApplyBatch(tuple(ready.committed), waiting))
-            if ready.read_states or ready.read_failures:
-                self._reads(ready)
-        self._track_peers(drop=True)  # after the last word to a removed peer went out
-        if self.identity_guard is not None and node.config is not self.guard_config:
-            self.guard_config = node.config
-            self.identity_guard.set_members(node.config.members)
-        if self.was_member and node.id not in node.config.members and node.membership_stable:
-            log.warning("%s: removed from the cluster by %s; stopping", node.id, node.config)
-            self.was_member = False
-            self.report_removed()
-        if self.membership_waiters:
-            self._answer_membership()
-        self.flush()
+        self.driver.drain()
 
-    def _reach_askers(self, messages: list[Any]) -> None:
-        """Answers to a peer we do not track yet go out too: a voter that has not received
-        the configuration that made it one (a promoted learner, a peer added directly) must
-        answer the candidates, or an election that needs its vote never ends. The peer stays
-        reachable for a few election timeouts after it last asked (the transport has
-        admitted and the guard checked its frames)."""
-        until = self.ticks + 4 * self.node.options.election_ticks
-        new = False
-        for msg in messages:
-            dst = msg.dst
-            if dst not in self.members:
-                new = new or dst not in self.askers
-                self.askers[dst] = until
-        if new:
-            self.peers_key = ()
-            self._track_peers(drop=False)
+    def status(self) -> dict[str, Any]:
+        return self.driver.status()
 
-    def _track_peers(self, drop: bool) -> None:
-        """Connect to peers we must now reach before the messages to them go; with ``drop``
-        also disconnect from those we need no more (only once the drain has sent its last
-        message to them: a leader that removed itself tells the removed peers last)."""
-        # Whom to reach changes only with the configuration (a new object), the leader or the
-        # peers the leader tracks (removed ones are dropped): recomputed only then.
-        node = self.node
-        peers_key = (node.config, node.leader, len(node.progress), frozenset(self.askers))
-        if peers_key == self.peers_key:
-            return
-        wanted = self._wanted_peers()
-        if drop:
-            self.peers_key = peers_key
-        else:
-            wanted |= self.members
-        if wanted != self.members:
-            self.members = wanted
-            self.set_peers(wanted - {node.id})
-            if node.id in wanted:
-                self.was_member = True
+    # ------------------------------------------------------------------ the driver's edges
+    # send, reply and flush are the transport's own (set in __init__).
 
-    def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
-        """The proposals' waiters whose index is now committed (or, before a snapshot,
-        overtaken), oldest first; the state machine actor answers them when it applies."""
-        awaiting = self.awaiting
-        taken = 0
-        while taken < len(awaiting) and awaiting[taken].index <= index:
-            taken += 1
-        if not taken:
-            return ()
-        out = tuple(awaiting[:taken])
-        del awaiting[:taken]
-        return out
-
-    def _persist(self, ready: Ready) -> None:
-        hard_state = ready.hard_state
-        if hard_state is not None:
-            vote = (hard_state.term, hard_state.vote)
-            if (
-                vote == self.queued_vote
-                and not ready.entries
-                and ready.snapshot is None
-                and not ready.messages_after_persist
-            ):
-                # Only the commit index moved: a restart hint the log actor saves only with a
-                # new term or vote, so waking it (and its Persisted back) would be two thread
-                # hand-offs in every commit's path for nothing.
-                return
-            self.queued_vote = vote
-        staged = None
-        if ready.snapshot is not None:
-            staged = self.staged.pop(ready.snapshot.index)
-            if overtaken := self._waiting_up_to(ready.snapshot.index):
-                self.state_machine_actor.tell(AwaitWrites(overtaken))
-            self.state_machine_actor.tell(ExpectSnapshot(ready.snapshot.index))
-        item = PersistItem(
-            ready.snapshot,
-            staged,
-            tuple(ready.entries),
-            ready.hard_state,
-            tuple(ready.messages_after_persist),
-        )
+    def persist(self, item: PersistItem) -> None:
         if self.log_writer is None:
             assert self.log_actor is not None
             self.log_actor.tell(item)
             return
         # Written on this thread: what must go out first (appends to the followers, sent
-        # before our own sync) leaves now. What is durable reaches the core as a message,
+        # before our own sync) leaves now. What is durable reaches the driver as a message,
         # after what is queued already, as it would from a log actor.
         self.flush()
         self.actor_ref.tell(self.log_writer.write((item,)))
 
-    def _reads(self, ready: Ready) -> None:
-        reads = []
-        for state in ready.read_states:
-            request = self.reads.pop(state.context, None)
-            if request is None:
-                continue
-            identity, request_id, query, _, watch = request
-            if watch is not None and self.role is not Role.LEADER:
-                # Confirmed while we led, but the table it would be armed in is gone.
-                reply = ClientReply(request_id, False, None, "not_leader", self.leader)
-                self.reply([(identity, reply)])
-                continue
-            reads.append(PendingRead(state.index, identity, request_id, query, watch))
-        if reads:
-            self.state_machine_actor.tell(ServeReads(tuple(reads)))
-        failures = []
-        for failure in ready.read_failures:
-            request = self.reads.pop(failure.context, None)
-            if request is not None:
-                reply = ClientReply(request[1], False, failure.reason, "not_leader", self.leader)
-                failures.append((request[0], reply))
-        if failures:
-            self.reply(failures)
+    def compact(self, order: CompactLog) -> None:
+        if self.log_writer is not None:
+            self.log_writer.compact(order)
+        else:
+            assert self.log_actor is not None
+            self.log_actor.tell(order)
 
-    def _forget_lost_reads(self) -> None:
-        """A read forwarded to a leader that never answered (lost message, leader gone)
-        waits no longer than a few election timeouts; the client has timed out by then."""
-        horizon = self.ticks - 10 * self.node.options.election_ticks
-        while self.reads:
-            context, request = next(iter(self.reads.items()))
-            if request[3] > horizon:
-                break
-            del self.reads[context]
+    def to_state_machine(self, message: Any) -> None:
+        self.state_machine_actor.tell(message)
 
-    def _observe_roles(self, ready: Ready) -> None:
-        if ready.role is not self.role:
-            if ready.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
-                self.metrics["elections_started"] += ready.role is Role.CANDIDATE
-            if self.role is Role.LEADER and self.membership_waiters:
-                self._answer_membership()  # a leader removed by the change answers it first
-            if self.role is Role.LEADER and self.membership_waiters:
-                self.reply(
-                    (identity, ClientReply(rid, False, None, "not_leader", ready.leader))
-                    for identity, rid, _ in self.membership_waiters
-                )
-                self.membership_waiters = []
-            if self.role is Role.LEADER:
-                self.state_machine_actor.tell(LEADERSHIP_LOST)
-            self.role = ready.role
-            self.leader_since = time.time() if ready.role is Role.LEADER else None
-            # Whoever leads next starts every session's timeout afresh.
-            self.last_heard.clear()
-            self.expiring.clear()
-        if ready.leader != self.leader:
-            self.leader = ready.leader
-            if ready.leader is not None:
-                self.metrics["leader_changes"] += 1
-                log.info("%s: leader is now %s (term %d)", self.node.id, ready.leader, ready.term)
+    def to_snapshots(self, message: Any) -> None:
+        self.snapshot_actor.tell(message)
 
-    def _wanted_peers(self) -> frozenset[str]:
-        """Whom we must be able to send to: the members, the peers a leader still tracks (a
-        removed peer until it learns its removal committed), and a leader we do not know
-        yet (a peer being added hears from the leader before it holds the configuration)."""
-        node = self.node
-        if self.askers:
-            self.askers = {p: t for p, t in self.askers.items() if t > self.ticks}
-        wanted = node.config.members | node.progress.keys() | self.askers.keys()
-        return wanted | {node.leader} if node.leader is not None else wanted
+    def set_peers(self, peers: frozenset[str]) -> None:
+        self._set_peers(peers)
 
-    def _answer_membership(self) -> None:
-        node = self.node
-        if not node.membership_stable:
-            return
-        done = [w for w in self.membership_waiters if w[2] == node.config]
-        if done:
-            self.membership_waiters = [w for w in self.membership_waiters if w not in done]
-            self.reply(
-                (identity, ClientReply(rid, True, node.config.to_wire()))
-                for identity, rid, _ in done
-            )
+    def removed(self) -> None:
+        self.report_removed()
 
-    # ------------------------------------------------------------------ status
-
-    def status(self) -> dict[str, Any]:
-        node = self.node
-        members = {}
-        for peer, progress in sorted(node.progress.items()):
-            members[peer] = {
-                "match": progress.match,
-                "next": progress.next,
-                "state": str(progress.state),
-                "lag": node.log.last_index - progress.match,
-                "active": progress.recent_active,
-                "snapshot": progress.state is ReplicationState.SNAPSHOT,
-            }
-        metrics: dict[str, Any] = dict(self.metrics)
-        metrics["ignored_messages"] = sum(node.ignored.values())
-        sources = dict(self.reported_metrics)
-        sources["transport"] = tuple(self.transport_stats().items())
+    def counters(self) -> dict[str, tuple[tuple[str, Any], ...]]:
+        sources = {"transport": tuple(self.transport_stats().items())}
         if self.log_writer is not None:
             sources["log"] = tuple(self.log_writer.counters.values.items())
-        for name, values in sources.items():
-            for key, value in values:
-                metrics[f"{name}_{key}"] = value
-        guard = self.identity_guard
-        return {
-            "id": node.id,
-            "cluster_uuid": guard.cluster_uuid if guard is not None else None,
-            "instance": guard.identity.instance if guard is not None else None,
-            "role": str(node.role),
-            "leader_since": self.leader_since,
-            "term": node.term,
-            "leader": node.leader,
-            "commit": node.commit,
-            "applied": self.applied.index,
-            "apply_lag": node.commit - self.applied.index,
-            "last_index": node.log.last_index,
-            "snapshot_index": node.log.snap_index,
-            "config": node.config.to_wire(),
-            "members": members,
-            "metrics": metrics,
-        }
+        return sources

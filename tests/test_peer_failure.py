@@ -46,7 +46,7 @@ def test_an_actor_failure_stops_the_whole_peer(tmp_path: Path) -> None:
                 with contextlib.suppress(Exception):
                     channel.request(peer, request, 0.3)
         assert runtime.failed.wait(10), "the failure was not reported"
-        assert runtime.failure is not None and "session actor failed" in runtime.failure
+        assert runtime.failure is not None and "state machine actor failed" in runtime.failure
     finally:
         started = time.monotonic()
         runtime.stop()
