@@ -154,6 +154,9 @@ class PeerDriver:
         self.expiring: set[str] = set()
         self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
+        # The snapshot from the leader being installed, until the state machine has it: one
+        # at a time, or a newer one would retire its files before they were read.
+        self.installing: int | None = None
         self.awaiting: list[PendingWrite] = []  # proposals' waiters, by index, until committed
         # The term and vote last handed to storage (the node starts from the saved ones)
         self.queued_vote = (node.term, node.vote)
@@ -235,6 +238,8 @@ class PeerDriver:
 
     def _applied_up_to(self, message: AppliedUpTo) -> bool:
         self.applied = message
+        if self.installing is not None and message.index >= self.installing:
+            self.installing = None
         if message.sessions is not None:
             self.sessions = message.sessions
         return False
@@ -250,13 +255,14 @@ class PeerDriver:
         if isinstance(msg, SnapshotReady):
             self.edges.to_snapshots(ReadyReceived(msg))
             return
-        if (
-            isinstance(msg, InstallSnapshot)
-            and msg.meta.index not in self.staged
-            and msg.meta.index > self.node.commit
-        ):
-            log.warning("InstallSnapshot %d without its files; ignored", msg.meta.index)
-            return
+        if isinstance(msg, InstallSnapshot) and msg.meta.index > self.node.commit:
+            if msg.meta.index not in self.staged:
+                log.warning("InstallSnapshot %d without its files; ignored", msg.meta.index)
+                return
+            if self.installing is not None:
+                log.debug("InstallSnapshot %d while %d installs; ignored", msg.meta.index,
+                          self.installing)  # fmt: skip
+                return
         reason = self.node.step(msg)
         if reason is not None:
             log.debug("ignored %s from %s: %s", type(msg).__name__, msg.src, reason)
@@ -640,6 +646,7 @@ class PeerDriver:
         staged = None
         if ready.snapshot is not None:
             staged = self.staged.pop(ready.snapshot.index)
+            self.installing = ready.snapshot.index
             if overtaken := self._waiting_up_to(ready.snapshot.index):
                 self.edges.to_state_machine(AwaitWrites(overtaken))
             self.edges.to_state_machine(ExpectSnapshot(ready.snapshot.index))

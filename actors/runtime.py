@@ -26,7 +26,7 @@ from typing import Any
 import pykka
 
 from zraft.backends.base import Backend, BackendLoadError, load_backend
-from zraft.core import Configuration, Node, SnapshotMeta
+from zraft.core import Configuration
 from zraft.settings import Settings
 from zraft.storage import (
     CorruptSnapshotError,
@@ -58,6 +58,7 @@ from .log_actor import LogActor, LogWriter
 from .messages import AppliedUpTo, ClientBatch, PeerBatch, StatusRequest
 from .metrics import MetricsServer
 from .peer_actor import PeerActor
+from .recovery import recover
 from .snapshot_actor import SnapshotActor
 from .state_machine import ReplicatedState
 from .state_machine_actor import StateMachineActor
@@ -209,25 +210,20 @@ class PeerRuntime:
         # is the log's first), never from the settings.
         state = ReplicatedState(backend, Configuration())
         state.snapshot_origin = lambda: {"cluster_id": s.cluster_id, "founding": guard.cluster_uuid}
-        if latest is None:
-            meta = SnapshotMeta(0, 0, Configuration())
-        else:
-            meta, path, extra = latest
-            state.install(meta, Path(path), extra)
-            raft_log.restore_to_snapshot(meta.index, meta.term)
+        node = recover(
+            peer_id=self.peer_id,
+            rng=random.Random(),
+            options=s.node_options(),
+            raft_log=raft_log,
+            hard_state=hard_state,
+            latest=latest,
+            state=state,
+        )
+        meta = node.snapshot_meta
         # From now on (not for the recovered snapshot): configurations that commit and
         # snapshots received tell the guard whom to forget.
         state.on_config, state.on_snapshot = guard.committed, guard.snapshot_installed
         guard.applied_index = lambda: state.applied_index
-        entries = raft_log.entries(raft_log.first_index, raft_log.last_index + 1)
-        node = Node(
-            self.peer_id,
-            random.Random(),
-            s.node_options(),
-            hard_state=hard_state,
-            snapshot=meta,
-            entries=entries,
-        )
         if present and s.peers and frozenset(s.peers) != node.config.all_voters:
             log.warning(
                 "%s: the peers setting (%s) differs from the cluster's configuration in "

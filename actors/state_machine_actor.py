@@ -21,7 +21,7 @@ from .apply_driver import ApplyDriver, reply_for, snapshot_point
 from .messages import Identity, SnapshotWritten
 from .state_machine import ReplicatedState
 
-__all__ = ["StateMachineActor", "reply_for", "snapshot_point"]
+__all__ = ["StateMachineActor", "reply_for", "snapshot_point", "write_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +79,33 @@ class StateMachineActor(pykka.ThreadingActor):
     ) -> None:
         """At once if the backend's writer needs its live state; else on a worker thread
         (the backend copied its state), so applying goes on meanwhile."""
+        store, lock = self.snapshots, self.snapshot_lock
         if not writer.background:
-            self.driver.receive(SnapshotWritten(meta.index, self._write(meta, writer, extra)))
+            self.driver.receive(write_snapshot(store, lock, meta, writer, extra))
             return
         me = self.actor_ref
 
         def write() -> None:
-            done = SnapshotWritten(meta.index, self._write(meta, writer, extra))
+            done = write_snapshot(store, lock, meta, writer, extra)
             with contextlib.suppress(pykka.ActorDeadError):  # the peer is shutting down
                 me.tell(done)
 
         threading.Thread(target=write, name="zraft-snapshot-writer", daemon=True).start()
 
-    def _write(
-        self, meta: SnapshotMeta, writer: SnapshotWriter, extra: dict[str, Any]
-    ) -> str | None:
-        try:
-            with self.snapshot_lock:
-                self.snapshots.create(meta, writer, extra)
-        except Exception as error:  # reported to the backend; we try again later
-            log.error("snapshot at %d failed: %s", meta.index, error)
-            return repr(error)
-        return None
+
+def write_snapshot(
+    store: SnapshotStorage,
+    lock: Any,
+    meta: SnapshotMeta,
+    writer: SnapshotWriter,
+    extra: dict[str, Any],
+) -> SnapshotWritten:
+    """Create the snapshot in the store; a failure is reported, not raised (the backend
+    hears of it, and the next one is tried later)."""
+    try:
+        with lock:
+            store.create(meta, writer, extra)
+    except Exception as error:
+        log.error("snapshot at %d failed: %s", meta.index, error)
+        return SnapshotWritten(meta.index, repr(error))
+    return SnapshotWritten(meta.index, None)

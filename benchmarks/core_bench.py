@@ -1,8 +1,10 @@
-"""Throughput of the pure consensus core, and the cost of simulation schedules.
+"""Throughput of the driven consensus core, and the cost of simulation schedules.
 
-Drives whole clusters of cores in one process with no faults (every message delivered and
-every write "synced" at once), so the figures measure the protocol logic alone: what the
-core costs per committed entry before any disk, socket or actor is involved.
+Drives whole simulated clusters in one process with no faults (every message delivered and
+every write "synced" at once to the in-memory storage twins): each peer is the production
+driver (``PeerDriver`` + ``ApplyDriver``, the key-value state machine) around the core, so
+the figures measure the protocol and driver logic alone: what a committed write costs
+before any disk, socket or thread hand-off is involved.
 
     python benchmarks/core_bench.py [--runs 5] [--entries 20000] [--schedules 1000]
 """
@@ -14,28 +16,37 @@ import json
 import statistics
 import time
 
+from zraft.backends import kv
 from zraft.core import NodeOptions
 from zraft.sim import Cluster, ScheduleOptions, run_schedule
+from zraft.transport import ClientRequest
 
 
 def committed_per_second(peers: int, batch: int, entries: int) -> float:
     names = [f"n{i}" for i in range(1, peers + 1)]
-    cluster = Cluster(1, names, names, options=NodeOptions(max_inflight=64))
-    while cluster.leader() is None:
-        cluster.tick()
-    leader = cluster.leader()
-    assert leader is not None and leader.node is not None
-    payload = [b"x" * 100] * batch
-    start_index = leader.node.commit
-    started = time.perf_counter()
-    while leader.node.commit - start_index < entries:
-        # Several batches in flight at once, as a busy leader would have.
-        for _ in range(4):
-            leader.node.propose(payload)
-            leader.process()
-        cluster.settle()
-    elapsed = time.perf_counter() - started
-    return (leader.node.commit - start_index) / elapsed
+    with Cluster(1, names, names, options=NodeOptions(max_inflight=64)) as cluster:
+        while cluster.leader() is None:
+            cluster.tick()
+        leader = cluster.leader()
+        assert leader is not None and leader.node is not None
+        value = "x" * 100
+        start_index = leader.node.commit
+        seq = 0
+        started = time.perf_counter()
+        while leader.node.commit - start_index < entries:
+            # Several batches in flight at once, as a busy leader would have.
+            for _ in range(4):
+                requests = []
+                for _ in range(batch):
+                    seq += 1
+                    command = kv.put(f"k{seq % 1000}", value)
+                    requests.append(
+                        (b"bench", ClientRequest(seq, "write", command, "bench", seq, seq - 1))
+                    )
+                leader.requests(requests)
+            cluster.settle()
+        elapsed = time.perf_counter() - started
+        return (leader.node.commit - start_index) / elapsed
 
 
 def seconds_per_thousand_schedules(count: int) -> float:

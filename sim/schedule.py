@@ -9,10 +9,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from zraft.actors.apply_driver import ApplyDriver
+from zraft.actors.driver import PeerDriver
 from zraft.core import Node, NodeOptions, Role
 
 from .checker import SafetyViolation
 from .cluster import Cluster, DiskFactory, Faults, NodeFactory, memory_disk
+from .peer import ApplyDriverFactory, DriverFactory
 
 POOL = [f"n{i}" for i in range(1, 8)]
 
@@ -35,6 +38,7 @@ class ScheduleResult:
     partitions: int = 0
     checks: int = 0
     messages: int = 0
+    answered: int = 0  # writes answered (exactly once, checked)
 
 
 @dataclass
@@ -51,13 +55,22 @@ def run_schedule(
     options: ScheduleOptions | None = None,
     node_factory: NodeFactory = Node,
     disk_factory: DiskFactory = memory_disk,
+    *,
+    driver_factory: DriverFactory = PeerDriver,
+    apply_driver_factory: ApplyDriverFactory = ApplyDriver,
 ) -> ScheduleResult:
-    """Run one random schedule; raises SafetyViolation or LivenessFailure naming the seed."""
+    """Run one random schedule; raises SafetyViolation or LivenessFailure naming the seed.
+    The factories put a broken core or driver in (the mutants prove the checks bite)."""
     opts = options or ScheduleOptions()
+    schedule = _Schedule(
+        seed, opts, node_factory, disk_factory, driver_factory, apply_driver_factory
+    )
     try:
-        return _Schedule(seed, opts, node_factory, disk_factory).run()
+        return schedule.run()
     except (SafetyViolation, LivenessFailure) as failure:
         raise type(failure)(f"seed {seed}: {failure}") from None
+    finally:
+        schedule.cluster.close()
 
 
 class _Schedule:
@@ -66,7 +79,9 @@ class _Schedule:
         seed: int,
         opts: ScheduleOptions,
         node_factory: NodeFactory,
-        disk_factory: DiskFactory = memory_disk,
+        disk_factory: DiskFactory,
+        driver_factory: DriverFactory,
+        apply_driver_factory: ApplyDriverFactory,
     ) -> None:
         self.rng = random.Random(seed * 7919 + 17)
         rng = self.rng
@@ -83,6 +98,7 @@ class _Schedule:
                 duplicate=rng.choice([0.0, 0.02, 0.05]),
                 max_delay=rng.choice([0, 1, 3]),
                 sync_now=rng.choice([1.0, 0.7, 0.3]),
+                apply_now=rng.choice([1.0, 0.7, 0.3]),
             )
         self.faults = faults
         # How often faults strike.
@@ -104,6 +120,8 @@ class _Schedule:
             options=node_options,
             faults=faults,
             node_factory=node_factory,
+            driver_factory=driver_factory,
+            apply_driver_factory=apply_driver_factory,
             compact_every=opts.compact_every,
             disk_factory=disk_factory,
         )
@@ -128,6 +146,9 @@ class _Schedule:
         self.result.reads = cluster.reads_served
         self.result.elections = len(cluster.checker.leaders)
         self.result.committed = cluster.checker.max_commit
+        self.result.answered = cluster.client.answered_writes
+        self.result.membership_changes = cluster.client.done["set_members"]
+        self.result.transfers = cluster.client.done["transfer"]
         return self.result
 
     # ------------------------------------------------------------ actions
@@ -164,13 +185,10 @@ class _Schedule:
         target = self._pick_target()
         if target is None:
             return
-        peer = self.cluster.peers[target]
-        assert peer.node is not None
-        batch = [f"v{self.counter + i}".encode() for i in range(self.rng.choice([1, 1, 3]))]
-        self.counter += len(batch)
-        if peer.node.propose(batch).accepted:
-            self.result.proposals += len(batch)
-        peer.process()
+        for _ in range(self.rng.choice([1, 1, 3])):
+            self.counter += 1
+            self.cluster.client.write(target, f"v{self.counter}".encode())
+            self.result.proposals += 1
 
     def _read(self) -> None:
         target = self._pick_target()
@@ -198,7 +216,6 @@ class _Schedule:
             if self.cluster.time >= at:
                 del self.down_until[peer_id]
                 self.cluster.peers[peer_id].start()
-                self.cluster.peers[peer_id].process()
 
     def _partition(self) -> None:
         cluster, rng = self.cluster, self.rng
@@ -250,18 +267,15 @@ class _Schedule:
         elif outsiders and len(voters) >= 3:  # replace one voter by another in one change
             voters.discard(self.rng.choice(sorted(voters)))
             voters.add(self.rng.choice(outsiders))
-        if node.propose_membership(voters, learners).accepted:
-            self.result.membership_changes += 1
-        leader.process()
+        self.cluster.client.change_members(leader.id, voters, learners)
 
     def _transfer(self) -> None:
         leader = self.cluster.leader()
         if leader is None or leader.node is None:
             return
         voters = sorted(leader.node.config.all_voters - {leader.id})
-        if voters and leader.node.transfer_leadership(self.rng.choice(voters)) is None:
-            self.result.transfers += 1
-        leader.process()
+        if voters:
+            self.cluster.client.transfer(leader.id, self.rng.choice(voters))
 
     # ------------------------------------------------------------ liveness
 
@@ -273,30 +287,26 @@ class _Schedule:
         for peer_id in list(self.down_until):
             self.cluster.peers[peer_id].start()
         self.down_until.clear()
-        for peer in cluster.peers.values():
-            peer.process()
         deadline = cluster.time + self.opts.heal_ticks
+        cluster.client.paused = True  # its retries may still be in flight
+        client = cluster.new_client("liveness")
         marker = b"liveness"
-        proposed_at: tuple[str, int] | None = None
+        asked: str | None = None
         while cluster.time < deadline:
             cluster.tick()
             leader = cluster.leader()
             if leader is None or leader.node is None:
                 continue
             node = leader.node
-            if proposed_at is None or proposed_at[0] != leader.id:
-                result = node.propose([marker])
-                leader.process()
-                if result.accepted:
-                    proposed_at = (leader.id, result.index)
+            if asked != leader.id and marker not in client.answer_indexes:
+                client.write(leader.id, marker)  # a write per new leader, each retried as any
+                asked = leader.id
                 continue
-            if not node.membership_stable or node.role is not Role.LEADER:
+            index = client.answer_indexes.get(marker)
+            if index is None or not node.membership_stable or node.role is not Role.LEADER:
                 continue
-            members = node.config.members
-            if all(
-                marker in cluster.applied_data[p] and cluster.peers[p].node is not None
-                for p in members
-            ):
+            members = [cluster.peers[p] for p in node.config.members]
+            if all(peer.alive and peer.applied_index >= index for peer in members):
                 return
         leader = cluster.leader()
         state = {

@@ -281,6 +281,11 @@ class MemorySnapshotStore:
 
     def _publish(self, snapshot: _StoredSnapshot) -> str:
         current = self._volume.snapshot
+        if current is not None and current.meta.index > snapshot.meta.index:
+            raise ValueError(
+                f"snapshot at index {snapshot.meta.index} is older than the latest at "
+                f"{current.meta.index}"
+            )
         key = (snapshot.meta.index, snapshot.meta.term)
         if current is not None and (current.meta.index, current.meta.term) == key:
             # Same index and term means the same state (the state machine is deterministic).

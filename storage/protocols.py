@@ -140,7 +140,9 @@ class SnapshotStorage(Protocol):
         extra: dict[str, Any] | None = None,
     ) -> str:
         """``writer(dirpath)`` writes the backend's files; returns the snapshot's path once
-        it is durable and the latest (every other snapshot retired)."""
+        it is durable and the latest (every other snapshot retired). One older than the
+        latest raises ValueError and changes nothing (a worker's snapshot may finish after
+        a newer one arrived from the leader)."""
         ...
 
     def begin_install(self) -> str:

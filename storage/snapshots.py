@@ -339,7 +339,15 @@ class SnapshotStore:
         shutil.rmtree(tmp, ignore_errors=True)
 
     def _publish(self, tmp: str, meta: SnapshotMeta) -> str:
-        """fsync everything under tmp, rename it into place, retire older snapshots."""
+        """fsync everything under tmp, rename it into place, retire older snapshots. One
+        older than the latest is refused (ValueError): a snapshot written on a worker may
+        finish after a newer one arrived from the leader, and must not retire it."""
+        snapshots = self._snapshots()
+        if snapshots and snapshots[-1][0] > meta.index:
+            self._discard(tmp)
+            raise ValueError(
+                f"snapshot at index {meta.index} is older than the latest at {snapshots[-1][0]}"
+            )
         if self._fsync:
             for dirpath, _, filenames in os.walk(tmp, topdown=False):
                 for name in filenames:

@@ -6,11 +6,12 @@ output the command must produce. Lines starting with ``#`` before a command are 
 A command that prints nothing produces ``ok``. ``test_scenarios.py`` runs every file and
 shows a unified diff on mismatch; with ``ZRAFT_REWRITE=1`` it rewrites the files instead.
 
-The cluster is a ``sim.Cluster`` without faults. Messages are not delivered by themselves:
-every message a peer sends waits in one FIFO queue until ``deliver`` or ``stabilize``. Disk
-writes are made durable at once unless the cluster was made with ``sync=manual``.
-Randomized election timeouts are pinned to ``election_ticks`` (the smallest value Raft may
-pick) so ``tick`` counts read plainly; ``set-timeout`` staggers them.
+The cluster is a ``sim.Cluster`` of ``CorePeer``s (bare cores: tests/core_peer.py) without
+faults. Messages are not delivered by themselves: every message a peer sends waits in one
+FIFO queue until ``deliver`` or ``stabilize``. Disk writes are made durable at once unless
+the cluster was made with ``sync=manual``. Randomized election timeouts are pinned to
+``election_ticks`` (the smallest value Raft may pick) so ``tick`` counts read plainly;
+``set-timeout`` staggers them.
 
 Commands (peers are ids such as ``n1``; lists are comma separated):
 
@@ -57,17 +58,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.core_peer import CorePeer
 from zraft.core import (
     Configuration,
     Entry,
     EntryKind,
-    InstallSnapshot,
     Message,
     Node,
     NodeOptions,
     SnapshotMeta,
 )
-from zraft.sim import Cluster, Faults, SimPeer, describe
+from zraft.sim import Cluster, Faults, describe
 
 SEED = 7
 SEPARATOR = "----"
@@ -239,7 +240,13 @@ class ScenarioCluster(Cluster):
         self.partition_drops: dict[tuple[str, str, str], int] = {}
         faults = Faults(sync_now=0.0) if manual_sync else Faults()
         super().__init__(
-            SEED, peers, voters, options=options, faults=faults, node_factory=self._new_node
+            SEED,
+            peers,
+            voters,
+            options=options,
+            faults=faults,
+            node_factory=self._new_node,
+            peer_factory=CorePeer,
         )
         if learners:
             founding = SnapshotMeta(0, 0, Configuration.of(voters, learners))
@@ -251,11 +258,8 @@ class ScenarioCluster(Cluster):
     def _new_node(self, peer_id: str, rng: random.Random, *args: Any, **kwargs: Any) -> Node:
         return Node(peer_id, PinnedRandom(self.timeouts, peer_id), *args, **kwargs)
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Message, attachment: Any = None) -> None:
         self.messages_sent += 1
-        attachment = None
-        if isinstance(msg, InstallSnapshot):
-            attachment = self._snapshot_of(msg.src, msg.meta)
         if (msg.src, msg.dst) in self.blocked:
             key = (msg.src, msg.dst, type(msg).__name__)
             self.partition_drops[key] = self.partition_drops.get(key, 0) + 1
@@ -396,7 +400,7 @@ class ScenarioEnv:
             raise ScenarioError(f"{peer_id} is down")
         return node
 
-    def peer(self, peer_id: str) -> SimPeer:
+    def peer(self, peer_id: str) -> CorePeer:
         peer = self.cluster.peers.get(peer_id)
         if peer is None:
             raise ScenarioError(f"unknown peer {peer_id!r}")
