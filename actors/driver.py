@@ -361,12 +361,27 @@ class PeerDriver:
                 for identity, r in writes
             ] + refused
         self.metrics["proposals"] += len(writes)
+        if self.awaiting and self.awaiting[-1].index >= result.index:
+            refused.extend(self._lost_waiters(result.index))
         pending = tuple(
             PendingWrite(result.index + offset, result.term, identity, request.request_id)
             for offset, (identity, request) in enumerate(writes)
         )
         self.awaiting.extend(pending)
         return refused
+
+    def _lost_waiters(self, index: int) -> Replies:
+        """Waiters of proposals at ``index`` or later from an earlier term of ours: this
+        leader's log replaced those entries, so they can never commit. They are answered
+        now (the client retries with its seq; exactly-once makes that safe): left in
+        ``awaiting``, out of index order, they would hold up every waiter behind them."""
+        lost = [w for w in self.awaiting if w.index >= index]
+        self.awaiting = [w for w in self.awaiting if w.index < index]
+        leader = self.node.leader
+        return [
+            (w.identity, ClientReply(w.request_id, False, None, "not_leader", leader))
+            for w in lost
+        ]
 
     def _admit(
         self, writes: list[tuple[Identity, ClientRequest]]
@@ -546,25 +561,7 @@ class PeerDriver:
         """Carry out the core's output until it has none, in the order Raft needs."""
         node = self.node
         while node.has_ready():
-            ready = node.ready()
-            self._observe_roles(ready)
-            self._track_peers(drop=False)  # a joiner's first answer: to a leader it just met
-            outgoing = []
-            for msg in ready.messages:
-                if isinstance(msg, InstallSnapshot):
-                    self.edges.to_snapshots(SendSnapshot(msg))
-                else:
-                    outgoing.append(msg)
-            if outgoing:
-                self._reach_askers(outgoing)
-                self.edges.send(outgoing)
-            if ready.must_persist or ready.messages_after_persist:
-                self._persist(ready)
-            if ready.committed:
-                waiting = self._waiting_up_to(ready.committed[-1].index)
-                self.edges.to_state_machine(ApplyBatch(tuple(ready.committed), waiting))
-            if ready.read_states or ready.read_failures:
-                self._reads(ready)
+            self._carry_out(node.ready())
         self._track_peers(drop=True)  # after the last word to a removed peer went out
         if self.identity_guard is not None and node.config is not self.guard_config:
             self.guard_config = node.config
@@ -576,6 +573,27 @@ class PeerDriver:
         if self.membership_waiters:
             self._answer_membership()
         self.edges.flush()
+
+    def _carry_out(self, ready: Ready) -> None:
+        """One Ready: messages that may go now, the durable write (with what waits for
+        it), committed entries and confirmed reads for the state machine."""
+        self._observe_roles(ready)
+        self._track_peers(drop=False)  # a joiner's first answer: to a leader it just met
+        outgoing = []
+        for msg in ready.messages:
+            if isinstance(msg, InstallSnapshot):
+                self.edges.to_snapshots(SendSnapshot(msg))
+            else:
+                outgoing.append(msg)
+        if outgoing:
+            self._reach_askers(outgoing)
+            self.edges.send(outgoing)
+        if ready.must_persist or ready.messages_after_persist:
+            self._persist(ready)
+        if ready.committed:
+            self._apply(ready)
+        if ready.read_states or ready.read_failures:
+            self._reads(ready)
 
     def _reach_askers(self, messages: list[Any]) -> None:
         """Answers to a peer we do not track yet go out too: a voter that has not received
@@ -658,6 +676,11 @@ class PeerDriver:
             tuple(ready.messages_after_persist),
         )
         self.edges.persist(item)
+
+    def _apply(self, ready: Ready) -> None:
+        """Committed entries to the state machine, with the waiters they release."""
+        waiting = self._waiting_up_to(ready.committed[-1].index)
+        self.edges.to_state_machine(ApplyBatch(tuple(ready.committed), waiting))
 
     def _reads(self, ready: Ready) -> None:
         reads = []

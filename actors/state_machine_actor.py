@@ -105,6 +105,9 @@ def write_snapshot(
     try:
         with lock:
             store.create(meta, writer, extra)
+    except ValueError as error:  # a newer one arrived from the leader meanwhile: nothing lost
+        log.info("snapshot at %d not kept: %s", meta.index, error)
+        return SnapshotWritten(meta.index, repr(error))
     except Exception as error:
         log.error("snapshot at %d failed: %s", meta.index, error)
         return SnapshotWritten(meta.index, repr(error))

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # Ticks a write waits for its first answer before it is sent again; each further wait
 # doubles, up to MAX_RETRY_TICKS (a cluster slowed by retries would only get slower).
 RETRY_TICKS = 40
-MAX_RETRY_TICKS = 320
+MAX_RETRY_TICKS = 80
 # Writes sent and not answered at most (later ones wait their turn, as in a session).
 WINDOW = 16
 # Answers after which a write is sent again (anything else is final).

@@ -49,6 +49,10 @@ class SimulatedPeer(Protocol):
 
     def crash(self) -> None: ...
 
+    def close(self) -> None:
+        """The end of the run: release what the peer holds (a log's lock, files)."""
+        ...
+
     def process(self) -> None: ...
 
     def tick(self) -> None: ...
@@ -135,6 +139,9 @@ class Cluster:
         return self._scratch
 
     def close(self) -> None:
+        """Stop every peer (their stores are closed) and remove the scratch directory."""
+        for peer in self.peers.values():
+            peer.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

@@ -210,6 +210,11 @@ class DrivenPeer:
             self.disk.crash(running.raft_log)
         self.cluster.lose_unsent(self.id)
 
+    def close(self) -> None:
+        running, self.running = self.running, None
+        if running is not None:
+            running.raft_log.close()
+
     # ------------------------------------------------------------------ the loop
 
     def process(self, *, settle: bool = False) -> None:

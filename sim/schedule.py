@@ -85,10 +85,10 @@ class _Schedule:
     ) -> None:
         self.rng = random.Random(seed * 7919 + 17)
         rng = self.rng
-        # A quarter of the schedules churn leaders hard: three voters, lossy links, one
+        # Half the schedules churn leaders hard: three voters, lossy links, one
         # entry per message, short outages. That is where old-term entries meet new leaders
         # (the paper's figure 8), which gentler schedules reach only rarely.
-        self.churn = opts.faults and rng.random() < 0.25
+        self.churn = opts.faults and rng.random() < 0.5
         size = 3 if self.churn else rng.randint(3, 5)
         voters = POOL[:size]
         faults = Faults()

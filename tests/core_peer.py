@@ -101,6 +101,9 @@ class CorePeer:
         self.waiting_reads.clear()
         self.cluster.lose_unsent(self.id)
 
+    def close(self) -> None:
+        self.node = None
+
     # ------------------------------------------------------------------ the cluster's calls
 
     def tick(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from zraft.actors.driver import PeerDriver
 from zraft.core import EntryKind, Node, Ready
 
 
@@ -35,3 +38,40 @@ class ConfigOnCommit(Node):
 
 
 MUTANTS = [CommitsOldTermByCounting, VotesWithoutLogCheck, ConfigOnCommit]
+
+
+# Broken drivers: each breaks one rule of carrying out a Ready, and the simulation, which
+# runs the production driver, must notice.
+
+
+class SendsBeforePersist(PeerDriver):
+    """Sends votes and acknowledgements at once, before what they promise is durable."""
+
+    def _persist(self, ready: Ready) -> None:
+        early = list(ready.messages_after_persist)
+        if early:
+            self.edges.send(early)
+        super()._persist(dataclasses.replace(ready, messages_after_persist=[]))
+
+
+class AppliesBeforeCommit(PeerDriver):
+    """Hands appended entries to the state machine as soon as they arrive, committed or not."""
+
+    def _carry_out(self, ready: Ready) -> None:
+        last = ready.committed[-1].index if ready.committed else 0
+        early = [e for e in ready.entries if e.index > last]
+        if early:
+            ready = dataclasses.replace(ready, committed=[*ready.committed, *early])
+        super()._carry_out(ready)
+
+
+class AnswersReadBeforeApply(PeerDriver):
+    """Serves a confirmed read at once, without waiting for the state machine to apply its
+    index."""
+
+    def _reads(self, ready: Ready) -> None:
+        states = [dataclasses.replace(s, index=0) for s in ready.read_states]
+        super()._reads(dataclasses.replace(ready, read_states=states))
+
+
+DRIVER_MUTANTS = [SendsBeforePersist, AppliesBeforeCommit, AnswersReadBeforeApply]

@@ -1,5 +1,5 @@
 """The simulation again, with every peer's disk the real storage layer: crashes lose what
-was not flushed, and a restarted peer sees only what the files recover."""
+was not handed to the stores, and a restarted peer sees only what the files recover."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from tests.conftest import SOAK
 from tests.file_disk import FileDisk
-from zraft.core import SnapshotMeta
 from zraft.sim import ScheduleOptions, run_schedule
 
 SCHEDULES = int(os.environ.get("ZRAFT_SIM_STORAGE_SCHEDULES", 2_000 if SOAK else 300))
@@ -23,8 +22,8 @@ def test_schedules_on_real_storage(tmp_path: Path) -> None:
     for seed in range(SCHEDULES):
         root = tmp_path / f"s{seed}"
 
-        def factory(peer: str, bootstrap: SnapshotMeta, root: Path = root) -> FileDisk:
-            disk = FileDisk(root, peer, bootstrap)
+        def factory(peer: str, scratch: str, root: Path = root) -> FileDisk:
+            disk = FileDisk(root / peer)
             disks.append(disk)
             return disk
 
@@ -34,8 +33,7 @@ def test_schedules_on_real_storage(tmp_path: Path) -> None:
             pytest.fail(f"{failure}\n(on real storage; files kept in {root})")
         finally:
             for disk in disks:
-                compactions += disk.store.latest() is not None
-                disk.close()
+                compactions += disk.store is not None and disk.store.latest() is not None
             disks.clear()
         assert result.elections > 0
     assert compactions > SCHEDULES  # snapshots were taken and survived restarts

@@ -12,10 +12,7 @@ import time
 import pytest
 
 from tests.conftest import SOAK
-from zraft.core import SnapshotMeta
-from zraft.sim import Disk, ScheduleOptions, run_schedule
-from zraft.sim.cluster import TwinDisk, memory_disk
-from zraft.storage import MemoryLog
+from zraft.sim import MemoryDisk, PeerDisk, ScheduleOptions, memory_disk, run_schedule
 
 SCHEDULES = int(os.environ.get("ZRAFT_SIM_SCHEDULES", 100_000 if SOAK else 2_000))
 STEPS = 300
@@ -64,18 +61,19 @@ def test_fault_free_cluster_commits_every_proposal() -> None:
 
 @pytest.mark.timeout(120)
 def test_the_simulated_disks_are_the_storage_twins() -> None:
-    """The simulation's default disk keeps each peer's log and hard state in the storage
-    layer's in-memory twins (storage.memory), which a crash leaves as the real ones would."""
-    disks: list[TwinDisk] = []
+    """The simulation's default disk keeps each peer's log, hard state and snapshots in the
+    storage layer's in-memory twins (storage.memory), which a crash leaves as the real ones
+    would."""
+    disks: list[MemoryDisk] = []
 
-    def factory(peer: str, bootstrap: SnapshotMeta) -> Disk:
-        disk = memory_disk(peer, bootstrap)
-        assert isinstance(disk, TwinDisk)
+    def factory(peer: str, scratch: str) -> PeerDisk:
+        disk = memory_disk(peer, scratch)
+        assert isinstance(disk, MemoryDisk)
         disks.append(disk)
         return disk
 
     result = run_schedule(7, ScheduleOptions(steps=200), disk_factory=factory)
     assert result.crashes > 0 and result.committed > 0
-    assert disks and all(isinstance(disk.log, MemoryLog) for disk in disks)
+    assert disks and any(disk.volume.snapshot is not None for disk in disks)
     durable = [disk.volume.log_base[0] + len(disk.volume.log_entries) for disk in disks]
     assert max(durable) >= result.committed  # the committed entries live in the volumes

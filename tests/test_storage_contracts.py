@@ -322,10 +322,31 @@ def test_each_new_snapshot_retires_the_others(world: StorageWorld) -> None:
     first = store.create(SnapshotMeta(20, 1, CONFIG), writer_for(20))
     store.create(SnapshotMeta(20, 1, CONFIG), writer_for(99))  # same index and term: kept
     assert Path(first, "data.bin").read_bytes() == bytes([20]) * 1020
-    for index in (30, 25):  # the one made last is the latest, whatever its index
-        store.create(SnapshotMeta(index, 1, CONFIG), writer_for(index))
-        assert store.latest()[0].index == index  # type: ignore[index]
-    assert world.open_snapshots().latest()[0].index == 25  # type: ignore[index]
+    store.create(SnapshotMeta(30, 1, CONFIG), writer_for(30))
+    assert store.latest()[0].index == 30  # type: ignore[index]
+    assert world.open_snapshots().latest()[0].index == 30  # type: ignore[index]
+
+
+@pytest.mark.timeout(30)
+def test_a_snapshot_older_than_the_latest_is_refused_and_retires_nothing(
+    world: StorageWorld, tmp_path: Path
+) -> None:
+    """A snapshot written on a worker can finish after a newer one arrived from the leader
+    (and the log was cut to it): publishing the older one would retire the only snapshot
+    the log can restart from."""
+    leader = StorageWorld(world.kind, tmp_path / "leader").open_snapshots()
+    source = leader.create(SnapshotMeta(40, 3, CONFIG), writer_for(40))
+    store = world.open_snapshots()
+    store.create(SnapshotMeta(20, 1, CONFIG), writer_for(20))
+    target = store.begin_install()
+    transfer(leader, source, target)
+    store.finish_install(target)
+    with pytest.raises(ValueError, match="older than the latest"):
+        store.create(SnapshotMeta(30, 2, CONFIG), writer_for(30))
+    for view in (store, world.open_snapshots()):
+        meta, path, _ = view.latest()  # type: ignore[misc]
+        assert meta.index == 40
+        assert Path(path, "data.bin").read_bytes() == bytes([40]) * 1040
 
 
 @pytest.mark.timeout(30)
