@@ -109,7 +109,8 @@ class ApplyDriver:
         self.clock = clock  # for watch polls' deadlines only
         self.next_snapshot_at = self._snapshot_point(state.applied_index)
         self.sessions_sent = state.sessions_changes  # the peer driver starts with a copy
-        self.pending_writes: dict[int, PendingWrite] = {}
+        self.pending_writes: dict[int, PendingWrite] = {}  # the writes' waiters, by index
+        self.waiters_term = 0  # the term of the latest waiters handed over
         self.waiting_reads: list[tuple[int, int, PendingRead]] = []  # heap by index
         self._read_sequence = 0
         self.expecting_snapshot: int | None = None
@@ -147,13 +148,29 @@ class ApplyDriver:
     # ------------------------------------------------------------------ applying
 
     def _apply_batch(self, message: ApplyBatch) -> None:
-        for write in message.waiting:
-            self.pending_writes[write.index] = write
         self._apply(list(message.entries))
 
     def _await_writes(self, message: AwaitWrites) -> None:
+        pending = self.pending_writes
+        first = message.writes[0] if message.writes else None
+        if first is not None and first.term > self.waiters_term:
+            # Our first proposal of a new term: from its index on, the leader's log holds
+            # entries of this term only, so earlier terms' proposals there can never apply.
+            # Answered now (the client retries with its seq; exactly-once makes that safe)
+            # rather than when the log grows past them.
+            self.waiters_term = first.term
+            lost = [w for w in pending.values() if w.term < first.term and w.index >= first.index]
+            for write in lost:
+                del pending[write.index]
+            if lost:
+                self.edges.reply(
+                    [
+                        (w.identity, ClientReply(w.request_id, False, None, error="not_leader"))
+                        for w in lost
+                    ]
+                )
         for write in message.writes:
-            self.pending_writes[write.index] = write
+            pending[write.index] = write
 
     def _expect_snapshot(self, message: ExpectSnapshot) -> None:
         self.expecting_snapshot = message.index

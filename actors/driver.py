@@ -157,7 +157,6 @@ class PeerDriver:
         # The snapshot from the leader being installed, until the state machine has it: one
         # at a time, or a newer one would retire its files before they were read.
         self.installing: int | None = None
-        self.awaiting: list[PendingWrite] = []  # proposals' waiters, by index, until committed
         # The term and vote last handed to storage (the node starts from the saved ones)
         self.queued_vote = (node.term, node.vote)
         # read context -> (request, tick it arrived, watch to arm); contexts grow, so the
@@ -361,27 +360,14 @@ class PeerDriver:
                 for identity, r in writes
             ] + refused
         self.metrics["proposals"] += len(writes)
-        if self.awaiting and self.awaiting[-1].index >= result.index:
-            refused.extend(self._lost_waiters(result.index))
+        # One waiter per write, made here and handed over at once: the apply driver keeps
+        # it until the reply (before the entries, which commit later, on the same channel).
         pending = tuple(
             PendingWrite(result.index + offset, result.term, identity, request.request_id)
             for offset, (identity, request) in enumerate(writes)
         )
-        self.awaiting.extend(pending)
+        self.edges.to_state_machine(AwaitWrites(pending))
         return refused
-
-    def _lost_waiters(self, index: int) -> Replies:
-        """Waiters of proposals at ``index`` or later from an earlier term of ours: this
-        leader's log replaced those entries, so they can never commit. They are answered
-        now (the client retries with its seq; exactly-once makes that safe): left in
-        ``awaiting``, out of index order, they would hold up every waiter behind them."""
-        lost = [w for w in self.awaiting if w.index >= index]
-        self.awaiting = [w for w in self.awaiting if w.index < index]
-        leader = self.node.leader
-        return [
-            (w.identity, ClientReply(w.request_id, False, None, "not_leader", leader))
-            for w in lost
-        ]
 
     def _admit(
         self, writes: list[tuple[Identity, ClientRequest]]
@@ -633,19 +619,6 @@ class PeerDriver:
             if node.id in wanted:
                 self.was_member = True
 
-    def _waiting_up_to(self, index: int) -> tuple[PendingWrite, ...]:
-        """The proposals' waiters whose index is now committed (or, before a snapshot,
-        overtaken), oldest first; the state machine actor answers them when it applies."""
-        awaiting = self.awaiting
-        taken = 0
-        while taken < len(awaiting) and awaiting[taken].index <= index:
-            taken += 1
-        if not taken:
-            return ()
-        out = tuple(awaiting[:taken])
-        del awaiting[:taken]
-        return out
-
     def _persist(self, ready: Ready) -> None:
         hard_state = ready.hard_state
         if hard_state is not None:
@@ -665,8 +638,6 @@ class PeerDriver:
         if ready.snapshot is not None:
             staged = self.staged.pop(ready.snapshot.index)
             self.installing = ready.snapshot.index
-            if overtaken := self._waiting_up_to(ready.snapshot.index):
-                self.edges.to_state_machine(AwaitWrites(overtaken))
             self.edges.to_state_machine(ExpectSnapshot(ready.snapshot.index))
         item = PersistItem(
             ready.snapshot,
@@ -678,9 +649,8 @@ class PeerDriver:
         self.edges.persist(item)
 
     def _apply(self, ready: Ready) -> None:
-        """Committed entries to the state machine, with the waiters they release."""
-        waiting = self._waiting_up_to(ready.committed[-1].index)
-        self.edges.to_state_machine(ApplyBatch(tuple(ready.committed), waiting))
+        """Committed entries to the state machine."""
+        self.edges.to_state_machine(ApplyBatch(tuple(ready.committed)))
 
     def _reads(self, ready: Ready) -> None:
         reads = []

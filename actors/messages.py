@@ -122,7 +122,8 @@ class CompactLog:
 
 
 class PendingWrite(NamedTuple):
-    """A client waiting for the write proposed at ``index`` in ``term``; one per write."""
+    """A client waiting for the write proposed at ``index`` in ``term``: the one waiter of
+    a write, made when the write is proposed and held by the apply driver until its reply."""
 
     index: int
     term: int
@@ -132,16 +133,16 @@ class PendingWrite(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ApplyBatch:
-    """Committed entries to apply, with the clients waiting for any of them (the peer
-    actor holds a proposal's waiters until its index commits: one message, not two)."""
+    """Committed entries to apply."""
 
     entries: tuple[Entry, ...]
-    waiting: tuple[PendingWrite, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class AwaitWrites:
-    """Waiters for proposals a snapshot is about to overtake (answered "retry")."""
+    """The waiters of writes just proposed (one per write), handed over as they are made:
+    the apply driver answers each when its index is applied, or earlier if its entry is
+    lost (another proposal at its index, a snapshot over it)."""
 
     writes: tuple[PendingWrite, ...]
 

@@ -559,7 +559,9 @@ class Node:
             # leader's: re-anchor the message there and keep only what lies beyond it.
             entries = tuple(e for e in msg.entries if e.index > self.commit)
             if not entries:
-                self._messages.append(
+                # After the persist like every acknowledgement: entries up to our commit may
+                # still be on their way to our disk, and an ack promises they are there.
+                self._messages_after.append(
                     AppendResponse(self.term, self.id, msg.src, True, self.commit)
                 )
                 return None
@@ -618,12 +620,16 @@ class Node:
     def _handle_snapshot(self, msg: InstallSnapshot) -> None:
         meta = msg.meta
         if meta.index <= self.commit:
-            self._messages.append(AppendResponse(self.term, self.id, msg.src, True, self.commit))
+            self._messages_after.append(
+                AppendResponse(self.term, self.id, msg.src, True, self.commit)
+            )
             return
         if self.log.term(meta.index) == meta.term:
             # We already hold that prefix: just learn it is committed.
             self.commit = meta.index
-            self._messages.append(AppendResponse(self.term, self.id, msg.src, True, meta.index))
+            self._messages_after.append(
+                AppendResponse(self.term, self.id, msg.src, True, meta.index)
+            )
             return
         self.log.restore(meta)
         self.snapshot_meta = meta

@@ -131,6 +131,9 @@ class SimClient:
                 write.wait = min(2 * write.wait, MAX_RETRY_TICKS)
                 due.append(write.seq)
         for seq in due:
+            write = self.writes.get(seq)
+            if write is None or write.answer is not None:
+                continue  # answered meanwhile (sending one write may answer another)
             target = self.cluster.target()
             if target is not None:
                 self._send_write(target, seq)

@@ -9,6 +9,7 @@ feed bare cores); the network, the clock, the client and the checks are the same
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
 import tempfile
@@ -135,7 +136,11 @@ class Cluster:
     def scratch(self) -> str:
         """A directory of the cluster's own (snapshots laid out as files live there)."""
         if self._scratch is None:
-            self._scratch = tempfile.mkdtemp(prefix=f"zraft-sim-{self.seed}-")
+            # In memory where the system offers it: backends write (and sync) a snapshot's
+            # files every few entries here, and nothing needs to outlive the run.
+            shm = "/dev/shm"
+            where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+            self._scratch = tempfile.mkdtemp(prefix=f"zraft-sim-{self.seed}-", dir=where)
         return self._scratch
 
     def close(self) -> None:

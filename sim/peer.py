@@ -40,7 +40,17 @@ from zraft.actors.state_machine import ReplicatedState
 from zraft.actors.state_machine_actor import write_snapshot
 from zraft.backends.base import SnapshotWriter
 from zraft.backends.kv import KeyValueBackend
-from zraft.core import Configuration, Entry, InstallSnapshot, Message, Node, SnapshotMeta
+from zraft.core import (
+    AppendResponse,
+    Configuration,
+    Entry,
+    InstallSnapshot,
+    Message,
+    Node,
+    Role,
+    SnapshotMeta,
+    VoteResponse,
+)
 from zraft.storage import (
     HardStateStorage,
     LogStorage,
@@ -329,12 +339,43 @@ class DrivenPeer:
     # ------------------------------------------------------------------ the drivers' edges
 
     def send(self, messages: list[Message]) -> None:
-        for msg in messages:
-            self.cluster.send(msg)
+        self._send_all(messages)
 
     def _send_all(self, messages: Iterable[Message]) -> None:
         for msg in messages:
+            self._check_promise(msg)
             self.cluster.send(msg)
+
+    def _check_promise(self, msg: Message) -> None:
+        """A vote or an acknowledgement promises that what it grants is durable: checked
+        against the stores themselves as it leaves (persist before send)."""
+        running = self.running
+        if running is None:
+            return
+        if isinstance(msg, AppendResponse) and msg.success:
+            raft_log, log = running.raft_log, running.node.log
+            index = msg.index
+            if index > raft_log.base_index and index > log.snap_index:
+                # What the ack vouches for: the entry the leader it answers holds there.
+                expected = log.term(index)
+                leader = self.cluster.peers[msg.dst].node if msg.dst in self.cluster.peers else None
+                if leader is not None and leader.role is Role.LEADER and leader.term == msg.term:
+                    expected = leader.log.term(index) or expected
+                durable = raft_log.term(index) if index <= raft_log.last_index else None
+                if durable is None or durable != expected:
+                    self.cluster.checker.fail(
+                        f"{self.id} acknowledged index {index} (term {expected}) to "
+                        f"{msg.dst}, but its durable log holds term {durable} there"
+                    )
+        elif isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
+            # Durable: this vote, or a later term (after a restart it cannot vote in that
+            # term again; a group of writes saves only its last hard state).
+            saved = running.writer.saved
+            if saved.term < msg.term or (saved.term == msg.term and saved.vote != msg.dst):
+                self.cluster.checker.fail(
+                    f"{self.id} granted {msg.dst} its vote in term {msg.term}, but its durable "
+                    f"hard state is term {saved.term} vote {saved.vote}"
+                )
 
     def persist(self, item: PersistItem) -> None:
         running = self.running

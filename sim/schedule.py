@@ -24,6 +24,10 @@ class LivenessFailure(AssertionError):
     """Once faults healed, the cluster did not elect a leader or commit in time."""
 
 
+class PeerFailure(AssertionError):
+    """Production code raised inside a simulated peer: the process would have stopped."""
+
+
 @dataclass
 class ScheduleResult:
     seed: int
@@ -34,6 +38,7 @@ class ScheduleResult:
     elections: int = 0
     membership_changes: int = 0
     crashes: int = 0
+    power_losses: int = 0
     transfers: int = 0
     partitions: int = 0
     checks: int = 0
@@ -69,6 +74,8 @@ def run_schedule(
         return schedule.run()
     except (SafetyViolation, LivenessFailure) as failure:
         raise type(failure)(f"seed {seed}: {failure}") from None
+    except Exception as error:  # the driver or a store raised: a peer would have failed
+        raise PeerFailure(f"seed {seed}: {type(error).__name__}: {error}") from error
     finally:
         schedule.cluster.close()
 
@@ -168,6 +175,8 @@ class _Schedule:
             return
         if rng.random() < 0.03 * chaos:
             self._crash()
+        if rng.random() < 0.004 * chaos:
+            self._power_loss()
         if rng.random() < 0.015 * chaos:
             self._partition()
 
@@ -210,6 +219,15 @@ class _Schedule:
         downtime = self.rng.randint(1, 8 if self.churn else 40)
         self.down_until[victim] = self.cluster.time + downtime
         self.result.crashes += 1
+
+    def _power_loss(self) -> None:
+        """Every peer goes down at once (a rack's power): whatever any of them had not
+        made durable is gone everywhere together; they come back within a few ticks."""
+        for peer_id in self._live():
+            self.cluster.peers[peer_id].crash()
+            self.down_until[peer_id] = self.cluster.time + self.rng.randint(1, 6)
+            self.result.crashes += 1
+        self.result.power_losses += 1
 
     def _restart_due(self) -> None:
         for peer_id, at in list(self.down_until.items()):

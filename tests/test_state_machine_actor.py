@@ -18,6 +18,7 @@ from zraft.actors.messages import (
     REPORT_METRICS,
     AppliedUpTo,
     ApplyBatch,
+    AwaitWrites,
     MetricsReport,
     PendingWrite,
     SnapshotTaken,
@@ -47,6 +48,14 @@ def write(index: int, key: str, value: Any) -> Entry:
 
 def waiter(index: int) -> PendingWrite:
     return PendingWrite(index, 1, f"client-{index}".encode(), 100 + index)
+
+
+def apply(ref: pykka.ActorRef[Any], entries: tuple[Entry, ...], *waiters: PendingWrite) -> None:
+    """As the peer driver tells it: a write's waiter when it is proposed, then the entries
+    once committed."""
+    if waiters:
+        ref.tell(AwaitWrites(waiters))
+    ref.tell(ApplyBatch(entries))
 
 
 class StubPeer:
@@ -140,9 +149,9 @@ def start_session(tmp_path: Path, *, max_log_count: int = 1_000_000) -> Session:
 @pytest.mark.timeout(30)
 def test_it_applies_and_answers_on_its_own_thread(tmp_path: Path) -> None:
     s = start_session(tmp_path)
-    s.ref.tell(ApplyBatch((write(1, "k1", "v1"),), (waiter(1),)))
+    apply(s.ref, (write(1, "k1", "v1"),), waiter(1))
     batch = tuple(write(i, f"k{i}", i) for i in (2, 3, 4))
-    s.ref.tell(ApplyBatch(batch, (waiter(3),)))
+    apply(s.ref, batch, waiter(3))
     own = s.sync()
     assert own != threading.get_ident()
     assert s.applied_on == [(1, own), (2, own)]
@@ -180,7 +189,7 @@ def test_a_snapshot_falls_due_and_is_taken_on_its_thread_and_reported_at_once(
 ) -> None:
     s = start_session(tmp_path, max_log_count=3)
     for index in (1, 2, 3):
-        s.ref.tell(ApplyBatch((write(index, f"k{index}", index),), (waiter(index),)))
+        apply(s.ref, (write(index, f"k{index}", index),), waiter(index))
     own = s.sync()
     assert [t for t, _ in s.reply_to(3)] == [own]  # answered, snapshot or not
     assert s.peer.snapshot_taken.wait(WAIT)
@@ -224,8 +233,8 @@ def test_the_peer_hears_how_far_it_applied_before_any_client_is_answered(
     leave, so a client that just opened a session and pings next is never told it has
     none; the sessions are copied only when they changed."""
     s = start_session(tmp_path)
-    s.ref.tell(ApplyBatch((open_session(1, "s1", 1500),), (waiter(1),)))
-    s.ref.tell(ApplyBatch((write(2, "k", 2),), (waiter(2),)))
+    apply(s.ref, (open_session(1, "s1", 1500),), waiter(1))
+    apply(s.ref, (write(2, "k", 2),), waiter(2))
     s.sync()
     journal = [(who, m) for who, m in s.peer.journal
                if who == "reply" or isinstance(m, AppliedUpTo)]  # fmt: skip
