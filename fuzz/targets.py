@@ -9,7 +9,7 @@ and fails (``PropertyViolation``) when:
   loaded machine does not cause false alarms, and SIGALRM stays free for pytest-timeout);
 * it allocates more than ``alloc_per_byte * len(data) + alloc_slack`` (tracemalloc peak).
 
-The same targets serve the hypothesis tests (``tests/test_fuzz_*.py``, bounded, in CI) and
+The same targets serve the hypothesis tests (``tests/*/test_fuzz_*.py``, bounded, in CI) and
 the atheris harnesses (``fuzz/<name>.py``, long local runs). Structure-aware targets read
 the input as a recipe (which seed, which byte to change, how) so that mutations get past
 checksums and reach the payload decoders behind them.

@@ -6,7 +6,7 @@ the volume is the disk. A simulated crash drops the store objects (``MemoryVolum
 releases the log's lock as the kernel does for a dead process) and new stores opened over
 the same volume see exactly what the real stores would recover from files: every call
 that returned, nothing of a call that raised. The contract suite
-(tests/test_storage_contracts.py) holds the twins and the real stores to the same tests.
+(tests/storage/test_storage_contracts.py) holds the twins and the real stores to the same tests.
 
 Snapshots are directories to their callers (backends write files, the stream sends them),
 so ``MemorySnapshotStore`` keeps the published snapshots' bytes in the volume and lays each

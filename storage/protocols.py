@@ -3,7 +3,7 @@
 Each protocol has a real implementation on disk (``SegmentedLog``, ``HardStateFile``,
 ``SnapshotStore``) and an in-memory twin (``storage.memory``) that behaves the same in
 everything a caller may rely on, which one contract suite checks for both
-(tests/test_storage_contracts.py). Callers (the actors, founding, the runtime) name these
+(tests/storage/test_storage_contracts.py). Callers (the actors, founding, the runtime) name these
 protocols, never a class, so the simulation can run them over the twins and the fault suite
 can wrap them (``zraft.chaos.storage_faults``) without code of its own in ``storage/``.
 

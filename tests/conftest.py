@@ -8,7 +8,7 @@ import pytest
 
 SOAK = os.environ.get("ZRAFT_SOAK", "") not in ("", "0")
 
-from tests.chaos_support import chaos_out  # noqa: E402,F401  (a fixture for the chaos tests)
+from tests.support.chaos_support import chaos_out  # noqa: E402,F401  (a fixture for the chaos tests)
 
 # A failed end-to-end test shows what its peers logged last: CI keeps only the output.
 LOG_TAIL_LINES = 15

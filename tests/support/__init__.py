@@ -1,0 +1,1 @@
+"""Helpers the tests share: fixtures, fake backends, worker processes, worlds."""
