@@ -154,10 +154,11 @@ class ApplyDriver:
         pending = self.pending_writes
         first = message.writes[0] if message.writes else None
         if first is not None and first.term > self.waiters_term:
-            # Our first proposal of a new term: from its index on, the leader's log holds
-            # entries of this term only, so earlier terms' proposals there can never apply.
-            # Answered now (the client retries with its seq; exactly-once makes that safe)
-            # rather than when the log grows past them.
+            # Our first proposal of a new term: from its index on, our log holds entries of
+            # this term only, so earlier terms' proposals there will not apply through us.
+            # They may still commit through another peer that holds them and leads later,
+            # so the answer is "retry" (maybe applied: the client asks again with its seq,
+            # which exactly-once makes safe), never "not_leader" (which says not applied).
             self.waiters_term = first.term
             lost = [w for w in pending.values() if w.term < first.term and w.index >= first.index]
             for write in lost:
@@ -165,7 +166,7 @@ class ApplyDriver:
             if lost:
                 self.edges.reply(
                     [
-                        (w.identity, ClientReply(w.request_id, False, None, error="not_leader"))
+                        (w.identity, ClientReply(w.request_id, False, None, error="retry"))
                         for w in lost
                     ]
                 )

@@ -45,6 +45,7 @@ from .messages import (
     AwaitWrites,
     ClientBatch,
     CompactLog,
+    DiscardStaged,
     ExpectSnapshot,
     Identity,
     MetricsReport,
@@ -261,10 +262,21 @@ class PeerDriver:
             if self.installing is not None:
                 log.debug("InstallSnapshot %d while %d installs; ignored", msg.meta.index,
                           self.installing)  # fmt: skip
+                self._discard_staged(lambda index: index == msg.meta.index)
                 return
         reason = self.node.step(msg)
         if reason is not None:
             log.debug("ignored %s from %s: %s", type(msg).__name__, msg.src, reason)
+        if isinstance(msg, InstallSnapshot) and self.staged:
+            # A snapshot below our commit is never installed (the one just accepted is at it).
+            commit = self.node.commit
+            self._discard_staged(lambda index: index < commit)
+
+    def _discard_staged(self, which: Callable[[int], bool]) -> None:
+        gone = [index for index in self.staged if which(index)]
+        if gone:
+            paths = tuple(self.staged.pop(index) for index in gone)
+            self.edges.to_snapshots(DiscardStaged(paths))
 
     def _client_batch(self, requests: Iterable[tuple[Identity, ClientRequest]]) -> None:
         writes: list[tuple[Identity, ClientRequest]] = []
@@ -637,7 +649,8 @@ class PeerDriver:
         staged = None
         if ready.snapshot is not None:
             staged = self.staged.pop(ready.snapshot.index)
-            self.installing = ready.snapshot.index
+            self.installing = installed = ready.snapshot.index
+            self._discard_staged(lambda index: index < installed)
             self.edges.to_state_machine(ExpectSnapshot(ready.snapshot.index))
         item = PersistItem(
             ready.snapshot,

@@ -212,6 +212,14 @@ class SendSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscardStaged:
+    """Received snapshots that will never be installed (superseded, or at or below the
+    commit index): their directories go."""
+
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class OfferReceived:
     offer: SnapshotOffer
 

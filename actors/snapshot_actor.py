@@ -33,6 +33,7 @@ from zraft.transport import (
 
 from .counters import Counters
 from .messages import (
+    DiscardStaged,
     OfferReceived,
     ReadyReceived,
     ReceiveFinished,
@@ -122,6 +123,10 @@ class SnapshotActor(pykka.ThreadingActor):
             self._finished_receiving(message)
         elif isinstance(message, ReportMetrics):
             self._report_metrics()
+        elif isinstance(message, DiscardStaged):
+            with self.snapshot_lock:
+                for path in message.paths:
+                    self.snapshots.abort_install(path)
 
     def _report_metrics(self) -> None:
         report = self.counters.report()

@@ -2,10 +2,13 @@
 ``ClientRequest``s, and checks every answer it gets.
 
 - Writes are exactly-once: one client id, a seq per write, retried with the same seq (to
-  the leader it sees, or any live peer) until answered. Each write creates its own key
-  (``cas`` with "absent" expected), so a write applied twice answers ``swapped: False``:
-  every successful answer must say ``swapped: True``, and the entry at the index it names
-  must be that very write.
+  the leader it sees, or any live peer) while the answer says it may have applied
+  ("retry", no answer). "not_leader" says it was not applied: the write is then sent again
+  under a new seq, as a session's ``retry(error)`` does, and the seq answered so must
+  never show up applied (checked at the end against every applied entry). Each write
+  creates its own key (``cas`` with "absent" expected), so a write applied twice answers
+  ``swapped: False``: every successful answer must say ``swapped: True``, every answer to
+  the same seq must agree, and the entry at the index it names must be that very write.
 - Reads are linearizable: served at an applied index no older than the highest commit any
   peer knew when the read began (``SafetyChecker.check_read``).
 - Membership changes and leadership transfers go through the same ops as the CLI's.
@@ -30,17 +33,22 @@ RETRY_TICKS = 40
 MAX_RETRY_TICKS = 80
 # Writes sent and not answered at most (later ones wait their turn, as in a session).
 WINDOW = 16
-# Answers after which a write is sent again (anything else is final).
-RETRYABLE = frozenset({"not_leader", "retry", "too_far_ahead", "not_founded"})
+# Answers after which a write is sent again with its seq: it may have been applied.
+RETRYABLE = frozenset({"retry", "too_far_ahead", "not_founded"})
+# The answer that says a write was not applied: it goes again under a new seq.
+NOT_APPLIED = "not_leader"
 
 
 @dataclass
 class _Write:
     seq: int
     value: bytes
+    key: str
     sent_at: int | None = None  # None: waiting for room in the window
     answer: ClientReply | None = None
     wait: int = RETRY_TICKS  # before it is sent again
+    copies: int = 0  # times sent
+    refused: int = 0  # copies answered "not_leader"
 
 
 class SimClient:
@@ -62,16 +70,23 @@ class SimClient:
         self.answered_writes = 0
         self.done: dict[str, int] = {"set_members": 0, "transfer": 0}
         self.answer_indexes: dict[bytes, int] = {}  # value -> index of its successful answer
+        self.answered_at: dict[int, int] = {}  # seq -> index its successful answer named
+        self.not_applied: set[int] = set()  # seqs answered "not_leader"
+        self.keys = itertools.count(1)
 
     # ------------------------------------------------------------------ requests
 
     def write(self, peer_id: str, value: bytes) -> int:
         """A new write of ``value``, sent to ``peer_id`` if the window has room (else by a
         later tick, to whoever leads then); its seq."""
+        return self._new_seq(peer_id, value, f"{self.client_id}/{next(self.keys)}")
+
+    def _new_seq(self, peer_id: str | None, value: bytes, key: str) -> int:
         seq = self.next_seq
         self.next_seq += 1
-        self.writes[seq] = _Write(seq, value)
-        if self._in_flight() < WINDOW and self.sent_unanswered + self.answered_writes >= seq - 1:
+        self.writes[seq] = _Write(seq, value, key)
+        earlier_sent = self.sent_unanswered + self.answered_writes + len(self.not_applied)
+        if peer_id is not None and self._in_flight() < WINDOW and earlier_sent >= seq - 1:
             self._send_write(peer_id, seq)  # every earlier write went already: in order
         return seq
 
@@ -102,9 +117,10 @@ class SimClient:
         if write.sent_at is None:
             self.sent_unanswered += 1
         write.sent_at = self.cluster.time
+        write.copies += 1
         request_id = next(self.request_ids)
         self.write_requests[request_id] = seq
-        command = kv.cas(f"{self.client_id}/{seq}", None, write.value)
+        command = kv.cas(write.key, None, write.value)
         request = ClientRequest(request_id, "write", command, self.client_id, seq, self.acked)
         self.cluster.peers[peer_id].request(self.writer, request)
 
@@ -155,9 +171,37 @@ class SimClient:
 
     def _write_answered(self, peer_id: str, reply: ClientReply) -> None:
         seq = self.write_requests.pop(reply.request_id, None)
-        write = None if seq is None else self.writes.get(seq)
+        if seq is None:
+            return
+        write = self.writes.get(seq)
         if write is None or write.answer is not None:
-            return  # an answer to an earlier copy of a write answered already
+            # An answer to another copy of a write answered already: it must agree.
+            if reply.ok and seq in self.not_applied:
+                self.cluster.checker.fail(f"write {seq} answered not_leader, then applied")
+            if reply.ok and self.answered_at.get(seq, reply.index) != reply.index:
+                self.cluster.checker.fail(
+                    f"write {seq} answered at {self.answered_at[seq]}, then at {reply.index}"
+                )
+            if reply.ok and (not isinstance(reply.result, dict) or not reply.result.get("swapped")):
+                self.cluster.checker.fail(f"write {seq} applied twice: {reply.result}")
+            return
+        if not reply.ok and reply.error == NOT_APPLIED:
+            write.refused += 1
+        if not reply.ok and reply.error == NOT_APPLIED and write.refused < write.copies:
+            # Another copy of this seq may still apply (a session knows it sent one and
+            # counts the call "maybe applied"): the seq is sent again as it is.
+            assert write.sent_at is not None
+            write.sent_at = min(write.sent_at, self.cluster.time - write.wait + 2)
+            return
+        if not reply.ok and reply.error == NOT_APPLIED:
+            # Every copy refused: not applied. Done with this seq; the write goes again
+            # under a new one.
+            self.not_applied.add(seq)
+            write.answer = reply
+            self.sent_unanswered -= 1
+            self._forget_answered()
+            self._new_seq(None, write.value, write.key)
+            return
         if not reply.ok and reply.error in RETRYABLE:
             # Sent again a couple of ticks from now (by tick), not from inside this answer.
             assert write.sent_at is not None  # answered, so sent
@@ -183,9 +227,28 @@ class SimClient:
         self.answered_writes += 1
         self.sent_unanswered -= 1
         self.answer_indexes[write.value] = reply.index
+        self.answered_at[write.seq] = reply.index
+        self._forget_answered()
+
+    def _forget_answered(self) -> None:
         while self.acked + 1 in self.writes and self.writes[self.acked + 1].answer is not None:
             self.acked += 1
             del self.writes[self.acked]
+
+    def verify(self) -> None:
+        """At the end: no write answered "not applied" was applied after all."""
+        if not self.not_applied:
+            return
+        for index, (_, _, data) in self.cluster.checker.applied.items():
+            try:
+                command = Command.decode(data)
+            except (MalformedCommand, TypeError):
+                continue
+            if command.client_id == self.client_id and command.seq in self.not_applied:
+                self.cluster.checker.fail(
+                    f"write {command.seq} was answered not_leader (not applied), "
+                    f"but index {index} applied it"
+                )
 
     def _read_answered(self, peer_id: str, reply: ClientReply, applied: int) -> None:
         context = self.reads.pop(reply.request_id, None)

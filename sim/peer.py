@@ -24,9 +24,9 @@ from zraft.actors.founding import has_state, write_founding
 from zraft.actors.log_actor import LogWriter
 from zraft.actors.messages import (
     AppliedUpTo,
-    ApplyBatch,
     ClientBatch,
     CompactLog,
+    DiscardStaged,
     Identity,
     InstallState,
     PeerBatch,
@@ -126,6 +126,7 @@ class _Running:
         self.inbox: deque[Any] = deque()  # the peer driver's inputs
         self.apply_inbox: deque[Any] = deque()  # the apply driver's inputs
         self.unsynced: list[PersistItem] = []  # handed to storage, not yet written
+        self.jobs: deque[Callable[[], None]] = deque()  # worker threads' work (snapshots)
 
 
 class DrivenPeer:
@@ -177,6 +178,7 @@ class DrivenPeer:
         backend = KeyValueBackend()
         backend.init(self.id)
         state = ReplicatedState(backend, Configuration())
+        self._observing(state)
         node = recover(
             peer_id=self.id,
             rng=rng,
@@ -242,6 +244,8 @@ class DrivenPeer:
                 self.sync()
             elif running.apply_inbox and (settle or rng.random() < faults.apply_now):
                 self._apply_all(running)
+            elif running.jobs and (settle or rng.random() < faults.apply_now):
+                running.jobs.popleft()()
             else:
                 break
         self._release_replies()
@@ -257,7 +261,7 @@ class DrivenPeer:
         running = self.running
         if running is None:
             return False
-        return bool(running.unsynced or running.apply_inbox or running.inbox)
+        return bool(running.unsynced or running.apply_inbox or running.inbox or running.jobs)
 
     def sync(self) -> None:
         """Write what was handed to storage (one group, as the log writer does), send what
@@ -275,26 +279,26 @@ class DrivenPeer:
     def _apply_all(self, running: _Running) -> None:
         inputs = list(running.apply_inbox)
         running.apply_inbox.clear()
-        state = running.applier.state
         for message in inputs:
-            before = state.applied_index
             running.applier.receive(message)
-            if isinstance(message, ApplyBatch):
-                self._observe_applied(message.entries, before, state.applied_index)
             self._release_replies()
 
-    def _observe_applied(self, entries: tuple[Entry, ...], before: int, after: int) -> None:
+    def _observing(self, state: ReplicatedState) -> None:
+        """Every entry the state machine applies is shown to the checker first, in order,
+        wherever the apply driver applies it (a batch, or the entries an install held)."""
+        apply = state.apply
         checker = self.cluster.checker
-        expected = before + 1
-        for entry in entries:
-            if entry.index <= before or entry.index > after:
-                continue
-            if entry.index != expected:
-                checker.fail(f"{self.id} applied {entry.index} after {expected - 1}")
-            expected += 1
-            checker.observe_applied(self.id, entry)
-        if after >= expected:
-            checker.fail(f"{self.id} applied up to {after}, entries reached only {expected - 1}")
+
+        def observed(entries: list[Entry]) -> Any:
+            expected = state.applied_index + 1
+            for entry in entries:
+                if entry.index != expected:
+                    checker.fail(f"{self.id} applies {entry.index} after {expected - 1}")
+                expected += 1
+                checker.observe_applied(self.id, entry)
+            return apply(entries)
+
+        state.apply = observed  # type: ignore[method-assign]
 
     def _release_replies(self) -> None:
         replies, self._replies = self._replies, []
@@ -352,10 +356,19 @@ class DrivenPeer:
         running = self.running
         if running is None:
             return
-        if isinstance(msg, AppendResponse) and msg.success:
+        if isinstance(msg, AppendResponse) and msg.success and msg.term == running.node.term:
+            # (An ack of an earlier term, sent after a grouped write that a newer leader's
+            # entries overwrote, is legal: its leader cannot reach a quorum any more.)
             raft_log, log = running.raft_log, running.node.log
             index = msg.index
-            if index > raft_log.base_index and index > log.snap_index:
+            if index <= log.snap_index:
+                durable_here = raft_log.base_index >= index or raft_log.term(index) is not None
+                if not durable_here:
+                    self.cluster.checker.fail(
+                        f"{self.id} acknowledged snapshot index {index} to {msg.dst} before "
+                        f"its log was cut to the snapshot (base {raft_log.base_index})"
+                    )
+            elif index > raft_log.base_index:
                 # What the ack vouches for: the entry the leader it answers holds there.
                 expected = log.term(index)
                 leader = self.cluster.peers[msg.dst].node if msg.dst in self.cluster.peers else None
@@ -394,6 +407,10 @@ class DrivenPeer:
     def to_snapshots(self, message: Any) -> None:
         running = self.running
         assert running is not None
+        if isinstance(message, DiscardStaged):
+            for path in message.paths:
+                running.snapshots.abort_install(path)
+            return
         if not isinstance(message, SendSnapshot):
             raise TypeError(f"the simulation moves snapshots itself, not {message!r}")
         msg = message.message
@@ -438,7 +455,15 @@ class DrivenPeer:
         running = self.running
         assert running is not None
         lock = contextlib.nullcontext()
-        running.apply_inbox.append(write_snapshot(running.snapshots, lock, meta, writer, extra))
+        if not writer.background:
+            running.apply_inbox.append(write_snapshot(running.snapshots, lock, meta, writer, extra))
+            return
+
+        def job() -> None:  # the process writes it on a worker thread, while applying goes on
+            done = write_snapshot(running.snapshots, lock, meta, writer, extra)
+            running.apply_inbox.append(done)
+
+        running.jobs.append(job)
 
 
 class _Inbox:

@@ -148,6 +148,8 @@ class _Schedule:
                 cluster.blocked.clear()
                 self.heal_at = 0
         self._check_liveness()
+        for client in cluster.clients:
+            client.verify()
         self.result.checks = cluster.checker.checks
         self.result.messages = cluster.messages_sent
         self.result.reads = cluster.reads_served
