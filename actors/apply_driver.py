@@ -148,30 +148,34 @@ class ApplyDriver:
     # ------------------------------------------------------------------ applying
 
     def _apply_batch(self, message: ApplyBatch) -> None:
+        if message.waiting:
+            self._register(message.waiting)
         self._apply(list(message.entries))
 
     def _await_writes(self, message: AwaitWrites) -> None:
+        self._register(message.writes)
+
+    def _register(self, writes: tuple[PendingWrite, ...]) -> None:
+        """Hold each write's waiter until its index is applied (in proposal order)."""
         pending = self.pending_writes
-        first = message.writes[0] if message.writes else None
-        if first is not None and first.term > self.waiters_term:
-            # Our first proposal of a new term: from its index on, our log holds entries of
-            # this term only, so earlier terms' proposals there will not apply through us.
-            # They may still commit through another peer that holds them and leads later,
-            # so the answer is "retry" (maybe applied: the client asks again with its seq,
-            # which exactly-once makes safe), never "not_leader" (which says not applied).
-            self.waiters_term = first.term
-            lost = [w for w in pending.values() if w.term < first.term and w.index >= first.index]
-            for write in lost:
-                del pending[write.index]
-            if lost:
-                self.edges.reply(
-                    [
-                        (w.identity, ClientReply(w.request_id, False, None, error="retry"))
-                        for w in lost
-                    ]
-                )
-        for write in message.writes:
+        lost: list[PendingWrite] = []
+        for write in writes:
+            if write.term > self.waiters_term:
+                # Our first proposal of a new term: from its index on, our log holds entries
+                # of this term only, so earlier terms' proposals there will not apply through
+                # us. They may still commit through another peer that holds them and leads
+                # later, so the answer is "retry" (maybe applied: the client asks again with
+                # its seq, which exactly-once makes safe), never "not_leader" (not applied).
+                self.waiters_term = write.term
+                stale = [w for w in pending.values() if w.index >= write.index]
+                for old in stale:
+                    del pending[old.index]
+                lost.extend(stale)
             pending[write.index] = write
+        if lost:
+            self.edges.reply(
+                [(w.identity, ClientReply(w.request_id, False, None, error="retry")) for w in lost]
+            )
 
     def _expect_snapshot(self, message: ExpectSnapshot) -> None:
         self.expecting_snapshot = message.index

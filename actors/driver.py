@@ -155,6 +155,8 @@ class PeerDriver:
         self.expiring: set[str] = set()
         self.was_member = node.id in node.config.members
         self.staged: dict[int, str] = {}
+        # The waiters of writes proposed since the last ApplyBatch, which carries them.
+        self.unsent_waiters: list[PendingWrite] = []
         # The snapshot from the leader being installed, until the state machine has it: one
         # at a time, or a newer one would retire its files before they were read.
         self.installing: int | None = None
@@ -372,13 +374,12 @@ class PeerDriver:
                 for identity, r in writes
             ] + refused
         self.metrics["proposals"] += len(writes)
-        # One waiter per write, made here and handed over at once: the apply driver keeps
-        # it until the reply (before the entries, which commit later, on the same channel).
-        pending = tuple(
+        # One waiter per write, made here; it rides to the apply driver with the next
+        # ApplyBatch (before its own entry can commit), which keeps it until the reply.
+        self.unsent_waiters.extend(
             PendingWrite(result.index + offset, result.term, identity, request.request_id)
             for offset, (identity, request) in enumerate(writes)
         )
-        self.edges.to_state_machine(AwaitWrites(pending))
         return refused
 
     def _admit(
@@ -651,6 +652,9 @@ class PeerDriver:
             staged = self.staged.pop(ready.snapshot.index)
             self.installing = installed = ready.snapshot.index
             self._discard_staged(lambda index: index < installed)
+            if self.unsent_waiters:  # the install answers those it covers
+                waiting, self.unsent_waiters = tuple(self.unsent_waiters), []
+                self.edges.to_state_machine(AwaitWrites(waiting))
             self.edges.to_state_machine(ExpectSnapshot(ready.snapshot.index))
         item = PersistItem(
             ready.snapshot,
@@ -662,8 +666,9 @@ class PeerDriver:
         self.edges.persist(item)
 
     def _apply(self, ready: Ready) -> None:
-        """Committed entries to the state machine."""
-        self.edges.to_state_machine(ApplyBatch(tuple(ready.committed)))
+        """Committed entries to the state machine, with the waiters proposed since."""
+        waiting, self.unsent_waiters = tuple(self.unsent_waiters), []
+        self.edges.to_state_machine(ApplyBatch(tuple(ready.committed), waiting))
 
     def _reads(self, ready: Ready) -> None:
         reads = []

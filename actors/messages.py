@@ -133,16 +133,18 @@ class PendingWrite(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ApplyBatch:
-    """Committed entries to apply."""
+    """Committed entries to apply, with the waiters of the writes proposed since the last
+    batch: a waiter rides with the next batch (one message, not two; a waiter always
+    reaches the apply driver before its entry can)."""
 
     entries: tuple[Entry, ...]
+    waiting: tuple[PendingWrite, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class AwaitWrites:
-    """The waiters of writes just proposed (one per write), handed over as they are made:
-    the apply driver answers each when its index is applied, or earlier if its entry is
-    lost (another proposal at its index, a snapshot over it)."""
+    """Waiters handed over without entries: those still with the peer driver when a
+    snapshot from the leader is about to be installed."""
 
     writes: tuple[PendingWrite, ...]
 
