@@ -107,7 +107,11 @@ class LogWriter:
                 took * 1000,
                 "" if self.own_thread else " on the peer's thread (see the log_thread setting)",
             )
-        after = [m for item in items for m in item.messages]
+        # A message of an earlier term than the group's last hard state is stale: a later
+        # item moved this peer to a newer leader, whose entries may have replaced what the
+        # message vouches for, so that was never durable. Dropping a message is always safe.
+        term = self.saved.term
+        after = [m for item in items for m in item.messages if m.term >= term]
         if after:
             self.send(after)
             # Now, not at the end of the peer's turn: the leader is waiting for these

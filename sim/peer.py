@@ -356,9 +356,7 @@ class DrivenPeer:
         running = self.running
         if running is None:
             return
-        if isinstance(msg, AppendResponse) and msg.success and msg.term == running.node.term:
-            # (An ack of an earlier term, sent after a grouped write that a newer leader's
-            # entries overwrote, is legal: its leader cannot reach a quorum any more.)
+        if isinstance(msg, AppendResponse) and msg.success:
             raft_log, log = running.raft_log, running.node.log
             index = msg.index
             if index <= log.snap_index:

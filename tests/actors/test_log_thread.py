@@ -18,7 +18,8 @@ from zraft.actors.log_actor import SLOW_PERSIST_S, LogActor, LogWriter
 from zraft.actors.messages import REPORT_METRICS, CompactLog, MetricsReport, Persisted, PersistItem
 from zraft.actors.runtime import PeerRuntime
 from zraft.backends import kv
-from zraft.core import AppendResponse, Entry, HardState
+from zraft.core import AppendResponse, Entry, EntryKind, HardState, VoteResponse
+from zraft.storage import MemoryHardState, MemoryLog, MemoryVolume
 from zraft.transport import ClientChannel, ClientRequest
 
 
@@ -209,3 +210,39 @@ def test_the_log_actor_writes_what_queued_during_a_sync_in_one_append() -> None:
     assert persisted == [Persisted(1, 1), Persisted(4, 1)]
     report = [m for m in peer.told if isinstance(m, MetricsReport)][-1]
     assert report.source == "log" and dict(report.values)["fsyncs"] == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_grouped_write_drops_the_messages_a_later_term_made_stale() -> None:
+    """Two Readys written as one group (the log actor's way): the first acknowledged a
+    term-1 entry, the second moved the peer to term 2 with a leader whose entry replaced
+    it. The group makes only the term-2 entry durable, so the term-1 acknowledgement
+    would promise what never was: it is dropped (dropping a message is always safe)."""
+    volume = MemoryVolume()
+    sent: list[Any] = []
+    raft_log = MemoryLog(volume)
+    writer = LogWriter(
+        raft_log=raft_log,
+        hard_state_file=MemoryHardState(volume),
+        snapshots=None,  # type: ignore[arg-type]
+        snapshot_lock=threading.Lock(),
+        send=sent.extend,
+        state_machine=None,  # type: ignore[arg-type]
+        saved=HardState(),
+    )
+    stale_ack = AppendResponse(1, "f", "old-leader", True, 1)
+    vote = VoteResponse(2, "f", "new-leader", True)
+    new_ack = AppendResponse(2, "f", "new-leader", True, 1)
+    first = PersistItem(
+        None, None, (Entry(1, 1, EntryKind.NORMAL, b"a"),), HardState(1, None, 0), (stale_ack,)
+    )
+    second = PersistItem(
+        None,
+        None,
+        (Entry(1, 2, EntryKind.NORMAL, b"b"),),
+        HardState(2, "new-leader", 0),
+        (vote, new_ack),
+    )
+    assert writer.write([first, second]) == Persisted(1, 2)
+    assert sent == [vote, new_ack]
+    assert raft_log.term(1) == 2
