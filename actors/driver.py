@@ -187,11 +187,11 @@ class PeerDriver:
         }
         self._inputs: dict[type, Callable[[Any], bool]] = {
             PeerBatch: self._peer_batch,
-            ClientBatch: lambda m: self._client_batch(m.requests) or True,
-            Persisted: lambda m: self.node.persisted(m.index, m.term) or True,
+            ClientBatch: self._client_batch_input,
+            Persisted: self._persisted,
             SnapshotTaken: self._snapshot_taken,
             SnapshotStaged: self._snapshot_staged,
-            SnapshotReport: lambda m: self.node.report_snapshot(m.peer, m.success) or True,
+            SnapshotReport: self._snapshot_report,
             AppliedUpTo: self._applied_up_to,
             MetricsReport: self._metrics_report,
         }
@@ -226,6 +226,18 @@ class PeerDriver:
         self.metrics["peer_messages"] += len(batch.messages)
         for msg in batch.messages:
             self._step(msg)
+        return True
+
+    def _client_batch_input(self, batch: ClientBatch) -> bool:
+        self._client_batch(batch.requests)
+        return True
+
+    def _persisted(self, message: Persisted) -> bool:
+        self.node.persisted(message.index, message.term)
+        return True
+
+    def _snapshot_report(self, message: SnapshotReport) -> bool:
+        self.node.report_snapshot(message.peer, message.success)
         return True
 
     def _snapshot_taken(self, message: SnapshotTaken) -> bool:

@@ -92,10 +92,6 @@ class PeerActor(LoopTurningActor):
             max_results_per_client=max_results_per_client,
         )
 
-    @property
-    def node(self) -> Node:
-        return self.driver.node
-
     def loop_opened(self) -> None:
         self.driver.open()
 

@@ -17,11 +17,9 @@ from zraft.core import SnapshotMeta
 from zraft.storage import SnapshotStorage
 from zraft.transport import ClientReply
 
-from .apply_driver import ApplyDriver, reply_for, snapshot_point
+from .apply_driver import ApplyDriver
 from .messages import Identity, SnapshotWritten
 from .state_machine import ReplicatedState
-
-__all__ = ["StateMachineActor", "reply_for", "snapshot_point", "write_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +55,6 @@ class StateMachineActor(pykka.ThreadingActor):
             edges=self,
             clock=time.monotonic,
         )
-
-    @property
-    def state(self) -> ReplicatedState:
-        return self.driver.state
 
     def on_receive(self, message: Any) -> None:
         self.driver.receive(message)

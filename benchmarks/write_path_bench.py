@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from zraft.actors.apply_driver import reply_for
 from zraft.actors.commands import Command, CommandKind
 from zraft.actors.state_machine import ReplicatedState
-from zraft.actors.state_machine_actor import reply_for
 from zraft.backends import kv
 from zraft.core import Configuration, Entry, EntryKind
 from zraft.core.messages import AppendEntries

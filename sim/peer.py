@@ -140,7 +140,6 @@ class DrivenPeer:
         self.disk: PeerDisk = cluster.disk_factory(peer_id, scratch)
         self.running: _Running | None = None
         self.restarts = 0
-        self.removed_at: int | None = None
         # Replies made while the state machine applied, released once the checker saw
         # the entries they answer.
         self._replies: list[tuple[Identity, ClientReply]] = []
@@ -432,7 +431,7 @@ class DrivenPeer:
         pass  # every simulated peer can reach every other
 
     def removed(self) -> None:
-        self.removed_at = self.cluster.time
+        pass  # the process stops; simulated peers stay up (the schedule may add them back)
 
     def flush(self) -> None:
         running = self.running

@@ -13,6 +13,7 @@ from typing import Any
 import pykka
 import pytest
 
+from zraft.actors.apply_driver import snapshot_point
 from zraft.actors.commands import Command, CommandKind
 from zraft.actors.messages import (
     REPORT_METRICS,
@@ -24,7 +25,7 @@ from zraft.actors.messages import (
     SnapshotTaken,
 )
 from zraft.actors.state_machine import ReplicatedState
-from zraft.actors.state_machine_actor import StateMachineActor, snapshot_point
+from zraft.actors.state_machine_actor import StateMachineActor
 from zraft.backends import kv
 from zraft.backends.kv import KeyValueBackend
 from zraft.core import Configuration, Entry, EntryKind
