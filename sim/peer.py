@@ -193,7 +193,7 @@ class DrivenPeer:
             hard_state_file=hard_state_file,
             snapshots=snapshots,
             snapshot_lock=contextlib.nullcontext(),
-            send=self._send_all,
+            send=self.send,
             state_machine=_Inbox(self),
             saved=hard_state,
         )
@@ -341,10 +341,8 @@ class DrivenPeer:
 
     # ------------------------------------------------------------------ the drivers' edges
 
-    def send(self, messages: list[Message]) -> None:
-        self._send_all(messages)
-
-    def _send_all(self, messages: Iterable[Message]) -> None:
+    def send(self, messages: Iterable[Message]) -> None:
+        """The driver's messages, and the log writer's once their write is durable."""
         for msg in messages:
             self._check_promise(msg)
             self.cluster.send(msg)
